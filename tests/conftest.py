@@ -1,0 +1,18 @@
+"""Shared pytest set-up: quiet TensorFlow, deterministic seeds, no network."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TFDS_DISABLE_GCS", "1")  # hmm: tfds must never reach the network in tests
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    import keras
+
+    keras.utils.set_random_seed(1234)
+    np.random.seed(1234)
+    yield
