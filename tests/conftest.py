@@ -3,7 +3,6 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-os.environ.setdefault("TFDS_DISABLE_GCS", "1")  # hmm: tfds must never reach the network in tests
 
 import numpy as np
 import pytest
