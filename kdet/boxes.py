@@ -1,0 +1,181 @@
+"""Box maths: pure, batched functions on ``[..., 4]`` yxyx boxes in absolute pixels.
+
+Every function here accepts any number of leading (batch) dimensions and
+never mutates its inputs. Padded ground truth is marked by the caller with a
+mask (or class ``-1``); IoU against a padded box is reported as ``-1`` so that
+it can never win a ``max``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+# Decoded log-sizes are clipped so exp() cannot overflow: a box can grow at
+# most 1000/16 = 62.5x its anchor in one step (Detectron's BBOX_XFORM_CLIP,
+# the largest COCO side over the smallest anchor).
+BBOX_XFORM_CLIP = math.log(1000.0 / 16.0)
+
+# Added to sizes before dividing or taking a log, so that degenerate (zero
+# width) boxes give large but finite codes instead of inf/NaN.
+_EPSILON = 1e-8
+
+
+def area(boxes: tf.Tensor) -> tf.Tensor:
+    """Area of yxyx boxes; inverted boxes have area 0.
+
+    Args:
+      boxes: ``[..., 4]`` yxyx.
+
+    Returns:
+      ``[...]`` areas.
+    """
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+    return tf.maximum(ymax - ymin, 0.0) * tf.maximum(xmax - xmin, 0.0)
+
+
+def pairwise_iou(
+    boxes: tf.Tensor, gt_boxes: tf.Tensor, gt_valid: tf.Tensor | None = None
+) -> tf.Tensor:
+    """Intersection over union between every box and every ground-truth box.
+
+    Args:
+      boxes: ``[..., N, 4]`` yxyx.
+      gt_boxes: ``[..., M, 4]`` yxyx with the same leading dimensions.
+      gt_valid: optional ``[..., M]`` bool; columns of padded ground truth
+        (False) are set to ``-1``.
+
+    Returns:
+      ``[..., N, M]`` IoU in ``[0, 1]`` (``-1`` for padded ground truth).
+    """
+    b = boxes[..., :, None, :]
+    g = gt_boxes[..., None, :, :]
+    inter_h = tf.maximum(tf.minimum(b[..., 2], g[..., 2]) - tf.maximum(b[..., 0], g[..., 0]), 0.0)
+    inter_w = tf.maximum(tf.minimum(b[..., 3], g[..., 3]) - tf.maximum(b[..., 1], g[..., 1]), 0.0)
+    inter = inter_h * inter_w
+    union = area(boxes)[..., :, None] + area(gt_boxes)[..., None, :] - inter
+    iou = inter / tf.maximum(union, _EPSILON)
+    if gt_valid is not None:
+        iou = tf.where(gt_valid[..., None, :], iou, -tf.ones_like(iou))
+    return iou
+
+
+def clip_boxes(boxes: tf.Tensor, image_shape: tf.Tensor | Sequence[int]) -> tf.Tensor:
+    """Clips yxyx boxes to ``[0, height] x [0, width]``.
+
+    Args:
+      boxes: ``[..., N, 4]``.
+      image_shape: ``(height, width)``, or ``[..., 2]`` per image (broadcast
+        over N).
+
+    Returns:
+      ``[..., N, 4]`` clipped boxes.
+    """
+    shape = tf.cast(image_shape, boxes.dtype)
+    if shape.shape.rank is not None and shape.shape.rank > 1:
+        shape = shape[..., None, :]
+    height, width = shape[..., 0:1], shape[..., 1:2]
+    ymin, xmin, ymax, xmax = tf.split(boxes, 4, axis=-1)
+    return tf.concat(
+        [
+            tf.clip_by_value(ymin, 0.0, height),
+            tf.clip_by_value(xmin, 0.0, width),
+            tf.clip_by_value(ymax, 0.0, height),
+            tf.clip_by_value(xmax, 0.0, width),
+        ],
+        axis=-1,
+    )
+
+
+def to_center_size(boxes: tf.Tensor) -> tf.Tensor:
+    """yxyx -> ``[cy, cx, h, w]``."""
+    ymin, xmin, ymax, xmax = tf.unstack(boxes, axis=-1)
+    h, w = ymax - ymin, xmax - xmin
+    return tf.stack([ymin + 0.5 * h, xmin + 0.5 * w, h, w], axis=-1)
+
+
+def from_center_size(boxes: tf.Tensor) -> tf.Tensor:
+    """``[cy, cx, h, w]`` -> yxyx."""
+    cy, cx, h, w = tf.unstack(boxes, axis=-1)
+    return tf.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
+
+
+def yxyx_to_xywh(boxes):
+    """yxyx -> COCO ``[x, y, width, height]`` (numpy or TF)."""
+    return tf.stack(
+        [boxes[..., 1], boxes[..., 0], boxes[..., 3] - boxes[..., 1], boxes[..., 2] - boxes[..., 0]],
+        axis=-1,
+    )
+
+
+def xywh_to_yxyx(boxes):
+    """COCO ``[x, y, width, height]`` -> yxyx."""
+    return tf.stack(
+        [boxes[..., 1], boxes[..., 0], boxes[..., 1] + boxes[..., 3], boxes[..., 0] + boxes[..., 2]],
+        axis=-1,
+    )
+
+
+class BoxCoder:
+    """The R-CNN box parameterisation (Faster R-CNN Eq. 2) with per-coordinate weights.
+
+    ``t = (dy, dx, dh, dw) * weights`` with ``dy = (y - y_a) / h_a`` and
+    ``dh = log(h / h_a)``. The weights are the inverse of the regression
+    targets' standard deviations: ``(10, 10, 5, 5)`` is std ``(0.1, 0.1, 0.2,
+    0.2)``; Cascade R-CNN tightens them per stage.
+
+    Args:
+      weights: ``(wy, wx, wh, ww)``; ``(1, 1, 1, 1)`` is the plain Eq. 2.
+    """
+
+    def __init__(self, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)):
+        if len(weights) != 4:
+            raise ValueError(f"BoxCoder weights must have 4 entries (wy, wx, wh, ww), got {weights!r}")
+        self.weights = tuple(float(w) for w in weights)
+
+    def encode(self, boxes: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
+        """Regression targets of ``boxes`` relative to ``anchors``.
+
+        Args:
+          boxes: ``[..., 4]`` yxyx targets.
+          anchors: ``[..., 4]`` yxyx, broadcastable to ``boxes``.
+
+        Returns:
+          ``[..., 4]`` codes ``(ty, tx, th, tw)``.
+        """
+        b = to_center_size(boxes)
+        a = to_center_size(anchors)
+        a_h = a[..., 2] + _EPSILON
+        a_w = a[..., 3] + _EPSILON
+        wy, wx, wh, ww = self.weights
+        return tf.stack(
+            [
+                wy * (b[..., 0] - a[..., 0]) / a_h,
+                wx * (b[..., 1] - a[..., 1]) / a_w,
+                wh * tf.math.log((b[..., 2] + _EPSILON) / a_h),
+                ww * tf.math.log((b[..., 3] + _EPSILON) / a_w),
+            ],
+            axis=-1,
+        )
+
+    def decode(self, codes: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
+        """Inverse of :meth:`encode`, with log-sizes clipped at ``log(1000/16)``.
+
+        Args:
+          codes: ``[..., 4]`` ``(ty, tx, th, tw)``.
+          anchors: ``[..., 4]`` yxyx, broadcastable to ``codes``.
+
+        Returns:
+          ``[..., 4]`` yxyx boxes.
+        """
+        a = to_center_size(anchors)
+        wy, wx, wh, ww = self.weights
+        dh = tf.minimum(codes[..., 2] / wh, BBOX_XFORM_CLIP)
+        dw = tf.minimum(codes[..., 3] / ww, BBOX_XFORM_CLIP)
+        cy = codes[..., 0] / wy * a[..., 2] + a[..., 0]
+        cx = codes[..., 1] / wx * a[..., 3] + a[..., 1]
+        h = tf.exp(dh) * a[..., 2]
+        w = tf.exp(dw) * a[..., 3]
+        return from_center_size(tf.stack([cy, cx, h, w], axis=-1))

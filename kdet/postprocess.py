@@ -1,0 +1,179 @@
+"""Decode, score filter, per-level top-k and class-aware NMS into the one output contract.
+
+The contract, shared by ``predict_step``, evaluation and every exported
+signature::
+
+    {"boxes":          float32 [B, K, 4]  yxyx pixels of the model input,
+     "scores":         float32 [B, K],
+     "classes":        int32   [B, K]      label ids, -1 on padding rows,
+     "num_detections": int32   [B]}
+
+Rows at and after ``num_detections`` are padding (boxes 0, scores 0,
+classes -1). NMS is ``NonMaxSuppressionV5`` with padding (a TFLite builtin),
+made class-aware by offsetting each class's boxes into a disjoint region.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import tensorflow as tf
+
+from kdet import boxes as box_ops
+
+
+def empty_detections(batch_size, max_detections: int) -> dict[str, tf.Tensor]:
+    """A contract dict with zero detections for every image."""
+    return {
+        "boxes": tf.zeros([batch_size, max_detections, 4], tf.float32),
+        "scores": tf.zeros([batch_size, max_detections], tf.float32),
+        "classes": -tf.ones([batch_size, max_detections], tf.int32),
+        "num_detections": tf.zeros([batch_size], tf.int32),
+    }
+
+
+def top_k_candidates(
+    scores: tf.Tensor, k: int, score_threshold: float
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """Top-k (box, class) pairs of one level.
+
+    Args:
+      scores: ``[B, N, C]`` probabilities.
+      k: candidates kept (fewer if ``N * C < k``).
+      score_threshold: pairs below it get score 0.
+
+    Returns:
+      ``(scores, box_index, class_id)``, each ``[B, k']``.
+    """
+    num_classes = tf.shape(scores)[2]
+    flat = tf.reshape(scores, [tf.shape(scores)[0], -1])
+    k = tf.minimum(k, tf.shape(flat)[1])
+    values, index = tf.math.top_k(flat, k=k, sorted=False)
+    values = tf.where(values >= score_threshold, values, tf.zeros_like(values))
+    return values, index // num_classes, index % num_classes
+
+
+def class_aware_nms(
+    boxes: tf.Tensor,
+    scores: tf.Tensor,
+    classes: tf.Tensor,
+    *,
+    iou_threshold: float,
+    max_detections: int,
+    score_threshold: float = 0.0,
+) -> dict[str, tf.Tensor]:
+    """Per-class NMS over a batch, padded to ``max_detections``.
+
+    Boxes of class c are shifted by ``c * (max coordinate + 1)`` so that boxes
+    of different classes never overlap and one NMS call does all classes.
+
+    Args:
+      boxes: ``[B, T, 4]`` yxyx.
+      scores: ``[B, T]``; entries <= ``score_threshold`` are dropped.
+      classes: ``[B, T]`` int32.
+      iou_threshold: NMS IoU threshold.
+      max_detections: K.
+      score_threshold: minimum score kept.
+
+    Returns:
+      The output contract dict.
+    """
+    offset = tf.reduce_max(tf.abs(boxes), axis=[1, 2], keepdims=True) + 1.0
+    shifted = boxes + tf.cast(classes, boxes.dtype)[..., None] * offset
+
+    def one_image(args):
+        b, s, sb = args
+        selected, num_valid = tf.raw_ops.NonMaxSuppressionV5(
+            boxes=sb,
+            scores=s,
+            max_output_size=max_detections,
+            iou_threshold=iou_threshold,
+            score_threshold=score_threshold,  # V5 keeps scores strictly above it
+            soft_nms_sigma=0.0,
+            pad_to_max_output_size=True,
+        )[0::2]
+        return selected, num_valid
+
+    selected, num_valid = tf.map_fn(
+        one_image,
+        (boxes, scores, shifted),
+        fn_output_signature=(
+            tf.TensorSpec([max_detections], tf.int32),
+            tf.TensorSpec([], tf.int32),
+        ),
+    )
+    valid = tf.range(max_detections)[None, :] < num_valid[:, None]
+    out_boxes = tf.gather(boxes, selected, batch_dims=1)
+    out_scores = tf.gather(scores, selected, batch_dims=1)
+    out_classes = tf.gather(classes, selected, batch_dims=1)
+    return {
+        "boxes": tf.where(valid[..., None], out_boxes, 0.0),
+        "scores": tf.where(valid, out_scores, 0.0),
+        "classes": tf.where(valid, out_classes, -1),
+        "num_detections": num_valid,
+    }
+
+
+def multilevel_detections(
+    class_logits: Sequence[tf.Tensor],
+    box_codes: Sequence[tf.Tensor],
+    anchors: Sequence[tf.Tensor],
+    *,
+    box_coder: box_ops.BoxCoder,
+    image_shape: tf.Tensor,
+    pre_nms_top_k: int = 1000,
+    score_threshold: float = 0.05,
+    nms_iou_threshold: float = 0.5,
+    max_detections: int = 100,
+) -> dict[str, tf.Tensor]:
+    """RetinaNet-style post-processing over pyramid levels.
+
+    Args:
+      class_logits: per level ``[B, N_l, C]`` sigmoid logits.
+      box_codes: per level ``[B, N_l, 4]`` codes relative to the anchors.
+      anchors: per level ``[N_l, 4]`` yxyx.
+      box_coder: decodes the codes.
+      image_shape: ``[B, 2]`` or ``[2]`` (h, w) the boxes are clipped to.
+      pre_nms_top_k: candidates kept per level before NMS.
+      score_threshold: minimum class probability.
+      nms_iou_threshold: class-aware NMS threshold.
+      max_detections: K.
+
+    Returns:
+      The output contract dict.
+    """
+    all_boxes, all_scores, all_classes = [], [], []
+    for logits, codes, level_anchors in zip(class_logits, box_codes, anchors):
+        scores, box_index, class_id = top_k_candidates(tf.sigmoid(logits), pre_nms_top_k, score_threshold)
+        picked_codes = tf.gather(codes, box_index, batch_dims=1)
+        picked_anchors = tf.gather(level_anchors, box_index)
+        all_boxes.append(box_coder.decode(picked_codes, picked_anchors))
+        all_scores.append(scores)
+        all_classes.append(class_id)
+    boxes = box_ops.clip_boxes(tf.concat(all_boxes, axis=1), image_shape)
+    return class_aware_nms(
+        boxes,
+        tf.concat(all_scores, axis=1),
+        tf.concat(all_classes, axis=1),
+        iou_threshold=nms_iou_threshold,
+        max_detections=max_detections,
+        score_threshold=0.0,  # sub-threshold candidates were zeroed above
+    )
+
+
+def suppress_non_finite(images: tf.Tensor, detections: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Zeroes the detections of every image that has a NaN or inf pixel.
+
+    Args:
+      images: ``[B, H, W, C]`` the model input.
+      detections: the output contract dict for that batch.
+    """
+    finite = tf.reduce_all(tf.math.is_finite(tf.cast(images, tf.float32)), axis=[1, 2, 3])
+    k = tf.shape(detections["scores"])[1]
+    keep = tf.logical_and(finite[:, None], tf.range(k)[None, :] < detections["num_detections"][:, None])
+    return {
+        "boxes": tf.where(keep[..., None], detections["boxes"], 0.0),
+        "scores": tf.where(keep, detections["scores"], 0.0),
+        "classes": tf.where(keep, detections["classes"], -1),
+        "num_detections": tf.where(finite, detections["num_detections"], 0),
+    }
