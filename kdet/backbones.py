@@ -1,0 +1,213 @@
+"""Backbones returning ``{"C2".."C5"}`` and the FPN layer returning ``{"P<l>"}``.
+
+Every backbone takes raw RGB pixels in ``[0, 255]`` (``[B, H, W, 3]`` float)
+and normalises them itself, so detectors, evaluation and export all feed the
+same thing. ``C<l>`` has stride ``2**l``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+import tensorflow as tf
+
+# Last block of each stage in keras.applications' ResNet v1 graphs.
+_RESNET_STAGE_OUTPUTS = {
+    50: ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+    101: ("conv2_block3_out", "conv3_block4_out", "conv4_block23_out", "conv5_block3_out"),
+}
+_RESNET_BUILDERS = {50: keras.applications.ResNet50, 101: keras.applications.ResNet101}
+
+
+@keras.saving.register_keras_serializable(package="kdet")
+class ImageNormalization(keras.layers.Layer):
+    """Maps RGB ``[0, 255]`` pixels to what a backbone was trained on.
+
+    Args:
+      mode: ``"caffe"`` (keras.applications ResNet: RGB -> BGR, subtract the
+        ImageNet BGR means, no scaling) or ``"unit"`` (``x / 127.5 - 1``).
+    """
+
+    _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+    def __init__(self, *, mode: str = "caffe", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in ("caffe", "unit"):
+            raise ValueError(f"ImageNormalization mode must be 'caffe' or 'unit', got {mode!r}")
+        self.mode = mode
+
+    def call(self, images):
+        images = tf.cast(images, self.compute_dtype)
+        if self.mode == "unit":
+            return images / 127.5 - 1.0
+        return images[..., ::-1] - tf.constant(self._CAFFE_BGR_MEAN, self.compute_dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def _freeze(model: keras.Model, *, freeze_batchnorm: bool, frozen_prefixes: tuple[str, ...]) -> None:
+    for layer in model.layers:
+        if freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization):
+            # A non-trainable BatchNormalization runs in inference mode in Keras 3:
+            # its statistics stay fixed (the "frozen BN" of Detectron).
+            layer.trainable = False
+        if frozen_prefixes and layer.name.startswith(frozen_prefixes):
+            layer.trainable = False
+
+
+def resnet_backbone(
+    depth: int = 50,
+    *,
+    weights: str | None = None,
+    freeze_batchnorm: bool = True,
+    frozen_stages: int = 0,
+) -> keras.Model:
+    """ResNet-50/101 v1 from ``keras.applications`` returning ``C2..C5``.
+
+    Args:
+      depth: 50 or 101.
+      weights: ``None`` (random init) or the path of a local ImageNet weights
+        file (``*.h5`` / ``*.weights.h5`` without the top). Nothing is ever
+        downloaded.
+      freeze_batchnorm: keep BatchNormalization statistics and affine
+        parameters fixed (the usual policy with small per-GPU batches).
+      frozen_stages: freeze the stem (1) and also stages 2.. up to this number
+        (2 freezes stem + conv2_x, Detectron's ``FREEZE_AT=2``).
+
+    Returns:
+      A functional model: ``[B, H, W, 3]`` RGB 0..255 -> ``{"C2": [B, H/4,
+      W/4, 256], "C3": .../8 x 512, "C4": .../16 x 1024, "C5": .../32 x 2048}``.
+    """
+    if depth not in _RESNET_BUILDERS:
+        raise ValueError(f"ResNet depth must be one of {sorted(_RESNET_BUILDERS)}, got {depth}")
+    if weights is not None and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"ResNet-{depth} weights file {weights!r} does not exist; kdet never downloads weights, "
+            "pass a local keras.applications '..._notop.h5' file or weights=None"
+        )
+    images = keras.Input(shape=(None, None, 3), name="images")
+    x = ImageNormalization(mode="caffe", name="normalize")(images)
+    net = _RESNET_BUILDERS[depth](include_top=False, weights=None, input_tensor=x)
+    if weights is not None:
+        net.load_weights(weights)
+    prefixes = ("conv1",) + tuple(f"conv{s}_" for s in range(2, frozen_stages + 1)) if frozen_stages > 0 else ()
+    _freeze(net, freeze_batchnorm=freeze_batchnorm, frozen_prefixes=prefixes)
+    outputs = {
+        f"C{level}": net.get_layer(name).output
+        for level, name in zip(range(2, 6), _RESNET_STAGE_OUTPUTS[depth])
+    }
+    return keras.Model(images, outputs, name=f"resnet{depth}")
+
+
+def _conv_bn(x, filters: int, stride: int, name: str):
+    x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x)
+
+
+def tiny_backbone(*, widths: tuple[int, ...] = (24, 48, 96, 160), freeze_batchnorm: bool = False) -> keras.Model:
+    """A small residual CNN that trains in minutes on a CPU (demo and tests).
+
+    Args:
+      widths: channels of C2..C5.
+      freeze_batchnorm: as for :func:`resnet_backbone`.
+
+    Returns:
+      A functional model ``[B, H, W, 3]`` -> ``{"C2".."C5"}`` with strides 4..32.
+    """
+    images = keras.Input(shape=(None, None, 3), name="images")
+    x = ImageNormalization(mode="unit", name="normalize")(images)
+    x = _conv_bn(x, widths[0] // 2, 2, "stem")
+    outputs = {}
+    for level, filters in zip(range(2, 6), widths):
+        x = _conv_bn(x, filters, 2, f"c{level}_down")
+        y = _conv_bn(x, filters, 1, f"c{level}_a")
+        y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"c{level}_b_conv")(y)
+        y = keras.layers.BatchNormalization(name=f"c{level}_b_bn")(y)
+        x = keras.layers.ReLU(name=f"c{level}_out")(keras.layers.Add(name=f"c{level}_add")([x, y]))
+        outputs[f"C{level}"] = x
+    model = keras.Model(images, outputs, name="tiny")
+    _freeze(model, freeze_batchnorm=freeze_batchnorm, frozen_prefixes=())
+    return model
+
+
+BACKBONES = ("resnet50", "resnet101", "tiny")
+
+
+def build_backbone(name: str, *, weights: str | None = None, freeze_batchnorm: bool = True) -> keras.Model:
+    """Builds one of :data:`BACKBONES` by name (the name is what configs store)."""
+    if name == "resnet50":
+        return resnet_backbone(50, weights=weights, freeze_batchnorm=freeze_batchnorm)
+    if name == "resnet101":
+        return resnet_backbone(101, weights=weights, freeze_batchnorm=freeze_batchnorm)
+    if name == "tiny":
+        if weights is not None:
+            raise ValueError("the tiny backbone has no pretrained weights; pass backbone_weights=None")
+        return tiny_backbone(freeze_batchnorm=freeze_batchnorm)
+    raise ValueError(f"unknown backbone {name!r}; valid names are {BACKBONES}")
+
+
+@keras.saving.register_keras_serializable(package="kdet")
+class FPN(keras.layers.Layer):
+    """Feature pyramid network (Lin et al. 2017) over ``C2..C5``.
+
+    Levels up to 5 come from the top-down pathway (1x1 lateral, nearest
+    upsampling, add, 3x3 smoothing). Levels above 5 come either from 3x3
+    stride-2 convs on C5 then ReLU'd P6 (``extra="conv"``, RetinaNet's P6/P7)
+    or from stride-2 max pooling of P5 (``extra="maxpool"``, Faster R-CNN's
+    P6).
+
+    Args:
+      min_level: finest output level (2 or 3).
+      max_level: coarsest output level (>= 5).
+      filters: channels of every output.
+      extra: ``"conv"`` or ``"maxpool"`` for levels above 5.
+
+    Call:
+      ``{"C2".."C5"}`` -> ``{"P<min_level>".."P<max_level>"}``, each
+      ``[B, H / 2**l, W / 2**l, filters]``.
+    """
+
+    def __init__(self, *, min_level: int = 3, max_level: int = 7, filters: int = 256, extra: str = "conv", **kwargs):
+        super().__init__(**kwargs)
+        if not 2 <= min_level <= 5 or max_level < 5:
+            raise ValueError(f"FPN needs 2 <= min_level <= 5 <= max_level, got {min_level}..{max_level}")
+        if extra not in ("conv", "maxpool"):
+            raise ValueError(f"FPN extra must be 'conv' or 'maxpool', got {extra!r}")
+        self.min_level, self.max_level, self.filters, self.extra = min_level, max_level, filters, extra
+        levels = range(min_level, 6)
+        self.laterals = [keras.layers.Conv2D(filters, 1, name=f"lateral_c{lvl}") for lvl in levels]
+        self.smooths = [keras.layers.Conv2D(filters, 3, padding="same", name=f"output_p{lvl}") for lvl in levels]
+        self.extras = [
+            keras.layers.Conv2D(filters, 3, strides=2, padding="same", name=f"output_p{lvl}")
+            if extra == "conv"
+            else keras.layers.MaxPooling2D(1, strides=2, name=f"output_p{lvl}")
+            for lvl in range(6, max_level + 1)
+        ]
+
+    def call(self, features):
+        levels = list(range(self.min_level, 6))
+        top = None
+        outputs = {}
+        for lvl, lateral, smooth in reversed(list(zip(levels, self.laterals, self.smooths))):
+            x = lateral(features[f"C{lvl}"])
+            if top is not None:
+                x = x + tf.image.resize(top, tf.shape(x)[1:3], method="nearest")
+            top = x
+            outputs[f"P{lvl}"] = smooth(x)
+        x = features["C5"] if self.extra == "conv" else outputs["P5"]
+        for i, (lvl, layer) in enumerate(zip(range(6, self.max_level + 1), self.extras)):
+            x = layer(tf.nn.relu(x) if (self.extra == "conv" and i > 0) else x)
+            outputs[f"P{lvl}"] = x
+        return {f"P{lvl}": outputs[f"P{lvl}"] for lvl in range(self.min_level, self.max_level + 1)}
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "min_level": self.min_level,
+            "max_level": self.max_level,
+            "filters": self.filters,
+            "extra": self.extra,
+        }

@@ -1,0 +1,87 @@
+"""Backbones (C2..C5), FPN levels, frozen BN and local weights loading."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kdet.backbones import FPN, ImageNormalization, build_backbone, resnet_backbone, tiny_backbone
+from kdet.heads.retinanet import RetinaNetHead
+from tests.layer_contract import check_layer_contract
+
+
+def test_tiny_backbone_strides():
+    out = tiny_backbone()(tf.zeros([2, 64, 96, 3]))
+    assert {k: tuple(v.shape[1:3]) for k, v in out.items()} == {"C2": (16, 24), "C3": (8, 12), "C4": (4, 6), "C5": (2, 3)}
+
+
+def test_resnet50_levels_and_frozen_batchnorm():
+    model = resnet_backbone(50, freeze_batchnorm=True, frozen_stages=2)
+    out = model(tf.zeros([1, 64, 64, 3]))
+    assert {k: v.shape[-1] for k, v in out.items()} == {"C2": 256, "C3": 512, "C4": 1024, "C5": 2048}
+    assert out["C5"].shape[1:3] == (2, 2)
+    bns = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)]
+    assert bns and not any(l.trainable for l in bns)
+    assert not model.get_layer("conv1_conv").trainable and not model.get_layer("conv2_block1_1_conv").trainable
+    assert model.get_layer("conv3_block1_1_conv").trainable
+
+
+@pytest.fixture(scope="module")
+def resnet50_weight_files(tmp_path_factory):
+    """A plain keras.applications ResNet-50 (random) saved in both weight formats users have."""
+    from keras.src.legacy.saving import legacy_h5_format
+    import h5py
+
+    tf.random.set_seed(0)
+    reference = keras.applications.ResNet50(include_top=False, weights=None)
+    folder = tmp_path_factory.mktemp("weights")
+    legacy = str(folder / "resnet50_notop.h5")  # the layout of keras.applications' downloads
+    with h5py.File(legacy, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, reference)
+    modern = str(folder / "resnet50_notop.weights.h5")
+    reference.save_weights(modern)
+    probe = np.random.default_rng(0).uniform(0, 255, size=(1, 64, 64, 3)).astype(np.float32)
+    expected = reference(keras.applications.resnet.preprocess_input(probe.copy())).numpy()
+    return legacy, modern, probe, expected
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_resnet_loads_local_weights_file(resnet50_weight_files, which):
+    path, probe, expected = resnet50_weight_files[which], resnet50_weight_files[2], resnet50_weight_files[3]
+    model = resnet_backbone(50, weights=path)
+    np.testing.assert_allclose(model(probe)["C5"].numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_missing_weights_file_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="never downloads"):
+        resnet_backbone(50, weights="/nonexistent/resnet50.h5")
+    with pytest.raises(ValueError, match="valid names"):
+        build_backbone("vgg16")
+
+
+def test_fpn_contract_retinanet_levels():
+    feats = {f"C{l}": np.random.rand(2, 64 // 2**l, 96 // 2**l, 8).astype(np.float32) for l in range(2, 6)}
+    out = check_layer_contract(FPN, dict(min_level=3, max_level=7, filters=16, extra="conv"), feats)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "P3": (2, 8, 12, 16), "P4": (2, 4, 6, 16), "P5": (2, 2, 3, 16), "P6": (2, 1, 2, 16), "P7": (2, 1, 1, 16)}
+
+
+def test_fpn_two_stage_levels():
+    feats = {f"C{l}": np.random.rand(1, 128 // 2**l, 128 // 2**l, 8).astype(np.float32) for l in range(2, 6)}
+    out = check_layer_contract(FPN, dict(min_level=2, max_level=6, filters=8, extra="maxpool"), feats)
+    assert [v.shape[1] for v in out.values()] == [32, 16, 8, 4, 2]
+
+
+def test_retinanet_head_contract_and_prior():
+    feats = [np.random.rand(2, s, s, 8).astype(np.float32) for s in (8, 4, 2)]
+    out = check_layer_contract(RetinaNetHead, dict(num_classes=5, num_anchors=9, num_convs=2, filters=8), feats)
+    n = 9 * (64 + 16 + 4)
+    assert out["class_logits"].shape == (2, n, 5) and out["box_codes"].shape == (2, n, 4)
+    # Prior probability 0.01 at initialisation (weights ~N(0, 0.01), so logits ~ bias).
+    np.testing.assert_allclose(tf.sigmoid(out["class_logits"]).numpy().mean(), 0.01, rtol=0.05)
+
+
+def test_image_normalization_modes():
+    x = tf.constant([[[[255.0, 0.0, 127.5]]]])
+    np.testing.assert_allclose(ImageNormalization(mode="unit")(x).numpy(), [[[[1.0, -1.0, 0.0]]]])
+    np.testing.assert_allclose(ImageNormalization(mode="caffe")(x).numpy(), [[[[127.5 - 103.939, -116.779, 255 - 123.68]]]], rtol=1e-5)
