@@ -149,6 +149,29 @@ def build_backbone(name: str, *, weights: str | None = None, freeze_batchnorm: b
     raise ValueError(f"unknown backbone {name!r}; valid names are {BACKBONES}")
 
 
+def upsample2x_like(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
+    """Nearest-neighbour 2x upsampling of ``x`` cropped to ``like``'s height and width.
+
+    Written as broadcast + reshape + slice rather than ``tf.image.resize``:
+    the gradient of ``ResizeNearestNeighbor`` has no XLA kernel, and FPN
+    levels are always ``ceil(h / 2)`` of the level below, so 2x then crop is
+    exact.
+
+    Args:
+      x: ``[B, h, w, C]``.
+      like: ``[B, H, W, C']`` with ``H <= 2h`` and ``W <= 2w``.
+
+    Returns:
+      ``[B, H, W, C]``.
+    """
+    shape = tf.shape(x)
+    b, h, w, c = shape[0], shape[1], shape[2], shape[3]
+    up = tf.broadcast_to(x[:, :, None, :, None, :], [b, h, 2, w, 2, c])
+    up = tf.reshape(up, [b, 2 * h, 2 * w, c])
+    target = tf.shape(like)
+    return up[:, : target[1], : target[2], :]
+
+
 @keras.saving.register_keras_serializable(package="kdet")
 class FPN(keras.layers.Layer):
     """Feature pyramid network (Lin et al. 2017) over ``C2..C5``.
@@ -194,7 +217,7 @@ class FPN(keras.layers.Layer):
         for lvl, lateral, smooth in reversed(list(zip(levels, self.laterals, self.smooths))):
             x = lateral(features[f"C{lvl}"])
             if top is not None:
-                x = x + tf.image.resize(top, tf.shape(x)[1:3], method="nearest")
+                x = x + upsample2x_like(top, x)
             top = x
             outputs[f"P{lvl}"] = smooth(x)
         x = features["C5"] if self.extra == "conv" else outputs["P5"]

@@ -85,3 +85,16 @@ def test_image_normalization_modes():
     x = tf.constant([[[[255.0, 0.0, 127.5]]]])
     np.testing.assert_allclose(ImageNormalization(mode="unit")(x).numpy(), [[[[1.0, -1.0, 0.0]]]])
     np.testing.assert_allclose(ImageNormalization(mode="caffe")(x).numpy(), [[[[127.5 - 103.939, -116.779, 255 - 123.68]]]], rtol=1e-5)
+
+
+def test_upsample2x_like_matches_nearest_resize_and_crops():
+    from kdet.backbones import upsample2x_like
+
+    x = tf.reshape(tf.range(2 * 3 * 2, dtype=tf.float32), [1, 2, 3, 2])
+    np.testing.assert_array_equal(
+        upsample2x_like(x, tf.zeros([1, 4, 6, 1])).numpy(),
+        tf.image.resize(x, [4, 6], method="nearest").numpy(),
+    )
+    odd = upsample2x_like(x, tf.zeros([1, 3, 5, 1])).numpy()
+    assert odd.shape == (1, 3, 5, 2)
+    np.testing.assert_array_equal(odd[0, :, :, 0], [[0, 0, 2, 2, 4], [0, 0, 2, 2, 4], [6, 6, 8, 8, 10]])
