@@ -47,6 +47,57 @@ class ImageNormalization(keras.layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="kdet")
+class FusedBatchNormalization(keras.layers.BatchNormalization):
+    """``BatchNormalization`` that trains through TensorFlow's single fused kernel.
+
+    Keras 3 trains BatchNormalization as separate moments / normalise ops and
+    their gradients; on a ResNet-50 step that is ~15% slower than the fused
+    ``FusedBatchNormV3`` kernel TF Model Garden uses (see
+    ``benchmarks/retinanet_speed.py``). Same variables, same config, same
+    moving-statistics update (Keras keeps the *biased* batch variance, the
+    fused op returns the Bessel-corrected one, so it is scaled back by
+    ``(n - 1) / n``). Inference, frozen layers, masks, renorm, synchronized
+    BN and anything but rank-4 channels-last input use the parent's path.
+    """
+
+    def _can_fuse(self, inputs, training, mask) -> bool:
+        return bool(
+            training and self.trainable and mask is None and not self.renorm and not self.synchronized
+            and self.scale and self.center and len(inputs.shape) == 4 and self.axis in (-1, 3)
+            and inputs.dtype in (tf.float32, tf.float16, tf.bfloat16)
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        if not self._can_fuse(inputs, training, mask):
+            return super().call(inputs, training=training, mask=mask)
+        outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            inputs, tf.cast(self.gamma, tf.float32), tf.cast(self.beta, tf.float32),
+            epsilon=self.epsilon, data_format="NHWC", is_training=True,
+        )[:3]
+        n = tf.cast(tf.reduce_prod(tf.shape(inputs)[:3]), tf.float32)
+        variance = variance * (n - 1.0) / tf.maximum(n, 1.0)
+        momentum = self.momentum
+        self.moving_mean.assign(self.moving_mean * momentum + mean * (1.0 - momentum))
+        self.moving_variance.assign(self.moving_variance * momentum + variance * (1.0 - momentum))
+        return outputs
+
+
+def _with_fused_batchnorm(model: keras.Model) -> keras.Model:
+    """Clones a functional model with every BatchNormalization made fused (same names and weights)."""
+
+    def clone(layer):
+        if type(layer) is keras.layers.BatchNormalization:
+            return FusedBatchNormalization.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    fused = keras.models.clone_model(model, clone_function=clone)
+    for layer in fused.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return fused
+
+
 def _freeze(model: keras.Model, *, freeze_batchnorm: bool, frozen_prefixes: tuple[str, ...]) -> None:
     for layer in model.layers:
         if freeze_batchnorm and isinstance(layer, keras.layers.BatchNormalization):
@@ -92,18 +143,19 @@ def resnet_backbone(
     net = _RESNET_BUILDERS[depth](include_top=False, weights=None, input_tensor=x)
     if weights is not None:
         net.load_weights(weights)
+    net = _with_fused_batchnorm(net)
     prefixes = ("conv1",) + tuple(f"conv{s}_" for s in range(2, frozen_stages + 1)) if frozen_stages > 0 else ()
     _freeze(net, freeze_batchnorm=freeze_batchnorm, frozen_prefixes=prefixes)
     outputs = {
         f"C{level}": net.get_layer(name).output
         for level, name in zip(range(2, 6), _RESNET_STAGE_OUTPUTS[depth])
     }
-    return keras.Model(images, outputs, name=f"resnet{depth}")
+    return keras.Model(net.input, outputs, name=f"resnet{depth}")
 
 
 def _conv_bn(x, filters: int, stride: int, name: str):
     x = keras.layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = FusedBatchNormalization(name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
@@ -125,7 +177,7 @@ def tiny_backbone(*, widths: tuple[int, ...] = (24, 48, 96, 160), freeze_batchno
         x = _conv_bn(x, filters, 2, f"c{level}_down")
         y = _conv_bn(x, filters, 1, f"c{level}_a")
         y = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"c{level}_b_conv")(y)
-        y = keras.layers.BatchNormalization(name=f"c{level}_b_bn")(y)
+        y = FusedBatchNormalization(name=f"c{level}_b_bn")(y)
         x = keras.layers.ReLU(name=f"c{level}_out")(keras.layers.Add(name=f"c{level}_add")([x, y]))
         outputs[f"C{level}"] = x
     model = keras.Model(images, outputs, name="tiny")

@@ -33,24 +33,28 @@ def empty_detections(batch_size, max_detections: int) -> dict[str, tf.Tensor]:
 
 
 def top_k_candidates(
-    scores: tf.Tensor, k: int, score_threshold: float
+    logits: tf.Tensor, k: int, score_threshold: float
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Top-k (box, class) pairs of one level.
+    """Top-k (box, class) pairs of one level, by sigmoid score.
+
+    The sigmoid is monotonic, so top-k runs on the logits and only the k
+    winners are squashed (an image has ~4M logits at 512 px and 80 classes).
 
     Args:
-      scores: ``[B, N, C]`` probabilities.
+      logits: ``[B, N, C]`` sigmoid logits.
       k: candidates kept (fewer if ``N * C < k``).
-      score_threshold: pairs below it get score 0.
+      score_threshold: pairs whose probability is below it get score 0.
 
     Returns:
       ``(scores, box_index, class_id)``, each ``[B, k']``.
     """
-    num_classes = tf.shape(scores)[2]
-    flat = tf.reshape(scores, [tf.shape(scores)[0], -1])
+    num_classes = tf.shape(logits)[2]
+    flat = tf.reshape(logits, [tf.shape(logits)[0], -1])
     k = tf.minimum(k, tf.shape(flat)[1])
     values, index = tf.math.top_k(flat, k=k, sorted=False)
-    values = tf.where(values >= score_threshold, values, tf.zeros_like(values))
-    return values, index // num_classes, index % num_classes
+    scores = tf.sigmoid(values)
+    scores = tf.where(scores >= score_threshold, scores, tf.zeros_like(scores))
+    return scores, index // num_classes, index % num_classes
 
 
 def class_aware_nms(
@@ -144,7 +148,7 @@ def multilevel_detections(
     """
     all_boxes, all_scores, all_classes = [], [], []
     for logits, codes, level_anchors in zip(class_logits, box_codes, anchors):
-        scores, box_index, class_id = top_k_candidates(tf.sigmoid(logits), pre_nms_top_k, score_threshold)
+        scores, box_index, class_id = top_k_candidates(logits, pre_nms_top_k, score_threshold)
         picked_codes = tf.gather(codes, box_index, batch_dims=1)
         picked_anchors = tf.gather(level_anchors, box_index)
         all_boxes.append(box_coder.decode(picked_codes, picked_anchors))

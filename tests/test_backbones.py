@@ -98,3 +98,32 @@ def test_upsample2x_like_matches_nearest_resize_and_crops():
     odd = upsample2x_like(x, tf.zeros([1, 3, 5, 1])).numpy()
     assert odd.shape == (1, 3, 5, 2)
     np.testing.assert_array_equal(odd[0, :, :, 0], [[0, 0, 2, 2, 4], [0, 0, 2, 2, 4], [6, 6, 8, 8, 10]])
+
+
+def test_fused_batchnorm_matches_keras_batchnorm_in_training():
+    from kdet.backbones import FusedBatchNormalization
+
+    x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, size=(2, 5, 7, 4)).astype(np.float32))
+    ref, fused = keras.layers.BatchNormalization(momentum=0.9), FusedBatchNormalization(momentum=0.9)
+    ref.build(x.shape)
+    fused.build(x.shape)
+    gamma = np.linspace(0.5, 2.0, 4).astype(np.float32)
+    for layer in (ref, fused):
+        layer.gamma.assign(gamma)
+        layer.beta.assign(-gamma)
+    outs, grads = [], []
+    for layer in (ref, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * tf.range(4, dtype=tf.float32))
+        outs.append(y.numpy())
+        grads.append([g.numpy() for g in tape.gradient(loss, [x, layer.gamma, layer.beta])])
+    np.testing.assert_allclose(outs[1], outs[0], atol=1e-4)
+    for g_fused, g_ref in zip(grads[1], grads[0]):
+        np.testing.assert_allclose(g_fused, g_ref, atol=1e-3)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), ref.moving_mean.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), ref.moving_variance.numpy(), rtol=1e-5)
+    # Inference and frozen layers take the parent's path.
+    np.testing.assert_allclose(fused(x, training=False).numpy(), ref(x, training=False).numpy(), atol=1e-5)
+    assert fused.get_config() == {**ref.get_config(), "name": fused.name}

@@ -21,7 +21,8 @@ def test_class_aware_nms_keeps_overlapping_boxes_of_other_classes():
 
 def test_top_k_candidates_thresholds_and_indices():
     scores = tf.constant([[[0.1, 0.6], [0.01, 0.3], [0.9, 0.02]]])  # [B=1, N=3, C=2]
-    values, box_index, class_id = postprocess.top_k_candidates(scores, 4, 0.05)
+    logits = tf.math.log(scores / (1 - scores))
+    values, box_index, class_id = postprocess.top_k_candidates(logits, 4, 0.05)
     got = sorted(zip(values.numpy()[0].round(3), box_index.numpy()[0], class_id.numpy()[0]), reverse=True)
     assert got == [(0.9, 2, 0), (0.6, 0, 1), (0.3, 1, 1), (0.1, 0, 0)]
 

@@ -139,10 +139,15 @@ class RetinaNet(keras.Model):
           ``labels [B, N]`` in {-1, 0, 1}, ``class_targets [B, N, C]`` one-hot,
           ``box_targets [B, N, 4]`` codes.
         """
-        gt_boxes = tf.cast(targets["boxes"], tf.float32)
         gt_classes = tf.cast(targets["classes"], tf.int32)
+        # Only the first m columns can hold objects: the IoU matrix [B, N, m] costs
+        # O(N * m), so trimming the padding (often 100 rows for a few objects) pays.
+        # At least one (padded) column is kept so the gathers below stay defined.
+        m = tf.maximum(tf.reduce_max(tf.where(gt_classes >= 0, tf.range(tf.shape(gt_classes)[1])[None, :] + 1, 1)), 1)
+        gt_classes = gt_classes[:, :m]
+        gt_boxes = tf.cast(targets["boxes"], tf.float32)[:, :m]
         present = gt_classes >= 0
-        crowd = tf.cast(targets.get("is_crowd", tf.zeros_like(present)), tf.bool) & present
+        crowd = tf.cast(targets.get("is_crowd", tf.zeros_like(targets["classes"], tf.bool)), tf.bool)[:, :m] & present
         if anchors.shape.rank == 2:
             anchors = anchors[None]
         iou = box_ops.pairwise_iou(anchors, gt_boxes, present)  # [B, N, M]
