@@ -1,0 +1,162 @@
+"""Readers of the tensorflow-datasets detection sets: ``coco/2017``, ``voc/2007``,
+``voc/2012``, converted to the example dict of :mod:`kdet.data.example`.
+
+Conversions:
+  * tfds boxes are normalised ``[ymin, xmin, ymax, xmax]``; they are multiplied
+    by the image height/width to give pixels.
+  * COCO: ``label`` 0..79 is kept as the label id; ``info.category_ids`` maps it
+    to the COCO json category id (1..90 with gaps) for evaluation.
+    ``image_id`` is ``image/id``.
+  * VOC: annotation corners are 1-based inclusive pixels, so 1 is subtracted
+    from ``ymin``/``xmin`` (as detectron2 does). Objects marked ``is_difficult``
+    become ``is_crowd=True``: COCO-style evaluation then neither rewards nor
+    penalises detections of them, which is what VOC's own protocol does with
+    difficult objects. VOC has no numeric image id: it is the digits of the file
+    name (``000005.jpg`` -> 5, ``2008_000123.jpg`` -> 2008000123).
+  * Sequence fields of one example may disagree in length (tfds mock data does
+    this); every object field is cut to the shortest one.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from kdet.data import categories
+from kdet.data.example import DataStats, DetectionInfo, sanitize_example
+
+#: The tfds names :func:`load_tfds` reads.
+SUPPORTED_TFDS_NAMES = ("coco/2017", "voc/2007", "voc/2012")
+
+
+def image_id_from_filename(filename: tf.Tensor) -> tf.Tensor:
+    """Numeric image id from the digits of a file name.
+
+    ``"000005.jpg"`` -> 5, ``"2008_000123.jpg"`` -> 2008000123. A name without
+    digits gets a stable 62-bit hash of the whole name instead.
+
+    Args:
+        filename: scalar tf.string.
+
+    Returns:
+        Scalar int64.
+    """
+    digits = tf.strings.regex_replace(filename, r"[^0-9]", "")
+    digits = tf.strings.substr(digits, 0, 18)  # int64 holds 18 digits safely
+    return tf.cond(
+        tf.strings.length(digits) > 0,
+        lambda: tf.strings.to_number(digits, tf.int64),
+        lambda: tf.strings.to_hash_bucket_fast(filename, 2**62),
+    )
+
+
+def _common_length(objects: dict, keys: tuple[str, ...]) -> tf.Tensor:
+    """Shortest leading dimension among ``objects[key]`` for ``keys``."""
+    lengths = [tf.shape(objects[key])[0] for key in keys]
+    return tf.reduce_min(tf.stack(lengths))
+
+
+def _pixel_boxes(normalised: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
+    """``[N, 4]`` normalised yxyx -> pixels of ``image`` ``[H, W, C]``."""
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    size = tf.concat([shape, shape], axis=0)
+    return tf.reshape(tf.cast(normalised, tf.float32), [-1, 4]) * size
+
+
+def coco_example_from_tfds(features: dict) -> dict[str, tf.Tensor]:
+    """tfds ``coco/2017`` features -> unsanitised example dict."""
+    objects = features["objects"]
+    n = _common_length(objects, ("bbox", "label", "is_crowd"))
+    return {
+        "image": features["image"],
+        "boxes": _pixel_boxes(objects["bbox"][:n], features["image"]),
+        "classes": tf.cast(objects["label"][:n], tf.int32),
+        "is_crowd": tf.cast(objects["is_crowd"][:n], tf.bool),
+        "image_id": tf.cast(features["image/id"], tf.int64),
+    }
+
+
+def voc_example_from_tfds(features: dict) -> dict[str, tf.Tensor]:
+    """tfds ``voc/*`` features -> unsanitised example dict (difficult = crowd)."""
+    objects = features["objects"]
+    n = _common_length(objects, ("bbox", "label", "is_difficult"))
+    boxes = _pixel_boxes(objects["bbox"][:n], features["image"])
+    boxes -= tf.constant([1.0, 1.0, 0.0, 0.0])  # 1-based inclusive -> 0-based
+    return {
+        "image": features["image"],
+        "boxes": boxes,
+        "classes": tf.cast(objects["label"][:n], tf.int32),
+        "is_crowd": tf.cast(objects["is_difficult"][:n], tf.bool),
+        "image_id": image_id_from_filename(features["image/filename"]),
+    }
+
+
+def tfds_info(name: str, *, stats: DataStats | None = None) -> DetectionInfo:
+    """DetectionInfo (class names, COCO category ids) of a supported tfds name."""
+    _check_name(name)
+    if name.startswith("coco"):
+        return categories.coco_info(name, stats=stats)
+    return categories.voc_info(name, stats=stats)
+
+
+def _check_name(name: str) -> None:
+    if name not in SUPPORTED_TFDS_NAMES:
+        raise ValueError(
+            f"Unsupported tfds dataset {name!r}; supported: "
+            f"{', '.join(SUPPORTED_TFDS_NAMES)}."
+        )
+
+
+def _convert(features: dict, *, name: str, stats: DataStats) -> dict[str, tf.Tensor]:
+    if name.startswith("coco"):
+        to_example = coco_example_from_tfds
+    else:
+        to_example = voc_example_from_tfds
+    return sanitize_example(to_example(features), stats=stats)
+
+
+def load_tfds(
+    name: str,
+    *,
+    split: str,
+    data_dir: str | None = None,
+    download: bool = False,
+    shuffle_files: bool = False,
+    read_config: tfds.ReadConfig | None = None,
+) -> tuple[tf.data.Dataset, DetectionInfo]:
+    """Loads a tfds detection dataset as example dicts.
+
+    Nothing is downloaded unless ``download=True``; prepare the data beforehand
+    (``tfds build coco/2017 --data_dir ...``) to train offline.
+
+    Args:
+        name: one of :data:`SUPPORTED_TFDS_NAMES`.
+        split: tfds split string, e.g. ``"train"``, ``"validation[:10%]"``.
+        data_dir: tfds data directory (tfds default when None).
+        download: let tfds download and prepare missing data.
+        shuffle_files: shuffle the record files (training).
+        read_config: passed to ``tfds.load``.
+
+    Returns:
+        ``(dataset of example dicts, DetectionInfo)``; ``info.stats`` counts the
+        boxes dropped/clipped while iterating.
+
+    Raises:
+        ValueError: an unsupported ``name``.
+    """
+    _check_name(name)
+    stats = DataStats()
+    info = tfds_info(name, stats=stats)
+    dataset = tfds.load(
+        name,
+        split=split,
+        data_dir=data_dir,
+        download=download,
+        shuffle_files=shuffle_files,
+        read_config=read_config,
+    )
+    convert = functools.partial(_convert, name=name, stats=stats)
+    dataset = dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset, info
