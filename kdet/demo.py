@@ -1,0 +1,135 @@
+"""The main job: train RetinaNet on the embedded synthetic shapes, evaluate, draw.
+
+``kdet demo`` runs :func:`run_demo`: it generates the deterministic synthetic
+set (no download), trains a small-backbone RetinaNet with ``model.fit`` and
+Keras' progress bar, evaluates on the held-out validation split with
+pycocotools, prints the COCO table and writes into ``out_dir``:
+
+* ``predictions.png``: detections (coloured, with scores) and ground truth
+  (dashed white) on a few validation images;
+* ``metrics.json``: the COCO metrics, the config and the timings;
+* ``coco_results.json``: the detections in COCO result format;
+* ``model.weights.h5``: the trained weights (rebuild with ``RetinaNet(**config)``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+
+from kdet.data.pipeline import make_pipeline
+from kdet.data.synthetic import synthetic_dataset
+from kdet.detectors.retinanet import RetinaNet
+from kdet.evaluation import CocoEvaluator, evaluate_model, format_metrics_table
+from kdet.visualize import save_detection_grid
+
+IMAGE_SIZE = 128
+
+
+def demo_model_config(num_classes: int) -> dict:
+    """RetinaNet P3-P7, 9 anchors, focal loss, sized for 128-px images on a CPU.
+
+    The anchors start at 16 px (``anchor_size=2``) because the synthetic
+    objects go down to ~10 px; each ground truth also gets its best anchor
+    (``allow_low_quality_matches``) so the smallest objects are trained.
+    """
+    return dict(
+        num_classes=num_classes,
+        backbone="tiny",
+        freeze_batchnorm=False,
+        anchor_size=2.0,
+        fpn_filters=64,
+        head_convs=2,
+        head_filters=64,
+        allow_low_quality_matches=True,
+    )
+
+
+def _optimizer(total_steps: int, *, peak_lr: float = 1e-3) -> keras.optimizers.Optimizer:
+    """Adam with a linear warm-up over 10% of the steps, then cosine decay.
+
+    A peak of 2e-3 diverged from scratch in one of two otherwise identical
+    runs (the tiny backbone has no pretrained weights); 1e-3 trains reliably.
+    """
+    warmup = max(total_steps // 10, 1)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        initial_learning_rate=peak_lr / 10, decay_steps=max(total_steps - warmup, 1), alpha=0.02,
+        warmup_target=peak_lr, warmup_steps=warmup,
+    )
+    return keras.optimizers.Adam(learning_rate=schedule, clipnorm=10.0)
+
+
+def run_demo(
+    *,
+    out_dir: str = "kdet_demo",
+    epochs: int = 18,
+    train_images: int = 2000,
+    val_images: int = 200,
+    batch_size: int = 8,
+    seed: int = 0,
+    verbose: int | None = None,
+) -> dict[str, float]:
+    """Trains, evaluates and draws; returns the COCO metrics.
+
+    Args:
+      out_dir: where the PNG, json files and weights go.
+      epochs: passes over the training split.
+      train_images: training-split size (the set is generated from ``seed``).
+      val_images: validation-split size.
+      batch_size: images per step.
+      seed: seeds the data, the pipeline and the weights.
+      verbose: Keras fit verbosity; default: a progress bar on a terminal,
+        one line per epoch otherwise.
+    """
+    keras.utils.set_random_seed(seed)
+    os.makedirs(out_dir, exist_ok=True)
+    verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+    started = time.time()
+    train_examples, info = synthetic_dataset("train", seed=seed, num_images=train_images, image_size=IMAGE_SIZE)
+    val_examples, _ = synthetic_dataset("validation", seed=seed, num_images=val_images, image_size=IMAGE_SIZE)
+    size = (IMAGE_SIZE, IMAGE_SIZE)
+    train = make_pipeline(train_examples, image_size=size, batch_size=batch_size, training=True, seed=seed)
+    val = make_pipeline(val_examples, image_size=size, batch_size=16, training=False)
+    print(f"kdet demo: {train_images} train / {val_images} validation synthetic images "
+          f"({', '.join(info.class_names)}) generated in {time.time() - started:.1f}s")
+
+    config = demo_model_config(info.num_classes)
+    model = RetinaNet(**config)
+    steps = epochs * (train_images // batch_size)
+    model.compile(optimizer=_optimizer(steps))
+    fit_started = time.time()
+    history = model.fit(train, epochs=epochs, verbose=verbose)
+    train_seconds = time.time() - fit_started
+
+    evaluator = CocoEvaluator(category_ids=info.category_ids, class_names=info.class_names)
+    metrics = evaluate_model(model, val, evaluator, progress=verbose == 1)
+    print(f"\nCOCO metrics on the validation split ({val_images} images):")
+    print(format_metrics_table(metrics))
+
+    images, targets = next(iter(val))
+    detections = model.predict_on_batch(images[:8])
+    picture = save_detection_grid(
+        images.numpy()[:8], detections, os.path.join(out_dir, "predictions.png"),
+        class_names=info.class_names, ground_truth={k: v.numpy()[:8] for k, v in targets.items()},
+    )
+    evaluator.write_results_json(os.path.join(out_dir, "coco_results.json"))
+    model.save_weights(os.path.join(out_dir, "model.weights.h5"))
+    summary = {
+        "metrics": {k: float(v) for k, v in metrics.items()},
+        "config": config,
+        "epochs": epochs,
+        "train_images": train_images,
+        "train_seconds": round(train_seconds, 1),
+        "total_seconds": round(time.time() - started, 1),
+        "final_loss": {k: float(np.asarray(v[-1])) for k, v in history.history.items()},
+    }
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"\nwrote {picture} and metrics/results/weights to {out_dir}/ "
+          f"(training {train_seconds:.0f}s, total {summary['total_seconds']:.0f}s)")
+    return metrics
