@@ -8,6 +8,7 @@ the same pieces.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 
@@ -22,6 +23,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def demo_defaults() -> dict:
+    """The keyword defaults of :func:`kdet.demo.run_demo` (one source of truth)."""
+    from kdet.demo import run_demo
+
+    return {k: p.default for k, p in inspect.signature(run_demo).parameters.items()}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdet", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -29,18 +37,18 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="train RetinaNet on the embedded synthetic shapes, print COCO metrics, draw predictions",
     )
-    demo.add_argument("--out", default="kdet_demo", help="output folder (default: %(default)s)")
-    demo.add_argument("--epochs", type=_positive_int, default=18, help="training epochs (default: %(default)s)")
-    demo.add_argument("--train-images", type=_positive_int, default=2000, help="(default: %(default)s)")
-    demo.add_argument("--val-images", type=_positive_int, default=200, help="(default: %(default)s)")
-    demo.add_argument("--batch-size", type=_positive_int, default=8, help="(default: %(default)s)")
-    demo.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    defaults = demo_defaults()
+    demo.add_argument("--out", default=defaults["out_dir"], help="output folder (default: %(default)s)")
+    for flag, key in [("--epochs", "epochs"), ("--train-images", "train_images"), ("--val-images", "val_images"),
+                      ("--batch-size", "batch_size")]:
+        demo.add_argument(flag, type=_positive_int, default=defaults[key], help="(default: %(default)s)")
+    demo.add_argument("--seed", type=int, default=defaults["seed"], help="(default: %(default)s)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.command == "demo":
         from kdet.demo import run_demo
 
