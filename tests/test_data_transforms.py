@@ -1,118 +1,124 @@
-"""Transforms and the batched pipeline on hand-checkable cases."""
+"""Hand-checked tests of kdet.data.transforms (resize, pad, flip, scale jitter)."""
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet.data import make_pipeline, sanitize_example
 from kdet.data import transforms
 
 
-def test_resize_to_fit_hand_computed():
-    image = tf.zeros([100, 200, 3], tf.uint8)
-    boxes = tf.constant([[10.0, 20.0, 50.0, 100.0]])
-    out, out_boxes, scale, shape = transforms.resize_to_fit(image, boxes, output_size=(128, 128))
+def _image(h, w, c=3):
+    return tf.reshape(tf.range(h * w * c, dtype=tf.float32) % 251, [h, w, c])
+
+
+def test_resize_to_fit_100x200_into_128():
+    boxes = tf.constant([[10.0, 20.0, 50.0, 120.0]])
+    image, out_boxes, scale, shape = transforms.resize_to_fit(
+        _image(100, 200), boxes, output_size=(128, 128)
+    )
     assert float(scale) == pytest.approx(0.64)
-    assert shape.numpy().tolist() == [64, 128] and out.shape == (64, 128, 3)
-    np.testing.assert_allclose(out_boxes.numpy(), [[6.4, 12.8, 32.0, 64.0]], rtol=1e-6)
+    assert shape.numpy().tolist() == [64, 128]
+    assert image.shape == (64, 128, 3) and image.dtype == tf.float32
+    np.testing.assert_allclose(out_boxes, [[6.4, 12.8, 32.0, 76.8]], rtol=1e-6)
+
+
+def test_resize_to_fit_upscales_small_image_and_keeps_box_over_scale():
+    boxes = tf.constant([[1.0, 2.0, 3.0, 4.0]])
+    image, out_boxes, scale, shape = transforms.resize_to_fit(
+        _image(50, 40), boxes, output_size=(256, 128)
+    )
+    assert float(scale) == pytest.approx(3.2)  # min(256/50, 128/40)
+    assert shape.numpy().tolist() == [160, 128]
+    np.testing.assert_allclose(out_boxes / scale, boxes, rtol=1e-6)
+
+
+def test_resize_to_range_short_side_and_cap():
+    image, _, scale, shape = transforms.resize_to_range(
+        _image(100, 200), tf.zeros([0, 4]), min_size=50, max_size=80
+    )
+    assert float(scale) == pytest.approx(0.4)  # min(50/100, 80/200)
+    assert shape.numpy().tolist() == [40, 80]
+    assert image.shape == (40, 80, 3)
 
 
 def test_pad_to_size_and_multiple():
-    image = tf.ones([30, 50, 3])
-    padded = transforms.pad_to_size(image, output_size=(64, 64)).numpy()
-    assert padded.shape == (64, 64, 3) and padded[:30, :50].min() == 1 and padded[30:].max() == 0
-    assert transforms.pad_to_multiple(image, stride=32).shape == (32, 64, 3)
+    image = _image(5, 7)
+    padded = transforms.pad_to_size(image, output_size=(8, 12))
+    assert padded.shape == (8, 12, 3)
+    np.testing.assert_array_equal(padded[:5, :7], image)
+    assert float(tf.reduce_sum(tf.abs(padded[5:]))) == 0.0
+    assert float(tf.reduce_sum(tf.abs(padded[:, 7:]))) == 0.0
+    assert transforms.pad_to_multiple(image, stride=4).shape == (8, 8, 3)
+    assert transforms.pad_to_multiple(_image(8, 4), stride=4).shape == (8, 4, 3)
 
 
-def test_flip_twice_is_identity_and_flips_boxes():
-    image = tf.random.uniform([20, 30, 3])
-    boxes = tf.constant([[2.0, 3.0, 10.0, 12.0]])
-    flipped_image, flipped = transforms.flip_left_right(image, boxes)
-    np.testing.assert_allclose(flipped.numpy(), [[2.0, 18.0, 10.0, 27.0]])
-    back_image, back = transforms.flip_left_right(flipped_image, flipped)
-    np.testing.assert_allclose(back.numpy(), boxes.numpy())
-    np.testing.assert_array_equal(back_image.numpy(), image.numpy())
+def test_flip_boxes_by_hand_and_twice_is_identity():
+    boxes = tf.constant([[1.0, 2.0, 5.0, 7.0], [0.0, 0.0, 3.0, 10.0]])
+    flipped = transforms.flip_boxes_left_right(boxes, width=10)
+    np.testing.assert_allclose(flipped, [[1, 3, 5, 8], [0, 0, 3, 10]])
+    image = _image(6, 10)
+    once_image, once_boxes = transforms.flip_left_right(image, boxes)
+    twice_image, twice_boxes = transforms.flip_left_right(once_image, once_boxes)
+    np.testing.assert_array_equal(twice_image, image)
+    np.testing.assert_allclose(twice_boxes, boxes)
+    # The flipped box covers the flipped pixels: column x moves to 9 - x.
+    np.testing.assert_array_equal(once_image[:, 0], image[:, 9])
 
 
-def test_scale_jitter_keeps_boxes_inside_output():
-    image = tf.random.uniform([100, 100, 3], 0, 255)
-    boxes = tf.constant([[10.0, 10.0, 40.0, 40.0], [60.0, 60.0, 99.0, 99.0]])
-    for i in range(5):
-        out, out_boxes, keep, scale = transforms.random_scale_jitter(
-            image, boxes, output_size=(64, 64), scale_range=(0.5, 2.0), seed=tf.constant([i, 7]))
-        assert out.shape[:2] == (64, 64) or (out.shape[0] <= 64 and out.shape[1] <= 64)
-        kept = out_boxes.numpy()[keep.numpy()]
-        assert np.all(kept >= 0) and np.all(kept <= 64)
-        assert np.all(kept[:, 2] > kept[:, 0]) and np.all(kept[:, 3] > kept[:, 1])
+def test_random_horizontal_flip_is_stateless_and_both_outcomes_happen():
+    image, boxes = _image(4, 10), tf.constant([[0.0, 1.0, 2.0, 3.0]])
+    outcomes = set()
+    for i in range(16):
+        seed = tf.constant([i, 7])
+        a = transforms.random_horizontal_flip(image, boxes, seed=seed)
+        b = transforms.random_horizontal_flip(image, boxes, seed=seed)
+        np.testing.assert_array_equal(a[1], b[1])
+        outcomes.add(float(a[1][0, 1]))
+    assert outcomes == {1.0, 7.0}
+    never = transforms.random_horizontal_flip(
+        image, boxes, seed=tf.constant([1, 2]), probability=0.0
+    )
+    np.testing.assert_array_equal(never[1], boxes)
 
 
-def test_sanitize_example_clips_drops_and_converts_grey():
-    example = {
-        "image": tf.zeros([40, 60, 1], tf.uint8),
-        "boxes": tf.constant([[-5, -5, 20, 20], [10, 10, 10, 30], [30, 50, 20, 40], [50, 70, 60, 80],
-                              [5, 5, 15, 15]], tf.float32),
-        "classes": tf.constant([0, 1, 2, 3, 4]),
-        "is_crowd": tf.constant([False, False, False, False, True]),
-        "image_id": tf.constant(7, tf.int64),
-    }
-    out = sanitize_example(example)
-    assert out["image"].shape == (40, 60, 3) and out["image"].dtype == tf.uint8
-    np.testing.assert_allclose(out["boxes"].numpy(), [[0, 0, 20, 20], [5, 5, 15, 15]])
-    assert out["classes"].numpy().tolist() == [0, 4] and out["is_crowd"].numpy().tolist() == [False, True]
+def test_crop_boxes_shifts_clips_and_drops():
+    boxes = tf.constant(
+        [[10.0, 10.0, 30.0, 30.0], [0.0, 0.0, 5.0, 5.0], [12.0, 40.0, 20.0, 60.0]]
+    )
+    out, keep = transforms.crop_boxes(boxes, offset=[10, 10], size=[20, 40])
+    np.testing.assert_allclose(out[0], [0, 0, 20, 20])
+    np.testing.assert_allclose(out[2], [2, 30, 10, 40])
+    assert keep.numpy().tolist() == [True, False, True]
 
 
-def _examples(num, *, boxes_per_image, size=(50, 80)):
-    def gen():
-        for i in range(num):
-            n = boxes_per_image[i % len(boxes_per_image)]
-            yield {
-                "image": np.full(size + (3,), i, np.uint8),
-                "boxes": np.tile(np.array([[5, 10, 25, 40]], np.float32), (n, 1)),
-                "classes": np.arange(n, dtype=np.int32) % 3,
-                "is_crowd": np.zeros(n, bool),
-                "image_id": np.int64(100 + i),
-            }
-
-    sig = {"image": tf.TensorSpec([None, None, 3], tf.uint8), "boxes": tf.TensorSpec([None, 4], tf.float32),
-           "classes": tf.TensorSpec([None], tf.int32), "is_crowd": tf.TensorSpec([None], tf.bool),
-           "image_id": tf.TensorSpec([], tf.int64)}
-    return tf.data.Dataset.from_generator(gen, output_signature=sig)
-
-
-def test_pipeline_contract_shapes_padding_and_scale(capfd):
-    ds = make_pipeline(_examples(5, boxes_per_image=[2, 0, 7]), image_size=(128, 256), batch_size=2,
-                       training=False, max_boxes=4)
-    batches = list(ds)
-    assert len(batches) == 3  # evaluation keeps the last partial batch
-    images, t = batches[0]
-    assert images.shape == (2, 128, 256, 3) and images.dtype == tf.float32
-    assert t["boxes"].shape == (2, 4, 4) and t["classes"].dtype == tf.int32 and t["is_crowd"].dtype == tf.bool
-    # 50x80 into 128x256: scale = min(128/50, 256/80) = 2.56 -> (128, 205).
-    np.testing.assert_allclose(t["scale"].numpy(), [2.56, 2.56], rtol=1e-6)
-    assert t["image_shape"].numpy().tolist() == [[128, 205], [128, 205]]
-    assert t["original_shape"].numpy().tolist() == [[50, 80], [50, 80]]
-    assert t["image_id"].numpy().tolist() == [100, 101]
-    np.testing.assert_allclose(t["boxes"].numpy()[0, 0] / 2.56, [5, 10, 25, 40], rtol=1e-5)
-    assert t["classes"].numpy().tolist() == [[0, 1, -1, -1], [-1, -1, -1, -1]]
-    assert np.all(images.numpy()[:, :, 205:] == 0)
-    # The image with 7 boxes is truncated to max_boxes and a warning names it.
-    _, t2 = batches[1]
-    assert (t2["classes"].numpy()[0] >= 0).sum() == 4
-    assert "image_id 102" in capfd.readouterr().err
+@pytest.mark.parametrize("low,high", [(0.5, 0.7), (1.0, 1.0), (1.5, 2.0)])
+def test_random_scale_jitter_fits_output_and_keeps_boxes_inside(low, high):
+    boxes = tf.constant([[0.0, 0.0, 100.0, 200.0], [40.0, 90.0, 60.0, 110.0]])
+    for i in range(4):
+        image, out, keep, scale = transforms.random_scale_jitter(
+            _image(100, 200),
+            boxes,
+            output_size=(128, 128),
+            scale_range=(low, high),
+            seed=tf.constant([i, 3]),
+        )
+        h, w = image.shape[0], image.shape[1]
+        assert h <= 128 and w <= 128
+        assert 0.64 * low - 1e-6 <= float(scale) <= 0.64 * high + 1e-6
+        kept = tf.boolean_mask(out, keep).numpy()
+        assert (kept[:, 0] >= 0).all() and (kept[:, 2] <= h).all()
+        assert (kept[:, 1] >= 0).all() and (kept[:, 3] <= w).all()
+        # The whole-image box always survives and fills the crop.
+        assert bool(keep[0])
+        np.testing.assert_allclose(out[0], [0, 0, h, w], atol=1.0)
 
 
-def test_pipeline_training_is_seeded_and_drops_remainder():
-    def run():
-        ds = make_pipeline(_examples(5, boxes_per_image=[1]), image_size=(128, 128), batch_size=2,
-                           training=True, seed=3, scale_jitter=(0.8, 1.2))
-        return [t["boxes"].numpy() for _, t in ds]
-
-    first, second = run(), run()
-    assert len(first) == 2
-    for a, b in zip(first, second):
-        np.testing.assert_array_equal(a, b)
-
-
-def test_pipeline_rejects_bad_image_size():
-    with pytest.raises(ValueError, match="multiples"):
-        make_pipeline(_examples(1, boxes_per_image=[1]), image_size=(100, 128), batch_size=1, training=False)
+def test_random_scale_jitter_of_one_equals_resize_to_fit():
+    boxes = tf.constant([[10.0, 20.0, 50.0, 120.0]])
+    jit = transforms.random_scale_jitter(
+        _image(100, 200), boxes, output_size=(128, 128), scale_range=(1, 1),
+        seed=tf.constant([0, 0]),
+    )
+    fit = transforms.resize_to_fit(_image(100, 200), boxes, output_size=(128, 128))
+    np.testing.assert_allclose(jit[0], fit[0])
+    np.testing.assert_allclose(jit[1], fit[1])

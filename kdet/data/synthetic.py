@@ -295,4 +295,9 @@ def synthetic_dataset(
         "is_crowd": ragged("is_crowd", bool),
         "image_id": np.array([e["image_id"] for e in examples], np.int64),
     }
-    return tf.data.Dataset.from_tensor_slices(columns), synthetic_info()
+    dataset = tf.data.Dataset.from_tensor_slices(columns)
+    # Rows of a ragged column arrive as dense tensors; make the spec say so.
+    dataset = dataset.map(
+        lambda example: {k: tf.convert_to_tensor(v) for k, v in example.items()}
+    )
+    return dataset, synthetic_info()
