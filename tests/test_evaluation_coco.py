@@ -268,3 +268,35 @@ def test_format_metrics_table():
     assert header.split() == ["AP", "AP50", "AP60", "AP70", "AP75", "AP80", "AP90",
                               "APs", "APm", "APl", "AR100"]
     assert values.split() == ["55.3", "83.4", "-", "-", "-", "-", "-", "-", "-", "-", "100.0"]
+
+
+def test_real_pipeline_targets_map_back_to_original_pixels():
+    from kdet.data.pipeline import make_pipeline
+
+    originals = {3: (64, 96, np.array([[8, 16, 40, 60]], np.float32)),
+                 4: (100, 50, np.array([[10, 5, 90, 45], [0, 0, 20, 20]], np.float32))}
+
+    def gen():
+        for image_id, (h, w, boxes) in originals.items():
+            yield {"image": np.zeros((h, w, 3), np.uint8), "boxes": boxes,
+                   "classes": np.zeros(len(boxes), np.int32), "is_crowd": np.zeros(len(boxes), bool),
+                   "image_id": np.int64(image_id)}
+
+    spec = {"image": tf.TensorSpec([None, None, 3], tf.uint8), "boxes": tf.TensorSpec([None, 4], tf.float32),
+            "classes": tf.TensorSpec([None], tf.int32), "is_crowd": tf.TensorSpec([None], tf.bool),
+            "image_id": tf.TensorSpec([], tf.int64)}
+    examples = tf.data.Dataset.from_generator(gen, output_signature=spec)
+    _, targets = next(iter(make_pipeline(examples, image_size=(128, 128), batch_size=2,
+                                         training=False, max_boxes=4)))
+    oracle = {"boxes": targets["boxes"], "scores": tf.cast(targets["classes"] >= 0, tf.float32),
+              "classes": targets["classes"], "num_detections": tf.reduce_sum(
+                  tf.cast(targets["classes"] >= 0, tf.int32), axis=1)}
+    evaluator = CocoEvaluator(category_ids=[1])
+    evaluator.update_from_batch(targets, oracle)
+    for image in evaluator.ground_truth_dataset()["images"]:
+        assert (image["height"], image["width"]) == originals[image["id"]][:2]
+    for annotation in evaluator.ground_truth_dataset()["annotations"]:
+        y0, x0, y1, x1 = originals[annotation["image_id"]][2][0]
+        if annotation["image_id"] == 3:  # the single box of image 3, back in original pixels
+            assert annotation["bbox"] == pytest.approx([x0, y0, x1 - x0, y1 - y0], abs=1e-3)
+    assert evaluator.evaluate()["AP"] == pytest.approx(1.0)
