@@ -1,0 +1,369 @@
+"""RoIAlign on an FPN: level assignment and a multilevel bilinear crop.
+
+Boxes are ``[ymin, xmin, ymax, xmax]`` float32 in absolute pixels of the
+input image, as everywhere in kdet. Level ``l`` has stride ``2**l``.
+
+Coordinate convention (detectron2 ``ROIAlign(aligned=True)``, He et al. 2017
+Sec. 3 as corrected by the half-pixel shift): a pixel coordinate ``y`` lies at
+feature coordinate ``y / stride - 0.5`` (feature cell ``i`` covers pixels
+``[i * stride, (i + 1) * stride)`` and its value sits at its centre). A box is
+split into ``output_size x output_size`` bins, each sampled on a regular
+``sampling_ratio x sampling_ratio`` grid at the centres of its sub-bins, and the
+samples of a bin are averaged. So the ``n = output_size * sampling_ratio``
+sample rows of a box are at::
+
+    y_j = y1 / stride - 0.5 + (j + 0.5) * (y2 - y1) / (stride * n),  j = 0..n-1
+
+which is an ``n x n`` ``crop_and_resize`` (it samples both end points) from
+``y_0`` to ``y_{n-1}``, followed by an ``sampling_ratio`` average pool.
+
+Border rule (also detectron2's): a sample within one feature cell outside the
+map (``-1 <= y < 0`` or ``H - 1 < y <= H``) takes the nearest edge value, one
+further out is 0. ``crop_and_resize`` instead extrapolates with 0 as soon as
+``y < 0``, which would darken every box touching the image border (a 32-pixel
+box at the left edge of P2 has its first samples at ``x = -0.21``). Padding
+each level with one replicated row/column on every side and sampling in the
+padded map gives the detectron2 rule exactly, with 0 beyond the pad.
+
+Two interchangeable kernels compute the crops:
+
+* ``tf.image.crop_and_resize`` (``use_gather=False``): the fast training path
+  on CPU/GPU. It has no XLA kernel and is not a TFLite builtin. Boxes are
+  grouped by level with ``tf.dynamic_partition`` / ``tf.dynamic_stitch``, so
+  each box is cropped once (dynamic shapes inside, static output).
+* :func:`crop_and_resize_bilinear` (``use_gather=True``): the same maths with
+  ``tf.gather`` and arithmetic, for ``jit_compile=True`` and TFLite builtins.
+  To keep every shape static it crops every box on every level and selects the
+  box's own level, i.e. ``max_level - min_level + 1`` (4x) the crop work.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import keras
+import tensorflow as tf
+
+from kdet import boxes as box_ops
+
+# Added to the box-size ratio before the log so that zero-area (padding) boxes
+# give a large negative, finite level that is then clipped to min_level
+# (detectron2's assign_boxes_to_levels uses the same 1e-8).
+_LEVEL_EPSILON = 1e-8
+
+
+def assign_levels(
+    boxes: tf.Tensor,
+    *,
+    min_level: int = 2,
+    max_level: int = 5,
+    canonical_size: float = 224.0,
+    canonical_level: int = 4,
+) -> tf.Tensor:
+    """FPN level of each box (Lin et al. 2017, Eq. 1).
+
+    ``k = floor(k0 + log2(sqrt(w * h) / 224))`` with ``k0 = 4``: a box of the
+    ImageNet pre-training size 224 is pooled from P4, one half that size from
+    P3, and so on, clipped to ``[min_level, max_level]``.
+
+    Args:
+      boxes: ``[..., 4]`` yxyx pixels. Inverted or zero-area boxes get
+        ``min_level``.
+      min_level: smallest level.
+      max_level: largest level.
+      canonical_size: box size (pixels) mapped to ``canonical_level``.
+      canonical_level: ``k0``.
+
+    Returns:
+      ``[...]`` int32 levels in ``[min_level, max_level]``.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    size = tf.sqrt(box_ops.area(boxes))
+    level = tf.floor(canonical_level + tf.math.log(size / canonical_size + _LEVEL_EPSILON) / tf.math.log(2.0))
+    return tf.cast(tf.clip_by_value(level, float(min_level), float(max_level)), tf.int32)
+
+
+def _sample_coords(start: tf.Tensor, end: tf.Tensor, size: tf.Tensor, crop: int):
+    """``crop_and_resize`` sample positions along one axis and their validity.
+
+    Mirrors TF's kernel (``crop_and_resize_op.cc``) operation for operation so
+    that float rounding matches too.
+
+    Args:
+      start: ``[N]`` normalised start (``y1`` or ``x1``).
+      end: ``[N]`` normalised end.
+      size: scalar image size along the axis.
+      crop: output size along the axis (python int).
+
+    Returns:
+      ``([N, crop] float32 positions in pixels, [N, crop] bool inside [0, size-1])``.
+    """
+    last = tf.cast(size - 1, tf.float32)
+    if crop > 1:
+        scale = (end - start) * last / float(crop - 1)
+        steps = tf.range(crop, dtype=tf.float32)
+        coords = (start * last)[:, None] + steps[None, :] * scale[:, None]
+    else:
+        # TF samples the box centre when the crop is a single pixel.
+        coords = (0.5 * (start + end) * last)[:, None]
+    valid = (coords >= 0.0) & (coords <= last)
+    return coords, valid
+
+
+def _lerp_indices(coords: tf.Tensor, size: tf.Tensor):
+    """Floor index, next index (both clipped into the image) and the lerp weight."""
+    low = tf.floor(coords)
+    frac = coords - low
+    low = tf.clip_by_value(tf.cast(low, tf.int32), 0, size - 1)
+    high = tf.minimum(low + 1, size - 1)
+    return low, high, frac
+
+
+def crop_and_resize_bilinear(
+    image: tf.Tensor,
+    boxes: tf.Tensor,
+    box_indices: tf.Tensor,
+    crop_size: Sequence[int],
+    *,
+    extrapolation_value: float = 0.0,
+) -> tf.Tensor:
+    """``tf.image.crop_and_resize(method="bilinear")`` with gathers and arithmetic.
+
+    Same arguments and output, to float rounding: box ``[y1, x1, y2, x2]`` in
+    normalised coordinates samples row ``i`` at ``y1 * (H - 1) + i * (y2 - y1)
+    * (H - 1) / (crop_h - 1)`` (the centre ``(y1 + y2) / 2 * (H - 1)`` when
+    ``crop_h == 1``); samples outside ``[0, H - 1]`` get
+    ``extrapolation_value``. Unlike the TF op it compiles under XLA and
+    converts to TFLite builtins (GATHER, arithmetic, SELECT).
+
+    Args:
+      image: ``[B, H, W, C]``.
+      boxes: ``[N, 4]`` normalised yxyx.
+      box_indices: ``[N]`` int32 image of each box.
+      crop_size: ``(crop_h, crop_w)`` python ints.
+      extrapolation_value: value of samples outside the image.
+
+    Returns:
+      ``[N, crop_h, crop_w, C]`` float32.
+    """
+    image = tf.cast(image, tf.float32)
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    box_indices = tf.cast(box_indices, tf.int32)
+    crop_h, crop_w = int(crop_size[0]), int(crop_size[1])
+    shape = tf.shape(image)
+    height, width, channels = shape[1], shape[2], shape[3]
+
+    ys, y_valid = _sample_coords(boxes[:, 0], boxes[:, 2], height, crop_h)
+    xs, x_valid = _sample_coords(boxes[:, 1], boxes[:, 3], width, crop_w)
+    y_lo, y_hi, y_frac = _lerp_indices(ys, height)
+    x_lo, x_hi, x_frac = _lerp_indices(xs, width)
+
+    # One flat gather per corner: row offsets [N, crop_h, 1] + columns [N, 1, crop_w].
+    flat = tf.reshape(image, [-1, image.shape[-1] if image.shape[-1] is not None else channels])
+    base = (box_indices * height * width)[:, None]
+    rows_lo = ((base + y_lo * width))[:, :, None]
+    rows_hi = ((base + y_hi * width))[:, :, None]
+    cols_lo, cols_hi = x_lo[:, None, :], x_hi[:, None, :]
+    top_left = tf.gather(flat, rows_lo + cols_lo)
+    top_right = tf.gather(flat, rows_lo + cols_hi)
+    bottom_left = tf.gather(flat, rows_hi + cols_lo)
+    bottom_right = tf.gather(flat, rows_hi + cols_hi)
+
+    # Same order of operations as TF's kernel.
+    x_frac = x_frac[:, None, :, None]
+    y_frac = y_frac[:, :, None, None]
+    top = top_left + (top_right - top_left) * x_frac
+    bottom = bottom_left + (bottom_right - bottom_left) * x_frac
+    crops = top + (bottom - top) * y_frac
+
+    valid = (y_valid[:, :, None] & x_valid[:, None, :])[..., None]
+    return tf.where(valid, crops, tf.cast(extrapolation_value, tf.float32))
+
+
+def _pad_edges(features: tf.Tensor) -> tf.Tensor:
+    """Adds one replicated row/column on each side (see the module's border rule)."""
+    # SYMMETRIC with a width of 1 repeats the edge value itself.
+    return tf.pad(features, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+
+
+def level_crop_boxes(boxes: tf.Tensor, *, stride: float, feature_shape: tf.Tensor, crop: int) -> tf.Tensor:
+    """Pixel boxes -> normalised ``crop_and_resize`` boxes on an edge-padded level.
+
+    The first and last of the ``crop`` samples sit at the centres of the first
+    and last sub-bins (``y1 / stride - 0.5 + 0.5 * bin``), shifted by the one
+    pad cell, and are normalised by the padded map's ``H + 2 - 1``.
+
+    Args:
+      boxes: ``[N, 4]`` yxyx pixels of the input image.
+      stride: the level's stride in pixels.
+      feature_shape: ``(H, W)`` of the level before padding.
+      crop: samples per side (``output_size * sampling_ratio``).
+
+    Returns:
+      ``[N, 4]`` normalised yxyx boxes for the padded ``[B, H + 2, W + 2, C]`` map.
+    """
+    feature_boxes = boxes / stride
+    ymin, xmin, ymax, xmax = tf.unstack(feature_boxes, axis=-1)
+    half_h = 0.5 * (ymax - ymin) / crop
+    half_w = 0.5 * (xmax - xmin) / crop
+    # -0.5 (pixel centres) + 1 (pad cell) = +0.5.
+    starts_ends = tf.stack([ymin + 0.5 + half_h, xmin + 0.5 + half_w, ymax + 0.5 - half_h, xmax + 0.5 - half_w], -1)
+    extent = tf.cast(feature_shape, tf.float32) + 1.0  # (H + 2) - 1
+    return starts_ends / tf.tile(extent, [2])
+
+
+def _average_pool(crops: tf.Tensor, sampling_ratio: int) -> tf.Tensor:
+    """``[N, n, n, C]`` -> ``[N, n / s, n / s, C]`` by averaging ``s x s`` samples."""
+    if sampling_ratio == 1:
+        return crops
+    return tf.nn.avg_pool2d(crops, sampling_ratio, sampling_ratio, "VALID")
+
+
+def multilevel_roi_align(
+    features: Mapping[str, tf.Tensor],
+    boxes: tf.Tensor,
+    *,
+    output_size: int = 7,
+    sampling_ratio: int = 2,
+    min_level: int = 2,
+    max_level: int = 5,
+    canonical_size: float = 224.0,
+    canonical_level: int = 4,
+    use_gather: bool = False,
+) -> tf.Tensor:
+    """RoIAlign of each box from its FPN level (see the module docstring).
+
+    Args:
+      features: ``{"P2": [B, H_2, W_2, C], ..., "P5": ...}``; level ``l`` has
+        stride ``2**l``. Levels outside ``[min_level, max_level]`` are ignored.
+      boxes: ``[B, R, 4]`` yxyx pixels of the input image (padding rows may be
+        zeros: they are pooled from ``min_level`` like any tiny box).
+      output_size: bins per side (7 in Fast R-CNN heads).
+      sampling_ratio: samples per bin per side (2 -> 4 samples per bin).
+      min_level: smallest pyramid level used.
+      max_level: largest pyramid level used.
+      canonical_size: see :func:`assign_levels`.
+      canonical_level: see :func:`assign_levels`.
+      use_gather: crop with :func:`crop_and_resize_bilinear` (XLA, TFLite)
+        instead of ``tf.image.crop_and_resize``.
+
+    Returns:
+      ``[B, R, output_size, output_size, C]`` float32.
+    """
+    boxes = tf.convert_to_tensor(boxes, tf.float32)
+    levels = range(min_level, max_level + 1)
+    padded = {l: _pad_edges(tf.cast(features[f"P{l}"], tf.float32)) for l in levels}
+    channels = padded[min_level].shape[-1]
+    batch, num_rois = _dim(boxes, 0), _dim(boxes, 1)
+
+    flat_boxes = tf.reshape(boxes, [-1, 4])
+    box_indices = tf.repeat(tf.range(tf.shape(boxes)[0]), tf.shape(boxes)[1])
+    box_levels = assign_levels(
+        flat_boxes,
+        min_level=min_level,
+        max_level=max_level,
+        canonical_size=canonical_size,
+        canonical_level=canonical_level,
+    )
+    crop = output_size * sampling_ratio
+
+    def crop_level(level, level_boxes, level_indices, crop_fn):
+        image = padded[level]
+        normalised = level_crop_boxes(
+            level_boxes, stride=float(2**level), feature_shape=tf.shape(image)[1:3] - 2, crop=crop
+        )
+        return crop_fn(image, normalised, level_indices, [crop, crop])
+
+    if use_gather:
+        # Static shapes: every box on every level, keep the box's own level.
+        pooled = None
+        for level in levels:
+            level_crops = _average_pool(
+                crop_level(level, flat_boxes, box_indices, crop_and_resize_bilinear), sampling_ratio
+            )
+            if pooled is None:
+                pooled = level_crops
+            else:
+                pooled = tf.where((box_levels == level)[:, None, None, None], level_crops, pooled)
+    else:
+        # Each box cropped once: partition by level, crop, stitch back in order.
+        parts = tf.dynamic_partition(tf.range(tf.shape(flat_boxes)[0]), box_levels - min_level, len(levels))
+        crops = [
+            crop_level(level, tf.gather(flat_boxes, part), tf.gather(box_indices, part), tf.image.crop_and_resize)
+            for level, part in zip(levels, parts)
+        ]
+        pooled = _average_pool(tf.dynamic_stitch(parts, crops), sampling_ratio)
+
+    return tf.reshape(pooled, [batch, num_rois, output_size, output_size, channels if channels else -1])
+
+
+def _dim(tensor: tf.Tensor, axis: int):
+    """Static size of ``axis`` if known, else the dynamic one."""
+    static = tensor.shape[axis]
+    return static if static is not None else tf.shape(tensor)[axis]
+
+
+class RoIAlign(keras.layers.Layer):
+    """Multilevel RoIAlign layer: ``call(features, boxes)`` -> ``[B, R, S, S, C]``.
+
+    A thin wrapper of :func:`multilevel_roi_align` (which holds the
+    conventions); it has no weights.
+
+    Args:
+      output_size: bins per side.
+      sampling_ratio: samples per bin per side.
+      min_level: smallest pyramid level used.
+      max_level: largest pyramid level used.
+      canonical_size: box size (pixels) pooled from ``canonical_level``.
+      canonical_level: ``k0`` of the FPN level rule.
+      use_gather: use the gather kernel (XLA / TFLite) instead of
+        ``tf.image.crop_and_resize``.
+    """
+
+    def __init__(
+        self,
+        *,
+        output_size: int = 7,
+        sampling_ratio: int = 2,
+        min_level: int = 2,
+        max_level: int = 5,
+        canonical_size: float = 224,
+        canonical_level: int = 4,
+        use_gather: bool = False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.output_size = output_size
+        self.sampling_ratio = sampling_ratio
+        self.min_level = min_level
+        self.max_level = max_level
+        self.canonical_size = canonical_size
+        self.canonical_level = canonical_level
+        self.use_gather = use_gather
+
+    def call(self, features, boxes):
+        """Args: features ``{"P2".."P5": [B, H_l, W_l, C]}``; boxes ``[B, R, 4]`` pixels."""
+        return multilevel_roi_align(
+            features,
+            boxes,
+            output_size=self.output_size,
+            sampling_ratio=self.sampling_ratio,
+            min_level=self.min_level,
+            max_level=self.max_level,
+            canonical_size=float(self.canonical_size),
+            canonical_level=self.canonical_level,
+            use_gather=self.use_gather,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            output_size=self.output_size,
+            sampling_ratio=self.sampling_ratio,
+            min_level=self.min_level,
+            max_level=self.max_level,
+            canonical_size=self.canonical_size,
+            canonical_level=self.canonical_level,
+            use_gather=self.use_gather,
+        )
+        return config
