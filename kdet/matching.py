@@ -34,6 +34,47 @@ def with_sentinel_column(iou: tf.Tensor) -> tf.Tensor:
     return tf.concat([iou, pad], axis=-1)
 
 
+class GroundTruth(NamedTuple):
+    """Padded ground truth of a batch, trimmed to the columns that can hold objects.
+
+    Attributes:
+      boxes: ``[B, m, 4]`` yxyx pixels.
+      classes: ``[B, m]`` int32, -1 = padding.
+      objects: ``[B, m]`` bool, real non-crowd objects (what anchors match).
+      crowd: ``[B, m]`` bool, real crowd regions.
+    """
+
+    boxes: tf.Tensor
+    classes: tf.Tensor
+    objects: tf.Tensor
+    crowd: tf.Tensor
+
+
+def trimmed_ground_truth(targets: dict) -> GroundTruth:
+    """Reads ``boxes``/``classes``/``is_crowd`` of a targets dict and drops trailing padding.
+
+    The IoU matrix ``[B, N, m]`` costs O(N * m), and pipelines pad to e.g. 100
+    rows for a handful of objects, so only the first ``m`` columns (the last
+    real object of any image, at least 1) are kept.
+
+    Args:
+      targets: ``boxes [B, M, 4]``, ``classes [B, M]`` (-1 = padding) and
+        optionally ``is_crowd [B, M]``.
+    """
+    classes = tf.cast(targets["classes"], tf.int32)
+    last = tf.where(classes >= 0, tf.range(tf.shape(classes)[1])[None, :] + 1, 1)
+    m = tf.maximum(tf.reduce_max(last), 1)
+    classes = classes[:, :m]
+    present = classes >= 0
+    crowd = tf.cast(targets.get("is_crowd", tf.zeros_like(targets["classes"], tf.bool)), tf.bool)[:, :m]
+    return GroundTruth(
+        boxes=tf.cast(targets["boxes"], tf.float32)[:, :m],
+        classes=classes,
+        objects=present & ~crowd,
+        crowd=present & crowd,
+    )
+
+
 class MatchResult(NamedTuple):
     """Output of :meth:`Matcher.__call__`.
 

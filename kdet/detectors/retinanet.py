@@ -20,7 +20,7 @@ from kdet import boxes as box_ops
 from kdet import losses, postprocess
 from kdet.backbones import FPN, build_backbone
 from kdet.heads.retinanet import RetinaNetHead
-from kdet.matching import Matcher, with_sentinel_column
+from kdet.matching import Matcher, trimmed_ground_truth, with_sentinel_column
 
 
 def scale_for_replicas(loss: tf.Tensor) -> tf.Tensor:
@@ -139,25 +139,17 @@ class RetinaNet(keras.Model):
           ``labels [B, N]`` in {-1, 0, 1}, ``class_targets [B, N, C]`` one-hot,
           ``box_targets [B, N, 4]`` codes.
         """
-        gt_classes = tf.cast(targets["classes"], tf.int32)
-        # Only the first m columns can hold objects: the IoU matrix [B, N, m] costs
-        # O(N * m), so trimming the padding (often 100 rows for a few objects) pays.
-        # At least one (padded) column is kept so the gathers below stay defined.
-        m = tf.maximum(tf.reduce_max(tf.where(gt_classes >= 0, tf.range(tf.shape(gt_classes)[1])[None, :] + 1, 1)), 1)
-        gt_classes = gt_classes[:, :m]
-        gt_boxes = tf.cast(targets["boxes"], tf.float32)[:, :m]
-        present = gt_classes >= 0
-        crowd = tf.cast(targets.get("is_crowd", tf.zeros_like(targets["classes"], tf.bool)), tf.bool)[:, :m] & present
+        gt = trimmed_ground_truth(targets)
         if anchors.shape.rank == 2:
             anchors = anchors[None]
-        iou = box_ops.pairwise_iou(anchors, gt_boxes, present)  # [B, N, M]
-        iou_objects = tf.where(crowd[:, None, :], -1.0, iou)
+        iou = box_ops.pairwise_iou(anchors, gt.boxes, gt.objects | gt.crowd)  # [B, N, m]
+        iou_objects = tf.where(gt.crowd[:, None, :], -1.0, iou)
         match = self.matcher(iou_objects)
         # Background anchors that overlap a crowd region are ignored, not negatives.
-        crowd_iou = tf.reduce_max(with_sentinel_column(tf.where(crowd[:, None, :], iou, -1.0)), axis=-1)
+        crowd_iou = tf.reduce_max(with_sentinel_column(tf.where(gt.crowd[:, None, :], iou, -1.0)), axis=-1)
         labels = tf.where((match.labels == 0) & (crowd_iou >= self.matcher.thresholds[0]), -1, match.labels)
-        matched_classes = tf.gather(gt_classes, match.matched_gt, batch_dims=1)
-        matched_boxes = tf.gather(gt_boxes, match.matched_gt, batch_dims=1)
+        matched_classes = tf.gather(gt.classes, match.matched_gt, batch_dims=1)
+        matched_boxes = tf.gather(gt.boxes, match.matched_gt, batch_dims=1)
         positive = labels == 1
         one_hot = tf.one_hot(tf.maximum(matched_classes, 0), self.num_classes)
         return {
