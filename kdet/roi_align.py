@@ -307,25 +307,40 @@ def multilevel_roi_align(
     )
     crop = output_size * sampling_ratio
 
-    def crop_level(level, level_boxes, level_indices, crop_fn):
+    if use_gather:
+        crops = _gather_all_levels(padded, flat_boxes, box_indices, box_levels, crop)
+    else:
+        crops = _crop_and_resize_by_level(padded, flat_boxes, box_indices, box_levels, crop)
+    pooled = _average_pool(crops, sampling_ratio)
+    return tf.reshape(pooled, [batch, num_rois, output_size, output_size, channels if channels else -1])
+
+
+def _crop_and_resize_by_level(padded, boxes, box_indices, box_levels, crop):
+    """Every box from its own level with ``tf.image.crop_and_resize``, one crop per box.
+
+    Boxes are partitioned by level, cropped from that level, and stitched back
+    into their original order (dynamic shapes inside; not for XLA or TFLite).
+
+    Args:
+      padded: ``{level: [B, H_l + 2, W_l + 2, C]}`` edge-padded maps.
+      boxes: ``[N, 4]`` yxyx pixels.
+      box_indices: ``[N]`` int32 image of each box.
+      box_levels: ``[N]`` int32 level of each box (a key of ``padded``).
+      crop: samples per side.
+
+    Returns:
+      ``[N, crop, crop, C]``.
+    """
+    levels = sorted(padded)
+    parts = tf.dynamic_partition(tf.range(tf.shape(boxes)[0]), box_levels - levels[0], len(levels))
+    crops = []
+    for level, part in zip(levels, parts):
         image = padded[level]
         normalised = level_crop_boxes(
-            level_boxes, stride=float(2**level), feature_shape=tf.shape(image)[1:3] - 2, crop=crop
+            tf.gather(boxes, part), stride=float(2**level), feature_shape=tf.shape(image)[1:3] - 2, crop=crop
         )
-        return crop_fn(image, normalised, level_indices, [crop, crop])
-
-    if use_gather:
-        pooled = _average_pool(_gather_all_levels(padded, flat_boxes, box_indices, box_levels, crop), sampling_ratio)
-    else:
-        # Each box cropped once: partition by level, crop, stitch back in order.
-        parts = tf.dynamic_partition(tf.range(tf.shape(flat_boxes)[0]), box_levels - min_level, len(levels))
-        crops = [
-            crop_level(level, tf.gather(flat_boxes, part), tf.gather(box_indices, part), tf.image.crop_and_resize)
-            for level, part in zip(levels, parts)
-        ]
-        pooled = _average_pool(tf.dynamic_stitch(parts, crops), sampling_ratio)
-
-    return tf.reshape(pooled, [batch, num_rois, output_size, output_size, channels if channels else -1])
+        crops.append(tf.image.crop_and_resize(image, normalised, tf.gather(box_indices, part), [crop, crop]))
+    return tf.dynamic_stitch(parts, crops)
 
 
 def _gather_all_levels(padded, boxes, box_indices, box_levels, crop):

@@ -1,4 +1,4 @@
-"""RoIAlign: level rule by hand, an independent NumPy RoIAlign, the gather twin, gradients, XLA, layer contract."""
+"""RoIAlign: level rule by hand, an independent NumPy RoIAlign, the gather twin, gradients, XLA, TFLite, layer."""
 
 import math
 
@@ -22,7 +22,7 @@ def _features(rng, batch=2, channels=3):
 
 
 def _boxes_on_all_levels(rng, batch=2):
-    """``[batch, 8, 4]`` pixel boxes: two per level (sqrt-areas 30/80, 120/200, 250/400, 500/700), some over the border."""
+    """``[batch, 8, 4]`` pixel boxes, two per level (sqrt-areas 30/80, 120/200, 250/400, 500/700), some off-image."""
     boxes = []
     for _ in range(batch):
         per_image = []
@@ -176,7 +176,13 @@ def test_layer_contract_and_symbolic_call():
     rng = np.random.default_rng(4)
     features, boxes = _features(rng, channels=8), _boxes_on_all_levels(rng)
     kwargs = dict(
-        output_size=5, sampling_ratio=2, min_level=2, max_level=5, canonical_size=224, canonical_level=4, use_gather=True
+        output_size=5,
+        sampling_ratio=2,
+        min_level=2,
+        max_level=5,
+        canonical_size=224,
+        canonical_level=4,
+        use_gather=True,
     )
 
     class _Wrapped(roi_align.RoIAlign):
@@ -198,3 +204,25 @@ def test_layer_contract_and_symbolic_call():
     np.testing.assert_allclose(
         eager.numpy(), roi_align.multilevel_roi_align(features, tf.constant(boxes)).numpy(), atol=1e-6
     )
+
+
+def test_gather_path_converts_to_tflite_builtins():
+    interpreter_module = pytest.importorskip("ai_edge_litert.interpreter")
+    rng = np.random.default_rng(5)
+    features = [rng.standard_normal((1, 64 // 2**l, 64 // 2**l, 2)).astype(np.float32) for l in LEVELS]
+    boxes = np.array([[[0, 0, 20, 30], [10, 5, 150, 90], [-8, 30, 200, 270], [20, 20, 600, 500]]], np.float32)
+
+    @tf.function(input_signature=[tf.TensorSpec(a.shape, tf.float32) for a in features + [boxes]])
+    def align(p2, p3, p4, p5, b):
+        return roi_align.multilevel_roi_align({"P2": p2, "P3": p3, "P4": p4, "P5": p5}, b, use_gather=True)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([align.get_concrete_function()], align)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]  # no Flex
+    interpreter = interpreter_module.Interpreter(model_content=converter.convert())
+    interpreter.allocate_tensors()
+    for detail, value in zip(interpreter.get_input_details(), features + [boxes]):
+        interpreter.set_tensor(detail["index"], value)
+    interpreter.invoke()
+    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    expected = roi_align.multilevel_roi_align(dict(zip(("P2", "P3", "P4", "P5"), features)), boxes)
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-5)
