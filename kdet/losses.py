@@ -2,12 +2,19 @@
 
 Each function takes targets, predictions and per-element weights and returns a
 scalar sum, so that the detector decides the normaliser (``max(num_pos, 1)``
-for RetinaNet, the sample count for the RPN) in one visible place.
+for RetinaNet, the sample count for the RPN) in one visible place. Entries
+with weight 0 are *selected out*, not multiplied by 0, so a NaN target of a
+masked entry (say the code of a degenerate padded box) cannot poison the sum.
 """
 
 from __future__ import annotations
 
 import tensorflow as tf
+
+
+def _weighted_sum(values: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
+    weights = tf.cast(weights, tf.float32)
+    return tf.reduce_sum(tf.where(weights > 0, values * weights, 0.0))
 
 
 def smooth_l1(targets: tf.Tensor, predictions: tf.Tensor, weights: tf.Tensor, *, beta: float = 0.1) -> tf.Tensor:
@@ -30,7 +37,7 @@ def smooth_l1(targets: tf.Tensor, predictions: tf.Tensor, weights: tf.Tensor, *,
         per_coord = tf.where(diff < beta, 0.5 * tf.square(diff) / beta, diff - 0.5 * beta)
     else:
         per_coord = diff
-    return tf.reduce_sum(tf.reduce_sum(per_coord, axis=-1) * tf.cast(weights, tf.float32))
+    return _weighted_sum(tf.reduce_sum(per_coord, axis=-1), weights)
 
 
 def sigmoid_focal(
@@ -64,7 +71,7 @@ def sigmoid_focal(
     loss = ce * tf.pow(1.0 - p_t, gamma) if gamma else ce
     if alpha >= 0:
         loss *= targets * alpha + (1.0 - targets) * (1.0 - alpha)
-    return tf.reduce_sum(tf.reduce_sum(loss, axis=-1) * tf.cast(weights, tf.float32))
+    return _weighted_sum(tf.reduce_sum(loss, axis=-1), weights)
 
 
 def sigmoid_cross_entropy(targets: tf.Tensor, logits: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
@@ -78,7 +85,7 @@ def sigmoid_cross_entropy(targets: tf.Tensor, logits: tf.Tensor, weights: tf.Ten
     ce = tf.nn.sigmoid_cross_entropy_with_logits(
         labels=tf.cast(targets, tf.float32), logits=tf.cast(logits, tf.float32)
     )
-    return tf.reduce_sum(ce * tf.cast(weights, tf.float32))
+    return _weighted_sum(ce, weights)
 
 
 def softmax_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, weights: tf.Tensor) -> tf.Tensor:
@@ -92,4 +99,4 @@ def softmax_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, weights: tf.Tens
     ce = tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
     )
-    return tf.reduce_sum(ce * tf.cast(weights, tf.float32))
+    return _weighted_sum(ce, weights)

@@ -41,3 +41,13 @@ def test_cross_entropies():
         losses.softmax_cross_entropy(tf.constant([2]), tf.constant([[0.0, 0.0, 0.0]]), tf.constant([1.0])).numpy(),
         math.log(3.0), rtol=1e-6,
     )
+
+
+def test_masked_entries_cannot_poison_the_sum():
+    nan = float("nan")
+    t = tf.constant([[nan, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    p = tf.constant([[0.0, 0.0, 0.0, 0.0], [0.05, 0.0, 0.0, 0.0]])
+    np.testing.assert_allclose(losses.smooth_l1(t, p, tf.constant([0.0, 1.0]), beta=0.1).numpy(), 0.0125, rtol=1e-6)
+    got = losses.softmax_cross_entropy(tf.constant([0, 1]), tf.constant([[nan, 0.0], [0.0, 0.0]]),
+                                       tf.constant([0.0, 1.0]))
+    np.testing.assert_allclose(got.numpy(), math.log(2.0), rtol=1e-6)
