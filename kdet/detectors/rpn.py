@@ -105,7 +105,7 @@ class RegionProposalNetwork(keras.Model):
         ]
 
     def rpn_loss(self, images, targets, outputs) -> tuple[tf.Tensor, tf.Tensor]:
-        """``(cls_loss, box_loss)`` of Eq. 1 for a batch; also logs them."""
+        """``(cls_loss, box_loss)`` of Eq. 1 for a batch (the caller logs them)."""
         anchors = self.anchors_per_level(tf.shape(images)[1:3])
         cfg = self._config
         t = rpn.rpn_targets(
@@ -118,9 +118,6 @@ class RegionProposalNetwork(keras.Model):
             num_samples=cfg["num_samples"], num_locations=num_locations, reg_weight=cfg["reg_weight"],
             smooth_l1_beta=cfg["smooth_l1_beta"],
         )
-        batch = tf.shape(images)[0]
-        self.cls_loss_tracker.update_state(cls_loss, sample_weight=batch)
-        self.box_loss_tracker.update_state(box_loss, sample_weight=batch)
         return cls_loss, box_loss
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -128,6 +125,9 @@ class RegionProposalNetwork(keras.Model):
         if y is None:
             raise ValueError("RegionProposalNetwork.compute_loss needs targets: fit on (images, targets) pairs")
         cls_loss, box_loss = self.rpn_loss(x, y, y_pred)
+        batch = tf.shape(x)[0]
+        self.cls_loss_tracker.update_state(cls_loss, sample_weight=batch)
+        self.box_loss_tracker.update_state(box_loss, sample_weight=batch)
         return scale_for_replicas(cls_loss + box_loss)
 
     def proposals(self, images, outputs, *, training: bool) -> dict[str, tf.Tensor]:

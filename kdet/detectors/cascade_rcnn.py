@@ -1,0 +1,231 @@
+"""Cascade R-CNN (Cai & Vasconcelos 2018): an RPN plus a cascade of RoI heads at rising IoU.
+
+Composition, not inheritance: a :class:`RegionProposalNetwork` (backbone,
+FPN P2-P6, RPN head, the excerpt's RPN loss and proposals), a
+:class:`kdet.roi_align.RoIAlign` on P2-P5 and one :class:`BoxHead` per stage.
+
+Training (all in the graph, inside :meth:`CascadeRCNN.compute_loss`):
+
+1. RPN loss; proposals with the training budget (no gradient), plus the
+   ground-truth boxes;
+2. stage 1 labels every RoI at IoU ``stage_ious[0]`` (0.5) and samples
+   ``num_rois`` (512) per image at ``roi_positive_fraction`` (25%);
+3. stage t > 1 takes *all* boxes regressed by stage t - 1 (gradient
+   stopped) and relabels them at its own IoU (0.6, 0.7);
+4. each stage: softmax log loss over ``C + 1`` classes and smooth-L1 on the
+   positives' codes with that stage's box weights (the paper's per-stage
+   regression statistics), both over the stage's RoI count, weighted by
+   ``stage_loss_weights`` (1, 0.5, 0.25).
+
+Inference: proposals with the test budget run through stages 1..k
+(``test_stages``, default all); the final boxes come from stage k's
+regressor; the scores are the *softmax probabilities* of stage k alone, or
+(``ensemble=True``, the paper's "1~k") the mean of the probabilities of the
+classifiers of stages 1..k applied to stage k's input RoIs, as the authors'
+code does; then class-aware NMS at 0.5 and ``max_detections``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from kdet import boxes as box_ops
+from kdet import losses, postprocess
+from kdet.detectors.retinanet import scale_for_replicas
+from kdet.detectors.rpn import RegionProposalNetwork
+from kdet.heads.cascade import BoxHead
+from kdet.matching import Matcher, sample_balanced, trimmed_ground_truth
+from kdet.roi_align import RoIAlign
+
+
+@keras.saving.register_keras_serializable(package="kdet")
+class CascadeRCNN(keras.Model):
+    """Cascade R-CNN; ``len(stage_ious)`` stages (1 stage is Faster R-CNN).
+
+    Args (keyword-only; they are also :meth:`get_config`):
+      num_classes: foreground classes C.
+      rpn: keyword arguments of :class:`RegionProposalNetwork` (backbone,
+        anchors, RPN loss, proposal budgets).
+      stage_ious: IoU threshold of each stage.
+      stage_box_weights: box coder weights of each stage.
+      stage_loss_weights: loss weight of each stage.
+      num_rois, roi_positive_fraction: stage-1 sampling.
+      fc_dim: width of the box heads.
+      roi_size, sampling_ratio, use_gather_roi_align: RoIAlign.
+      smooth_l1_beta: of the stage box losses.
+      test_stages: stages run at inference (None: all).
+      ensemble: average the classifiers of stages 1..k (else stage k only).
+      score_threshold, nms_iou_threshold, max_detections: inference.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        rpn: dict | None = None,
+        stage_ious: Sequence[float] = (0.5, 0.6, 0.7),
+        stage_box_weights: Sequence[Sequence[float]] = ((10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)),
+        stage_loss_weights: Sequence[float] = (1.0, 0.5, 0.25),
+        num_rois: int = 512,
+        roi_positive_fraction: float = 0.25,
+        fc_dim: int = 1024,
+        roi_size: int = 7,
+        sampling_ratio: int = 2,
+        use_gather_roi_align: bool = False,
+        smooth_l1_beta: float = 1.0,
+        test_stages: int | None = None,
+        ensemble: bool = True,
+        score_threshold: float = 0.05,
+        nms_iou_threshold: float = 0.5,
+        max_detections: int = 100,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
+        num_stages = len(stage_ious)
+        if not (len(stage_box_weights) == len(stage_loss_weights) == num_stages >= 1):
+            raise ValueError(
+                f"stage_ious, stage_box_weights and stage_loss_weights need one entry per stage, got "
+                f"{len(stage_ious)}, {len(stage_box_weights)}, {len(stage_loss_weights)}")
+        if test_stages is not None and not 1 <= test_stages <= num_stages:
+            raise ValueError(f"test_stages must be in 1..{num_stages}, got {test_stages}")
+        self.num_classes = num_classes
+        self.num_stages = num_stages
+        self.rpn = RegionProposalNetwork(**(rpn or {}), name="rpn")
+        self.roi_align = RoIAlign(output_size=roi_size, sampling_ratio=sampling_ratio,
+                                  use_gather=use_gather_roi_align, name="roi_align")
+        self.heads = [BoxHead(num_classes=num_classes, fc_dim=fc_dim, name=f"stage{s + 1}") for s in range(num_stages)]
+        self.coders = [box_ops.BoxCoder(w) for w in stage_box_weights]
+        self.matchers = [Matcher((iou,), (0, 1)) for iou in stage_ious]
+        # Keras does not report the metrics of a nested model: the RPN terms are logged here.
+        self.rpn_trackers = (keras.metrics.Mean(name="rpn_cls_loss"), keras.metrics.Mean(name="rpn_box_loss"))
+        self.stage_trackers = [
+            (keras.metrics.Mean(name=f"stage{s + 1}_cls_loss"), keras.metrics.Mean(name=f"stage{s + 1}_box_loss"))
+            for s in range(num_stages)
+        ]
+
+    def call(self, images, training=False):
+        """``{"features": {"P2".."P6"}, "rpn": {"objectness", "box_codes"}}``."""
+        features = self.rpn.features(images, training=training)
+        levels = [features[f"P{lvl}"] for lvl in self.rpn.anchor_spec.levels]
+        return {"features": features, "rpn": self.rpn.head(levels)}
+
+    def run_stage(self, stage: int, features: dict, rois: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Stage ``stage`` (0-based) on ``rois [B, R, 4]``: logits, codes and its decoded boxes."""
+        out = self.heads[stage](self.roi_align(features, rois))
+        out["boxes"] = self.coders[stage].decode(out["box_codes"], rois)
+        return out
+
+    # ----------------------------------------------------------------- training
+    def stage_targets(self, stage: int, rois: tf.Tensor, gt, *, rois_valid: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Labels ``rois`` at the stage's IoU: class targets (0 = background) and box codes."""
+        iou = box_ops.pairwise_iou(rois, gt.boxes, gt.objects)
+        match = self.matchers[stage](iou)
+        foreground = (match.labels == 1) & rois_valid
+        classes = tf.gather(gt.classes, match.matched_gt, batch_dims=1) + 1
+        return {
+            "classes": tf.where(foreground, classes, 0),
+            "foreground": foreground,
+            "box_targets": self.coders[stage].encode(tf.gather(gt.boxes, match.matched_gt, batch_dims=1), rois),
+        }
+
+    def sample_rois(self, proposals: dict, gt) -> tuple[tf.Tensor, tf.Tensor]:
+        """Stage-1 RoIs: proposals + ground truth, ``num_rois`` sampled at the positive fraction."""
+        rois = tf.concat([proposals["boxes"], gt.boxes], axis=1)
+        valid = tf.concat([proposals["levels"] >= 0, gt.objects], axis=1)
+        iou = box_ops.pairwise_iou(rois, gt.boxes, gt.objects)
+        labels = tf.where(valid, self.matchers[0](iou).labels, -1)
+        indices, sampled = sample_balanced(labels, num_samples=self._config["num_rois"],
+                                           positive_fraction=self._config["roi_positive_fraction"])
+        return tf.gather(rois, indices, batch_dims=1), sampled
+
+    def stage_loss(self, stage: int, features: dict, rois: tf.Tensor, gt, valid: tf.Tensor):
+        """Stage ``stage``'s ``(cls_loss, box_loss, decoded boxes)`` on ``rois [B, R, 4]``.
+
+        Both terms are sums over the valid RoIs divided by their count.
+        """
+        t = self.stage_targets(stage, rois, gt, rois_valid=valid)
+        out = self.run_stage(stage, features, rois)
+        count = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.float32)), 1.0)
+        cls_loss = losses.softmax_cross_entropy(t["classes"], out["class_logits"], tf.cast(valid, tf.float32))
+        box_loss = losses.smooth_l1(t["box_targets"], out["box_codes"], tf.cast(t["foreground"], tf.float32),
+                                    beta=self._config["smooth_l1_beta"])
+        return cls_loss / count, box_loss / count, out["boxes"]
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        del sample_weight, training
+        if y is None:
+            raise ValueError("CascadeRCNN.compute_loss needs targets: fit on (images, targets) pairs")
+        batch = tf.shape(x)[0]
+        rpn_cls, rpn_box = self.rpn.rpn_loss(x, y, y_pred["rpn"])
+        self.rpn_trackers[0].update_state(rpn_cls, sample_weight=batch)
+        self.rpn_trackers[1].update_state(rpn_box, sample_weight=batch)
+        total = rpn_cls + rpn_box
+        gt = trimmed_ground_truth(y)
+        rois, valid = self.sample_rois(self.rpn.proposals(x, y_pred["rpn"], training=True), gt)
+        for stage in range(self.num_stages):
+            cls_loss, box_loss, boxes = self.stage_loss(stage, y_pred["features"], rois, gt, valid)
+            cls_tracker, box_tracker = self.stage_trackers[stage]
+            cls_tracker.update_state(cls_loss, sample_weight=batch)
+            box_tracker.update_state(box_loss, sample_weight=batch)
+            total += self._config["stage_loss_weights"][stage] * (cls_loss + box_loss)
+            # The next stage trains on this stage's regressed boxes, as constants.
+            rois = tf.stop_gradient(box_ops.clip_boxes(boxes, tf.shape(x)[1:3]))
+        return scale_for_replicas(total)
+
+    # ---------------------------------------------------------------- inference
+    def cascade_inference(self, images, outputs, *, stages: int, ensemble: bool) -> dict[str, tf.Tensor]:
+        """Runs stages 1..``stages`` on the test proposals.
+
+        Returns:
+          ``boxes [B, R, 4]`` (stage ``stages``' regression), ``scores [B, R,
+          C + 1]`` softmax probabilities (single or ensembled),
+          ``valid [B, R]``, and ``stage_boxes``: the input RoIs of every stage.
+        """
+        proposals = self.rpn.proposals(images, outputs["rpn"], training=False)
+        image_size = tf.shape(images)[1:3]
+        rois, stage_boxes = proposals["boxes"], []
+        for stage in range(stages):
+            stage_boxes.append(rois)
+            out = self.run_stage(stage, outputs["features"], rois)
+            if stage < stages - 1:
+                rois = box_ops.clip_boxes(out["boxes"], image_size)
+        probabilities = tf.nn.softmax(out["class_logits"])
+        if ensemble and stages > 1:
+            pooled = self.roi_align(outputs["features"], rois)
+            earlier = [tf.nn.softmax(self.heads[s].classifier(self.heads[s].hidden(pooled))) for s in range(stages - 1)]
+            probabilities = tf.add_n(earlier + [probabilities]) / float(stages)
+        return {"boxes": box_ops.clip_boxes(out["boxes"], image_size), "scores": probabilities,
+                "valid": proposals["levels"] >= 0, "stage_boxes": stage_boxes}
+
+    def detect(self, images, *, stages: int | None = None, ensemble: bool | None = None) -> dict[str, tf.Tensor]:
+        """Images ``[B, H, W, 3]`` (0..255) -> the output contract (see :mod:`kdet.postprocess`)."""
+        cfg = self._config
+        stages = stages or cfg["test_stages"] or self.num_stages
+        ensemble = cfg["ensemble"] if ensemble is None else ensemble
+        images = tf.cast(images, tf.float32)
+        clean = tf.where(tf.math.is_finite(images), images, 0.0)
+        result = self.cascade_inference(clean, self(clean, training=False), stages=stages, ensemble=ensemble)
+        scores = tf.where(result["valid"][..., None], result["scores"][..., 1:], 0.0)  # drop background
+        flat = tf.reshape(scores, [tf.shape(scores)[0], -1])
+        top, index = tf.math.top_k(flat, k=tf.minimum(cfg["max_detections"] * 10, tf.shape(flat)[1]))
+        top = tf.where(top >= cfg["score_threshold"], top, 0.0)
+        boxes = tf.gather(result["boxes"], index // self.num_classes, batch_dims=1)
+        detections = postprocess.class_aware_nms(
+            boxes, top, index % self.num_classes, iou_threshold=cfg["nms_iou_threshold"],
+            max_detections=cfg["max_detections"])
+        return postprocess.suppress_non_finite(images, detections)
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.detect(x)
+
+    def get_config(self):
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
