@@ -99,6 +99,22 @@ def multilevel_anchors(spec: AnchorSpec, image_size: Sequence[int]) -> dict[int,
     }
 
 
+def anchors_for_image(spec: AnchorSpec, image_size) -> list[tf.Tensor]:
+    """Anchors of every level for an input of ``image_size`` (h, w), which may be a tensor.
+
+    Level ``l``'s feature map is ``ceil(h / 2**l) x ceil(w / 2**l)``: what
+    stride-2 "same" convolutions (and keras.applications' ResNet) produce.
+
+    Returns:
+      list of ``[N_l, 4]`` yxyx anchors; concatenated they line up with a
+      head's flattened outputs.
+    """
+    return [
+        level_anchors(spec, lvl, [(image_size[0] + 2**lvl - 1) // 2**lvl, (image_size[1] + 2**lvl - 1) // 2**lvl])
+        for lvl in spec.levels
+    ]
+
+
 def flat_anchors(spec: AnchorSpec, image_size: Sequence[int]) -> tf.Tensor:
     """All anchors concatenated level by level: ``[N, 4]`` yxyx pixels."""
     return tf.concat(list(multilevel_anchors(spec, image_size).values()), axis=0)

@@ -165,6 +165,12 @@ def multilevel_detections(
     )
 
 
+def zero_non_finite(images: tf.Tensor) -> tf.Tensor:
+    """``images`` as float32 with NaN and inf pixels set to 0 (fed to the network instead)."""
+    images = tf.cast(images, tf.float32)
+    return tf.where(tf.math.is_finite(images), images, 0.0)
+
+
 def suppress_non_finite(images: tf.Tensor, detections: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Zeroes the detections of every image that has a NaN or inf pixel.
 

@@ -49,3 +49,15 @@ def test_feature_sizes_round_up():
 def test_bad_spec():
     with pytest.raises(ValueError):
         AnchorSpec(min_level=5, max_level=3)
+
+
+def test_anchors_for_image_matches_static_anchors_and_accepts_tensors():
+    import tensorflow as tf
+
+    from kdet.anchors import anchors_for_image
+
+    spec = AnchorSpec()
+    static = multilevel_anchors(spec, (100, 65))
+    for size in [(100, 65), tf.constant([100, 65])]:
+        for a, b in zip(anchors_for_image(spec, size), static.values()):
+            np.testing.assert_allclose(a.numpy(), b.numpy())

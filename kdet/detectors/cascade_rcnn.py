@@ -207,7 +207,7 @@ class CascadeRCNN(keras.Model):
         stages = stages or cfg["test_stages"] or self.num_stages
         ensemble = cfg["ensemble"] if ensemble is None else ensemble
         images = tf.cast(images, tf.float32)
-        clean = tf.where(tf.math.is_finite(images), images, 0.0)
+        clean = postprocess.zero_non_finite(images)
         result = self.cascade_inference(clean, self(clean, training=False), stages=stages, ensemble=ensemble)
         scores = tf.where(result["valid"][..., None], result["scores"][..., 1:], 0.0)  # drop background
         flat = tf.reshape(scores, [tf.shape(scores)[0], -1])

@@ -113,18 +113,8 @@ class RetinaNet(keras.Model):
         return self.head(levels)
 
     def anchors_per_level(self, image_size) -> list[tf.Tensor]:
-        """Anchors of each level for an input of ``image_size`` (h, w), possibly dynamic.
-
-        Returns:
-          list of ``[N_l, 4]`` yxyx; concatenated they line up with the N axis
-          of :meth:`call`'s outputs.
-        """
-        out = []
-        for lvl in self.anchor_spec.levels:
-            stride = 2**lvl
-            size = [(image_size[0] + stride - 1) // stride, (image_size[1] + stride - 1) // stride]
-            out.append(anchor_ops.level_anchors(self.anchor_spec, lvl, size))
-        return out
+        """Anchors of each level for an input of ``image_size`` (h, w), possibly dynamic."""
+        return anchor_ops.anchors_for_image(self.anchor_spec, image_size)
 
     # ----------------------------------------------------------------- training
     def assign_targets(self, anchors: tf.Tensor, targets: dict) -> dict[str, tf.Tensor]:
@@ -212,8 +202,7 @@ class RetinaNet(keras.Model):
         reports zero detections.
         """
         images = tf.cast(images, tf.float32)
-        clean = tf.where(tf.math.is_finite(images), images, 0.0)
-        return self.postprocess(images, self(clean, training=False))
+        return self.postprocess(images, self(postprocess.zero_non_finite(images), training=False))
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -98,11 +98,7 @@ class RegionProposalNetwork(keras.Model):
 
     def anchors_per_level(self, image_size) -> list[tf.Tensor]:
         """``[N_l, 4]`` anchors per level for an input of ``image_size`` (h, w)."""
-        return [
-            anchor_ops.level_anchors(self.anchor_spec, lvl, [(image_size[0] + 2**lvl - 1) // 2**lvl,
-                                                            (image_size[1] + 2**lvl - 1) // 2**lvl])
-            for lvl in self.anchor_spec.levels
-        ]
+        return anchor_ops.anchors_for_image(self.anchor_spec, image_size)
 
     def rpn_loss(self, images, targets, outputs) -> tuple[tf.Tensor, tf.Tensor]:
         """``(cls_loss, box_loss)`` of Eq. 1 for a batch (the caller logs them)."""
@@ -146,8 +142,7 @@ class RegionProposalNetwork(keras.Model):
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         images = tf.cast(x, tf.float32)
-        clean = tf.where(tf.math.is_finite(images), images, 0.0)
-        found = self.proposals(images, self(clean, training=False), training=False)
+        found = self.proposals(images, self(postprocess.zero_non_finite(images), training=False), training=False)
         valid = found["levels"] >= 0
         detections = {"boxes": found["boxes"], "scores": found["scores"],
                       "classes": tf.where(valid, 0, -1), "num_detections": found["num_proposals"]}
