@@ -100,3 +100,12 @@ def softmax_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, weights: tf.Tens
         labels=tf.cast(labels, tf.int32), logits=tf.cast(logits, tf.float32)
     )
     return _weighted_sum(ce, weights)
+
+
+def scale_for_replicas(loss: tf.Tensor) -> tf.Tensor:
+    """Divides a per-replica loss by the replica count.
+
+    Keras sums gradients over replicas and does not pre-scale a loss returned
+    by a custom ``compute_loss``; its loss tracker multiplies the count back.
+    """
+    return loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)

@@ -33,17 +33,19 @@ def empty_detections(batch_size, max_detections: int) -> dict[str, tf.Tensor]:
 
 
 def top_k_candidates(
-    logits: tf.Tensor, k: int, score_threshold: float
+    logits: tf.Tensor, k: int, score_threshold: float, *, activation=tf.sigmoid
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Top-k (box, class) pairs of one level, by sigmoid score.
+    """Top-k (box, class) pairs by score.
 
-    The sigmoid is monotonic, so top-k runs on the logits and only the k
-    winners are squashed (an image has ~4M logits at 512 px and 80 classes).
+    The activation is monotonic, so top-k runs on the raw values and only the
+    k winners are squashed (an image has ~4M logits at 512 px and 80 classes).
 
     Args:
-      logits: ``[B, N, C]`` sigmoid logits.
+      logits: ``[B, N, C]`` values ranked per (box, class) pair.
       k: candidates kept (fewer if ``N * C < k``).
-      score_threshold: pairs whose probability is below it get score 0.
+      score_threshold: pairs whose score is below it get score 0.
+      activation: maps the kept values to scores (sigmoid for RetinaNet
+        logits; None when the values already are probabilities).
 
     Returns:
       ``(scores, box_index, class_id)``, each ``[B, k']``.
@@ -52,7 +54,7 @@ def top_k_candidates(
     flat = tf.reshape(logits, [tf.shape(logits)[0], -1])
     k = tf.minimum(k, tf.shape(flat)[1])
     values, index = tf.math.top_k(flat, k=k, sorted=False)
-    scores = tf.sigmoid(values)
+    scores = activation(values) if activation is not None else values
     scores = tf.where(scores >= score_threshold, scores, tf.zeros_like(scores))
     return scores, index // num_classes, index % num_classes
 

@@ -34,7 +34,6 @@ import tensorflow as tf
 
 from kdet import boxes as box_ops
 from kdet import losses, postprocess
-from kdet.detectors.retinanet import scale_for_replicas
 from kdet.detectors.rpn import RegionProposalNetwork
 from kdet.heads.cascade import BoxHead
 from kdet.matching import Matcher, sample_balanced, trimmed_ground_truth
@@ -114,9 +113,11 @@ class CascadeRCNN(keras.Model):
         return {"features": features, "rpn": self.rpn.head(levels)}
 
     def run_stage(self, stage: int, features: dict, rois: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Stage ``stage`` (0-based) on ``rois [B, R, 4]``: logits, codes and its decoded boxes."""
-        out = self.heads[stage](self.roi_align(features, rois))
+        """Stage ``stage`` (0-based) on ``rois [B, R, 4]``: logits, codes, decoded boxes, pooled features."""
+        pooled = self.roi_align(features, rois)
+        out = self.heads[stage](pooled)
         out["boxes"] = self.coders[stage].decode(out["box_codes"], rois)
+        out["roi_features"] = pooled
         return out
 
     # ----------------------------------------------------------------- training
@@ -174,7 +175,7 @@ class CascadeRCNN(keras.Model):
             total += self._config["stage_loss_weights"][stage] * (cls_loss + box_loss)
             # The next stage trains on this stage's regressed boxes, as constants.
             rois = tf.stop_gradient(box_ops.clip_boxes(boxes, tf.shape(x)[1:3]))
-        return scale_for_replicas(total)
+        return losses.scale_for_replicas(total)
 
     # ---------------------------------------------------------------- inference
     def cascade_inference(self, images, outputs, *, stages: int, ensemble: bool) -> dict[str, tf.Tensor]:
@@ -195,7 +196,7 @@ class CascadeRCNN(keras.Model):
                 rois = box_ops.clip_boxes(out["boxes"], image_size)
         probabilities = tf.nn.softmax(out["class_logits"])
         if ensemble and stages > 1:
-            pooled = self.roi_align(outputs["features"], rois)
+            pooled = out["roi_features"]  # the last stage's input RoIs, already pooled
             earlier = [tf.nn.softmax(self.heads[s].classifier(self.heads[s].hidden(pooled))) for s in range(stages - 1)]
             probabilities = tf.add_n(earlier + [probabilities]) / float(stages)
         return {"boxes": box_ops.clip_boxes(out["boxes"], image_size), "scores": probabilities,
@@ -210,13 +211,11 @@ class CascadeRCNN(keras.Model):
         clean = postprocess.zero_non_finite(images)
         result = self.cascade_inference(clean, self(clean, training=False), stages=stages, ensemble=ensemble)
         scores = tf.where(result["valid"][..., None], result["scores"][..., 1:], 0.0)  # drop background
-        flat = tf.reshape(scores, [tf.shape(scores)[0], -1])
-        top, index = tf.math.top_k(flat, k=tf.minimum(cfg["max_detections"] * 10, tf.shape(flat)[1]))
-        top = tf.where(top >= cfg["score_threshold"], top, 0.0)
-        boxes = tf.gather(result["boxes"], index // self.num_classes, batch_dims=1)
+        top, box_index, class_id = postprocess.top_k_candidates(
+            scores, cfg["max_detections"] * 10, cfg["score_threshold"], activation=None)
+        boxes = tf.gather(result["boxes"], box_index, batch_dims=1)
         detections = postprocess.class_aware_nms(
-            boxes, top, index % self.num_classes, iou_threshold=cfg["nms_iou_threshold"],
-            max_detections=cfg["max_detections"])
+            boxes, top, class_id, iou_threshold=cfg["nms_iou_threshold"], max_detections=cfg["max_detections"])
         return postprocess.suppress_non_finite(images, detections)
 
     def predict_step(self, data):

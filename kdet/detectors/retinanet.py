@@ -23,15 +23,6 @@ from kdet.heads.retinanet import RetinaNetHead
 from kdet.matching import Matcher, trimmed_ground_truth, with_sentinel_column
 
 
-def scale_for_replicas(loss: tf.Tensor) -> tf.Tensor:
-    """Divides a per-replica loss by the replica count.
-
-    Keras sums gradients over replicas and does not pre-scale a loss returned
-    by a custom ``compute_loss``; its loss tracker multiplies the count back.
-    """
-    return loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
-
-
 @keras.saving.register_keras_serializable(package="kdet")
 class RetinaNet(keras.Model):
     """RetinaNet with FPN P3-P7, 9 anchors per location and the focal loss.
@@ -152,7 +143,7 @@ class RetinaNet(keras.Model):
         """Focal + smooth-L1, both normalised by the number of positive anchors.
 
         Returns the per-replica loss scaled by ``1 / num_replicas`` (see
-        :func:`scale_for_replicas`); the logged terms are unscaled.
+        `kdet.losses.scale_for_replicas`); the logged terms are unscaled.
         """
         del sample_weight, training
         if y is None:
@@ -173,7 +164,7 @@ class RetinaNet(keras.Model):
         self.cls_loss_tracker.update_state(cls_loss, sample_weight=batch)
         self.box_loss_tracker.update_state(box_loss, sample_weight=batch)
         self.num_pos_tracker.update_state(num_pos / tf.cast(batch, tf.float32), sample_weight=batch)
-        return scale_for_replicas(cls_loss + box_loss)
+        return losses.scale_for_replicas(cls_loss + box_loss)
 
     # ---------------------------------------------------------------- inference
     def postprocess(self, images: tf.Tensor, outputs: dict) -> dict[str, tf.Tensor]:

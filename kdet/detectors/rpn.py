@@ -16,9 +16,8 @@ import tensorflow as tf
 
 from kdet import anchors as anchor_ops
 from kdet import boxes as box_ops
-from kdet import postprocess, rpn
+from kdet import losses, postprocess, rpn
 from kdet.backbones import FPN, build_backbone
-from kdet.detectors.retinanet import scale_for_replicas
 from kdet.heads.rpn import RPNHead
 from kdet.matching import Matcher
 
@@ -124,7 +123,7 @@ class RegionProposalNetwork(keras.Model):
         batch = tf.shape(x)[0]
         self.cls_loss_tracker.update_state(cls_loss, sample_weight=batch)
         self.box_loss_tracker.update_state(box_loss, sample_weight=batch)
-        return scale_for_replicas(cls_loss + box_loss)
+        return losses.scale_for_replicas(cls_loss + box_loss)
 
     def proposals(self, images, outputs, *, training: bool) -> dict[str, tf.Tensor]:
         """Proposals of :func:`kdet.rpn.generate_proposals` (train or test budgets)."""
