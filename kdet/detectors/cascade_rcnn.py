@@ -23,6 +23,19 @@ regressor; the scores are the *softmax probabilities* of stage k alone, or
 (``ensemble=True``, the paper's "1~k") the mean of the probabilities of the
 classifiers of stages 1..k applied to stage k's input RoIs, as the authors'
 code does; then class-aware NMS at 0.5 and ``max_detections``.
+Probabilities, not logits, are averaged: the stages' logits are trained at
+different IoUs and their scales differ, while probabilities are comparable.
+
+The paper's Table 1 baselines are the same class with other constructor data:
+
+* Faster R-CNN (FPN+): one stage, ``stage_ious=(0.5,)``;
+* *iterative BBox*: that model with ``test_iterations=3`` (its one head
+  applied three times at inference; scores from its classifier on the last
+  input boxes; no retraining);
+* *integral loss* (Eq. 4): one stage with ``integral_ious=(0.5, 0.6, 0.7)``,
+  three classifiers, each trained at its own IoU on the same sampled RoIs,
+  sharing one regressor trained at ``stage_ious[0]``; their probabilities
+  are always averaged at inference ("by definition ... ensembled").
 """
 
 from __future__ import annotations
@@ -57,6 +70,10 @@ class CascadeRCNN(keras.Model):
       smooth_l1_beta: of the stage box losses.
       test_stages: stages run at inference (None: all).
       ensemble: average the classifiers of stages 1..k (else stage k only).
+      test_iterations: times the last stage's head is applied at inference
+        (1; 3 on a one-stage model is the paper's iterative BBox).
+      integral_ious: one classifier per IoU on the (only) stage: the
+        paper's integral-loss detector (None: off).
       score_threshold, nms_iou_threshold, max_detections: inference.
     """
 
@@ -80,6 +97,8 @@ class CascadeRCNN(keras.Model):
         score_threshold: float = 0.05,
         nms_iou_threshold: float = 0.5,
         max_detections: int = 100,
+        test_iterations: int = 1,
+        integral_ious: Sequence[float] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -91,12 +110,23 @@ class CascadeRCNN(keras.Model):
                 f"{len(stage_ious)}, {len(stage_box_weights)}, {len(stage_loss_weights)}")
         if test_stages is not None and not 1 <= test_stages <= num_stages:
             raise ValueError(f"test_stages must be in 1..{num_stages}, got {test_stages}")
+        if test_iterations < 1:
+            raise ValueError(f"test_iterations must be >= 1, got {test_iterations}")
+        if integral_ious is not None and (num_stages != 1 or len(integral_ious) < 1):
+            raise ValueError(
+                f"integral_ious (the integral-loss detector) needs exactly one stage and at least one IoU, got "
+                f"{num_stages} stages and integral_ious={integral_ious}")
+        self.integral_ious = tuple(integral_ious or ())
         self.num_classes = num_classes
         self.num_stages = num_stages
         self.rpn = RegionProposalNetwork(**(rpn or {}), name="rpn")
         self.roi_align = RoIAlign(output_size=roi_size, sampling_ratio=sampling_ratio,
                                   use_gather=use_gather_roi_align, name="roi_align")
-        self.heads = [BoxHead(num_classes=num_classes, fc_dim=fc_dim, name=f"stage{s + 1}") for s in range(num_stages)]
+        self.heads = [
+            BoxHead(num_classes=num_classes, fc_dim=fc_dim, num_classifiers=max(1, len(self.integral_ious)) if s == 0 else 1,
+                    name=f"stage{s + 1}")
+            for s in range(num_stages)
+        ]
         self.coders = [box_ops.BoxCoder(w) for w in stage_box_weights]
         self.matchers = [Matcher((iou,), (0, 1)) for iou in stage_ious]
         # Keras does not report the metrics of a nested model: the RPN terms are logged here.
@@ -105,6 +135,9 @@ class CascadeRCNN(keras.Model):
             (keras.metrics.Mean(name=f"stage{s + 1}_cls_loss"), keras.metrics.Mean(name=f"stage{s + 1}_box_loss"))
             for s in range(num_stages)
         ]
+        self.integral_matchers = [Matcher((iou,), (0, 1)) for iou in self.integral_ious]
+        self.integral_trackers = [
+            keras.metrics.Mean(name=f"stage1_cls_loss_u{round(100 * iou)}") for iou in self.integral_ious]
 
     def call(self, images, training=False):
         """``{"features": {"P2".."P6"}, "rpn": {"objectness", "box_codes"}}``."""
@@ -113,7 +146,7 @@ class CascadeRCNN(keras.Model):
         return {"features": features, "rpn": self.rpn.head(levels)}
 
     def run_stage(self, stage: int, features: dict, rois: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Stage ``stage`` (0-based) on ``rois [B, R, 4]``: logits, codes, decoded boxes, pooled features."""
+        """Stage ``stage`` (0-based) on ``rois [B, R, 4]``: the head's outputs, decoded ``boxes``, pooled ``roi_features``."""
         pooled = self.roi_align(features, rois)
         out = self.heads[stage](pooled)
         out["boxes"] = self.coders[stage].decode(out["box_codes"], rois)
@@ -122,16 +155,24 @@ class CascadeRCNN(keras.Model):
 
     # ----------------------------------------------------------------- training
     def stage_targets(self, stage: int, rois: tf.Tensor, gt, *, rois_valid: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Labels ``rois`` at the stage's IoU: class targets (0 = background) and box codes."""
+        """Labels ``rois`` at the stage's IoU: class targets (0 = background) and box codes.
+
+        With ``integral_ious``, ``"integral_classes"`` holds the class
+        targets at each of those IoUs (same matched ground truth: the argmax).
+        """
         iou = box_ops.pairwise_iou(rois, gt.boxes, gt.objects)
         match = self.matchers[stage](iou)
         foreground = (match.labels == 1) & rois_valid
         classes = tf.gather(gt.classes, match.matched_gt, batch_dims=1) + 1
-        return {
+        targets = {
             "classes": tf.where(foreground, classes, 0),
             "foreground": foreground,
             "box_targets": self.coders[stage].encode(tf.gather(gt.boxes, match.matched_gt, batch_dims=1), rois),
         }
+        if stage == 0 and self.integral_matchers:
+            targets["integral_classes"] = [
+                tf.where((m(iou).labels == 1) & rois_valid, classes, 0) for m in self.integral_matchers]
+        return targets
 
     def sample_rois(self, proposals: dict, gt) -> tuple[tf.Tensor, tf.Tensor]:
         """Stage-1 RoIs: proposals + ground truth, ``num_rois`` sampled at the positive fraction."""
@@ -146,15 +187,25 @@ class CascadeRCNN(keras.Model):
     def stage_loss(self, stage: int, features: dict, rois: tf.Tensor, gt, valid: tf.Tensor):
         """Stage ``stage``'s ``(cls_loss, box_loss, decoded boxes)`` on ``rois [B, R, 4]``.
 
-        Both terms are sums over the valid RoIs divided by their count.
+        Both terms are sums over the valid RoIs divided by their count. The
+        integral-loss stage's classification term is the sum of its
+        classifiers' terms (Eq. 4), each logged as ``stage1_cls_loss_uNN``.
         """
         t = self.stage_targets(stage, rois, gt, rois_valid=valid)
         out = self.run_stage(stage, features, rois)
         count = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.float32)), 1.0)
-        cls_loss = losses.softmax_cross_entropy(t["classes"], out["class_logits"], tf.cast(valid, tf.float32))
+        weights = tf.cast(valid, tf.float32)
+        if "integral_classes" in t:
+            terms = [losses.softmax_cross_entropy(c, logits, weights) / count
+                     for c, logits in zip(t["integral_classes"], out["all_class_logits"])]
+            for tracker, term in zip(self.integral_trackers, terms):
+                tracker.update_state(term, sample_weight=tf.shape(rois)[0])
+            cls_loss = tf.add_n(terms)
+        else:
+            cls_loss = losses.softmax_cross_entropy(t["classes"], out["class_logits"], weights) / count
         box_loss = losses.smooth_l1(t["box_targets"], out["box_codes"], tf.cast(t["foreground"], tf.float32),
                                     beta=self._config["smooth_l1_beta"])
-        return cls_loss / count, box_loss / count, out["boxes"]
+        return cls_loss, box_loss / count, out["boxes"]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         del sample_weight, training
@@ -178,38 +229,55 @@ class CascadeRCNN(keras.Model):
         return losses.scale_for_replicas(total)
 
     # ---------------------------------------------------------------- inference
-    def cascade_inference(self, images, outputs, *, stages: int, ensemble: bool) -> dict[str, tf.Tensor]:
-        """Runs stages 1..``stages`` on the test proposals.
+    def cascade_inference(self, images, outputs, *, stages: int, ensemble: bool,
+                          iterations: int = 1) -> dict[str, tf.Tensor]:
+        """Runs stages 1..``stages`` on the test proposals, the last one ``iterations`` times.
 
         Returns:
-          ``boxes [B, R, 4]`` (stage ``stages``' regression), ``scores [B, R,
-          C + 1]`` softmax probabilities (single or ensembled),
-          ``valid [B, R]``, and ``stage_boxes``: the input RoIs of every stage.
+          ``boxes [B, R, 4]`` (the last step's regression), ``scores [B, R,
+          C + 1]`` softmax probabilities on the last step's input RoIs (the
+          last stage's, or with ``ensemble`` the mean over stages
+          1..``stages``), ``valid [B, R]``, and ``stage_boxes``: the input RoIs
+          of every step.
         """
+        if not 1 <= stages <= self.num_stages or iterations < 1:
+            raise ValueError(f"stages must be in 1..{self.num_stages} and iterations >= 1, "
+                             f"got stages={stages}, iterations={iterations}")
         proposals = self.rpn.proposals(images, outputs["rpn"], training=False)
         image_size = tf.shape(images)[1:3]
+        schedule = list(range(stages)) + [stages - 1] * (iterations - 1)
         rois, stage_boxes = proposals["boxes"], []
-        for stage in range(stages):
+        for step, stage in enumerate(schedule):
             stage_boxes.append(rois)
             out = self.run_stage(stage, outputs["features"], rois)
-            if stage < stages - 1:
+            if step < len(schedule) - 1:
                 rois = box_ops.clip_boxes(out["boxes"], image_size)
-        probabilities = tf.nn.softmax(out["class_logits"])
-        if ensemble and stages > 1:
-            pooled = out["roi_features"]  # the last stage's input RoIs, already pooled
-            earlier = [tf.nn.softmax(self.heads[s].classifier(self.heads[s].hidden(pooled))) for s in range(stages - 1)]
-            probabilities = tf.add_n(earlier + [probabilities]) / float(stages)
-        return {"boxes": box_ops.clip_boxes(out["boxes"], image_size), "scores": probabilities,
+        # Every classifier scores the last step's input RoIs, pooled once (out["roi_features"]).
+        used = range(stages) if ensemble else [stages - 1]
+        probabilities = [
+            self.heads[s].probabilities(out["hidden"] if s == stages - 1 else self.heads[s].hidden(out["roi_features"]))
+            for s in used]
+        scores = probabilities[0] if len(probabilities) == 1 else tf.add_n(probabilities) / float(len(probabilities))
+        return {"boxes": box_ops.clip_boxes(out["boxes"], image_size), "scores": scores,
                 "valid": proposals["levels"] >= 0, "stage_boxes": stage_boxes}
 
-    def detect(self, images, *, stages: int | None = None, ensemble: bool | None = None) -> dict[str, tf.Tensor]:
-        """Images ``[B, H, W, 3]`` (0..255) -> the output contract (see :mod:`kdet.postprocess`)."""
+    def detect(self, images, *, stages: int | None = None, ensemble: bool | None = None,
+               iterations: int | None = None) -> dict[str, tf.Tensor]:
+        """Images ``[B, H, W, 3]`` (0..255) -> the output contract (see :mod:`kdet.postprocess`).
+
+        ``stages``, ``ensemble`` and ``iterations`` override ``test_stages``,
+        ``ensemble`` and ``test_iterations`` for this call (Table 2: one stage
+        alone is ``stages=k, ensemble=False``; "1~k" is ``stages=k,
+        ensemble=True``).
+        """
         cfg = self._config
         stages = stages or cfg["test_stages"] or self.num_stages
         ensemble = cfg["ensemble"] if ensemble is None else ensemble
+        iterations = iterations or cfg["test_iterations"]
         images = tf.cast(images, tf.float32)
         clean = postprocess.zero_non_finite(images)
-        result = self.cascade_inference(clean, self(clean, training=False), stages=stages, ensemble=ensemble)
+        result = self.cascade_inference(clean, self(clean, training=False), stages=stages, ensemble=ensemble,
+                                        iterations=iterations)
         scores = tf.where(result["valid"][..., None], result["scores"][..., 1:], 0.0)  # drop background
         top, box_index, class_id = postprocess.top_k_candidates(
             scores, cfg["max_detections"] * 10, cfg["score_threshold"], activation=None)
