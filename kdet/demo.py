@@ -50,7 +50,7 @@ def demo_model_config(num_classes: int) -> dict:
     )
 
 
-def _optimizer(total_steps: int, *, peak_lr: float = 1e-3) -> keras.optimizers.Optimizer:
+def warmup_cosine_adam(total_steps: int, *, peak_lr: float = 1e-3) -> keras.optimizers.Optimizer:
     """Adam with a linear warm-up over 10% of the steps, then cosine decay.
 
     A peak of 2e-3 diverged from scratch in one of two otherwise identical
@@ -101,7 +101,7 @@ def run_demo(
     config = demo_model_config(info.num_classes)
     model = RetinaNet(**config)
     steps = epochs * (train_images // batch_size)
-    model.compile(optimizer=_optimizer(steps))
+    model.compile(optimizer=warmup_cosine_adam(steps))
     fit_started = time.time()
     history = model.fit(train, epochs=epochs, verbose=verbose)
     train_seconds = time.time() - fit_started

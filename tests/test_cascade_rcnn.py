@@ -237,3 +237,18 @@ def test_fewer_proposals_than_requested_and_images_smaller_than_the_largest_anch
     assert all(np.isfinite(v) for v in logs.values()), logs
     d = model.detect(images)
     assert d["boxes"].shape == (2, 10, 4) and np.isfinite(d["scores"].numpy()).all()
+
+
+@pytest.mark.parametrize("backbone", ["resnet50", "resnet101"])
+def test_resnet_fpn_cascade_trains_a_step_and_detects(backbone):
+    """The paper's backbones (random init here; a local ImageNet file loads through backbone_weights)."""
+    model = CascadeRCNN(num_classes=3, rpn=dict(backbone=backbone, pre_nms_top_k_train=100, max_proposals_train=50,
+                                                 pre_nms_top_k_test=100, max_proposals_test=20),
+                        num_rois=16, max_detections=5)
+    images, y = _batch()
+    model.compile(optimizer=keras.optimizers.SGD(1e-4))
+    logs = model.train_on_batch(images, y, return_dict=True)
+    assert all(np.isfinite(v) for v in logs.values()), logs
+    assert model.heads[0].fc1.kernel.shape == (7 * 7 * 256, 1024)  # 2-fc (1024) heads on 7x7 RoIAlign of 256-d FPN
+    d = model.predict_on_batch(images.numpy())
+    assert d["boxes"].shape == (2, 5, 4)
