@@ -109,3 +109,142 @@ def scale_for_replicas(loss: tf.Tensor) -> tf.Tensor:
     by a custom ``compute_loss``; its loss tracker multiplies the count back.
     """
     return loss / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, loss.dtype)
+
+
+# ------------------------------------------------------------------ ranking losses (AP-Loss, Chen et al.)
+def piecewise_step(x: tf.Tensor, delta: float) -> tf.Tensor:
+    """Eq. 21 of AP-Loss: 0 below ``-delta``, 1 above ``delta``, linear in between (``f(0) = 0.5``)."""
+    return tf.clip_by_value(x / (2.0 * delta) + 0.5, 0.0, 1.0)
+
+
+def _cumulative_max(values: tf.Tensor) -> tf.Tensor:
+    """``out[i] = max(values[:i + 1])`` for a 1-D tensor, through a lower-triangular mask (no scan)."""
+    n = tf.shape(values)[0]
+    lower = tf.range(n)[None, :] <= tf.range(n)[:, None]
+    return tf.reduce_max(tf.where(lower, values[None, :], values.dtype.min), axis=1)
+
+
+def _ranking_value_and_gradient(scores, labels, *, kind: str, delta: float, interpolate: bool,
+                                max_pair_elements: int):
+    """Loss value and Algorithm 1's error-driven gradient for flat ``scores [M]`` and ``labels [M]``.
+
+    Positives are processed in ascending score order, in chunks whose
+    pairwise block ``[chunk, |P| + |N^|]`` holds at most ``max_pair_elements``
+    values, so memory is O(|P| + |N|) plus that block, never O(|P| |N|).
+    """
+    positive = tf.where(labels == 1)[:, 0]
+    num_pos = tf.size(positive)
+    num_neg_all = tf.reduce_sum(tf.cast(labels == 0, tf.float32))
+
+    def no_positives():
+        return tf.constant(0.0), tf.zeros_like(scores)
+
+    def with_positives():
+        pos_scores = tf.gather(scores, positive)
+        order = tf.argsort(pos_scores, stable=True)  # ascending: Algorithm 1's O
+        positive_sorted = tf.gather(positive, order)
+        pos_sorted = tf.gather(pos_scores, order)
+        # Sec. 3.4.4: a negative below min positive score - delta has f = 0 against every positive.
+        negative = tf.where((labels == 0) & (scores >= pos_sorted[0] - delta))[:, 0]
+        neg_scores = tf.gather(scores, negative)
+        width = num_pos + tf.size(negative)
+        chunk = tf.clip_by_value(max_pair_elements // tf.maximum(width, 1), 1, num_pos)
+        num_chunks = (num_pos + chunk - 1) // chunk
+
+        def body(c, running_max, loss_sum, neg_grad, pos_grads):
+            start = c * chunk
+            s_i = pos_sorted[start:tf.minimum(start + chunk, num_pos)]
+            f_neg = piecewise_step(neg_scores[None, :] - s_i[:, None], delta)  # [C, N^]
+            if kind == "ap":
+                # rank+(i) = 1 + sum_{k in P, k != i} f(s_k - s_i); f(0) = 0.5 for k = i itself.
+                rank_pos = 0.5 + tf.reduce_sum(piecewise_step(pos_sorted[None, :] - s_i[:, None], delta), axis=1)
+                primary = f_neg / (rank_pos + tf.reduce_sum(f_neg, axis=1))[:, None]  # L_ij, Eq. 3
+                precision = 1.0 - tf.reduce_sum(primary, axis=1)
+                if interpolate:  # Algorithm 1, lines 10-15: precision made monotone over ascending scores
+                    best = tf.maximum(running_max, _cumulative_max(precision))
+                    scale = tf.where(precision < best, (1.0 - best) / tf.maximum(1.0 - precision, 1e-12), 1.0)
+                    primary *= scale[:, None]
+                    running_max = best[-1]
+                else:
+                    best = precision
+                row = 1.0 - best  # = sum_j L_ij after interpolation
+            else:  # "auc", Eq. 7
+                primary = f_neg / tf.maximum(num_neg_all, 1.0)
+                row = tf.reduce_sum(primary, axis=1)
+            return (c + 1, running_max, loss_sum + tf.reduce_sum(row), neg_grad + tf.reduce_sum(primary, axis=0),
+                    pos_grads.write(c, -row))
+
+        _, _, loss_sum, neg_grad, pos_grads = tf.while_loop(
+            lambda c, *_: c < num_chunks, body,
+            (tf.constant(0), tf.constant(0.0), tf.constant(0.0), tf.zeros_like(neg_scores),
+             tf.TensorArray(tf.float32, size=num_chunks, infer_shape=False)),
+            parallel_iterations=1)
+        pos_f = tf.cast(num_pos, tf.float32)
+        gradient = tf.tensor_scatter_nd_add(tf.zeros_like(scores), positive_sorted[:, None], pos_grads.concat())
+        gradient = tf.tensor_scatter_nd_add(gradient, negative[:, None], neg_grad)
+        return loss_sum / pos_f, gradient / pos_f  # Algorithm 1, line 19
+
+    return tf.cond(num_pos > 0, with_positives, no_positives)
+
+
+def _ranking_loss(scores, labels, *, kind, delta, interpolate, max_pair_elements):
+    if delta <= 0:
+        raise ValueError(f"delta (the piecewise step's half width, Eq. 21) must be > 0, got {delta}")
+    labels = tf.reshape(tf.cast(labels, tf.int32), [-1])
+
+    @tf.custom_gradient
+    def loss(s):
+        flat = tf.reshape(tf.cast(s, tf.float32), [-1])
+        value, gradient = _ranking_value_and_gradient(flat, labels, kind=kind, delta=delta, interpolate=interpolate,
+                                                      max_pair_elements=max_pair_elements)
+
+        def backward(upstream):
+            return tf.cast(tf.reshape(gradient * tf.cast(upstream, tf.float32), tf.shape(s)), s.dtype)
+
+        return value, backward
+
+    return loss(scores)
+
+
+def ap_loss(scores: tf.Tensor, labels: tf.Tensor, *, delta: float = 1.0, interpolate: bool = True,
+            max_pair_elements: int = 1 << 24) -> tf.Tensor:
+    """AP-Loss (Chen et al.): ``1 - AP`` of one ranking of every box-class pair, trained by the error-driven update.
+
+    All entries of ``scores`` -- every anchor of every image of the batch,
+    replicated per class -- are ranked together. The value is ``1 -`` the
+    mean (interpolated) precision at the positives, with the Heaviside step
+    replaced by the piecewise step of Eq. 21. It is not differentiable; its
+    gradient is Algorithm 1's error-driven update, a positive ``i`` getting
+    ``-sum_j L_ij / |P|`` and a negative ``j`` getting ``sum_i L_ij / |P|``,
+    multiplied by the upstream gradient (``tf.custom_gradient``).
+
+    Conventions (the authors' code): the rank of positive ``i`` among
+    positives is ``1 + sum_{k in P, k != i} f(s_k - s_i)``; negatives with
+    ``s_j < min_P s - delta`` are dropped before the pairwise work; no
+    positives gives loss 0 and zero gradient; label -1 takes no part and
+    gets zero gradient. This is *not* a sum: it is already normalised.
+
+    Args:
+      scores: any shape, raw logits (the sigmoid is for inference only).
+      labels: same shape, int: 1 positive, 0 negative, -1 ignored.
+      delta: the piecewise step's half width (1).
+      interpolate: interpolated AP (Sec. 3.4.3); False: plain AP.
+      max_pair_elements: bound on the ``[chunk of positives, |P| + |N^|]``
+        block held at once (memory O(|P| + |N|) + this).
+
+    Returns:
+      Scalar float32 loss in [0, 1].
+    """
+    return _ranking_loss(scores, labels, kind="ap", delta=delta, interpolate=interpolate,
+                         max_pair_elements=max_pair_elements)
+
+
+def auc_loss(scores: tf.Tensor, labels: tf.Tensor, *, delta: float = 1.0,
+             max_pair_elements: int = 1 << 24) -> tf.Tensor:
+    """AUC-loss (Eq. 7 of AP-Loss): ``L'_ij = f(s_j - s_i) / |N|``, same ranking and error-driven update.
+
+    The value is the mean over positives of the (soft) fraction of negatives
+    ranked above them, ``1 - AUC``. Arguments as :func:`ap_loss`.
+    """
+    return _ranking_loss(scores, labels, kind="auc", delta=delta, interpolate=False,
+                         max_pair_elements=max_pair_elements)
