@@ -195,9 +195,13 @@ def build_backbone(name: str, *, weights: str | None = None, freeze_batchnorm: b
     if name == "resnet101":
         return resnet_backbone(101, weights=weights, freeze_batchnorm=freeze_batchnorm)
     if name == "tiny":
+        model = tiny_backbone(freeze_batchnorm=freeze_batchnorm)
         if weights is not None:
-            raise ValueError("the tiny backbone has no pretrained weights; pass backbone_weights=None")
-        return tiny_backbone(freeze_batchnorm=freeze_batchnorm)
+            # Weights of a tiny backbone trained earlier (``detector.backbone.save_weights(path)``).
+            if not os.path.isfile(weights):
+                raise FileNotFoundError(f"tiny backbone weights file not found: {weights!r}")
+            model.load_weights(weights)
+        return model
     raise ValueError(f"unknown backbone {name!r}; valid names are {BACKBONES}")
 
 

@@ -15,6 +15,21 @@ def test_tiny_backbone_strides():
     assert {k: tuple(v.shape[1:3]) for k, v in out.items()} == {"C2": (16, 24), "C3": (8, 12), "C4": (4, 6), "C5": (2, 3)}
 
 
+def test_tiny_backbone_loads_weights_it_saved(tmp_path):
+    """A tiny backbone trained inside one detector starts another (the Cascade R-CNN ablation does this)."""
+    trained = tiny_backbone()
+    probe = tf.random.uniform([1, 64, 64, 3], 0, 255, seed=1)
+    trained(probe, training=True)  # moves the BatchNorm statistics away from their initial values
+    for w in trained.trainable_weights:
+        w.assign(w + 0.01)
+    path = str(tmp_path / "tiny.weights.h5")
+    trained.save_weights(path)
+    loaded = build_backbone("tiny", weights=path, freeze_batchnorm=True)
+    np.testing.assert_allclose(loaded(probe)["C5"].numpy(), trained(probe)["C5"].numpy(), atol=1e-5)
+    with pytest.raises(FileNotFoundError, match="tiny backbone weights"):
+        build_backbone("tiny", weights=str(tmp_path / "missing.weights.h5"))
+
+
 def test_resnet50_levels_and_frozen_batchnorm():
     model = resnet_backbone(50, freeze_batchnorm=True, frozen_stages=2)
     out = model(tf.zeros([1, 64, 64, 3]))

@@ -67,6 +67,8 @@ class CascadeRCNN(keras.Model):
       num_rois, roi_positive_fraction: stage-1 sampling.
       fc_dim: width of the box heads.
       roi_size, sampling_ratio, use_gather_roi_align: RoIAlign.
+      roi_canonical_size: box size pooled from P4 (224, FPN's ImageNet
+        size; scale it with the images: 56 suits 128-px images).
       smooth_l1_beta: of the stage box losses.
       test_stages: stages run at inference (None: all).
       ensemble: average the classifiers of stages 1..k (else stage k only).
@@ -91,6 +93,7 @@ class CascadeRCNN(keras.Model):
         roi_size: int = 7,
         sampling_ratio: int = 2,
         use_gather_roi_align: bool = False,
+        roi_canonical_size: float = 224.0,
         smooth_l1_beta: float = 1.0,
         test_stages: int | None = None,
         ensemble: bool = True,
@@ -121,7 +124,7 @@ class CascadeRCNN(keras.Model):
         self.num_stages = num_stages
         self.rpn = RegionProposalNetwork(**(rpn or {}), name="rpn")
         self.roi_align = RoIAlign(output_size=roi_size, sampling_ratio=sampling_ratio,
-                                  use_gather=use_gather_roi_align, name="roi_align")
+                                  canonical_size=roi_canonical_size, use_gather=use_gather_roi_align, name="roi_align")
         self.heads = [
             BoxHead(num_classes=num_classes, fc_dim=fc_dim, num_classifiers=max(1, len(self.integral_ious)) if s == 0 else 1,
                     name=f"stage{s + 1}")
