@@ -131,6 +131,7 @@ def multilevel_detections(
     score_threshold: float = 0.05,
     nms_iou_threshold: float = 0.5,
     max_detections: int = 100,
+    refinements: Sequence[Sequence[tf.Tensor]] = (),
 ) -> dict[str, tf.Tensor]:
     """RetinaNet-style post-processing over pyramid levels.
 
@@ -144,16 +145,22 @@ def multilevel_detections(
       score_threshold: minimum class probability.
       nms_iou_threshold: class-aware NMS threshold.
       max_detections: K.
+      refinements: further regressions applied in turn to the decoded boxes
+        of the candidates (consistent optimization's second regression):
+        each a per-level list of ``[B, N_l, 4]`` codes.
 
     Returns:
       The output contract dict.
     """
     all_boxes, all_scores, all_classes = [], [], []
-    for logits, codes, level_anchors in zip(class_logits, box_codes, anchors):
+    for level, (logits, codes, level_anchors) in enumerate(zip(class_logits, box_codes, anchors)):
         scores, box_index, class_id = top_k_candidates(logits, pre_nms_top_k, score_threshold)
         picked_codes = tf.gather(codes, box_index, batch_dims=1)
         picked_anchors = tf.gather(level_anchors, box_index)
-        all_boxes.append(box_coder.decode(picked_codes, picked_anchors))
+        boxes = box_coder.decode(picked_codes, picked_anchors)
+        for refinement in refinements:  # only the top-k candidates are refined
+            boxes = box_coder.decode(tf.gather(refinement[level], box_index, batch_dims=1), boxes)
+        all_boxes.append(boxes)
         all_scores.append(scores)
         all_classes.append(class_id)
     boxes = box_ops.clip_boxes(tf.concat(all_boxes, axis=1), image_shape)
