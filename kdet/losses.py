@@ -102,6 +102,21 @@ def softmax_cross_entropy(labels: tf.Tensor, logits: tf.Tensor, weights: tf.Tens
     return _weighted_sum(ce, weights)
 
 
+def replica_mean(value: tf.Tensor) -> tf.Tensor:
+    """Mean of ``value`` over the replicas in sync (itself outside a multi-replica context).
+
+    A normaliser such as the number of positive anchors must be the global
+    count divided by the replicas: per-replica loss ``sum_r / mean(count)``,
+    divided by the replica count (:func:`scale_for_replicas`) and summed over
+    replicas by the optimizer, is then ``sum / count`` of the whole batch, as
+    on one device.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return value
+    return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+
+
 def scale_for_replicas(loss: tf.Tensor) -> tf.Tensor:
     """Divides a per-replica loss by the replica count.
 

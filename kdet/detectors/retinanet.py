@@ -246,7 +246,7 @@ class RetinaNet(keras.Model):
 
         Focal terms are normalised by the number of positive anchors (one
         ``N_cls`` for all terms, Eq. 1); box term ``j`` by its own positives
-        (Eq. 2). Returns the per-replica loss scaled by ``1 / num_replicas``
+        (Eq. 2); counts are over the whole batch, across replicas. Returns the per-replica loss scaled by ``1 / num_replicas``
         (see `kdet.losses.scale_for_replicas`); the logged terms are unscaled.
         """
         del sample_weight, training
@@ -256,7 +256,7 @@ class RetinaNet(keras.Model):
         anchors = tf.concat(self.anchors_per_level(tf.shape(x)[1:3]), axis=0)
         terms = self.consistent_targets(anchors, y_pred, y)
         num_pos = tf.reduce_sum(tf.cast(terms[0]["labels"] == 1, tf.float32))
-        normalizer = tf.maximum(num_pos, 1.0)
+        normalizer = tf.maximum(losses.replica_mean(num_pos), 1.0)  # the whole batch's count, on any replicas
         batch = tf.shape(x)[0]
         cls_loss = box_loss = 0.0
         for j, t in enumerate(terms):
@@ -268,7 +268,7 @@ class RetinaNet(keras.Model):
                 positive = tf.cast(t["labels"] == 1, tf.float32)
                 box_term = cfg["box_loss_weight"] * losses.smooth_l1(
                     t["box_targets"], y_pred[box_codes_key(j)], positive, beta=cfg["smooth_l1_beta"]
-                ) / (normalizer if j == 0 else tf.maximum(tf.reduce_sum(positive), 1.0))
+                ) / (normalizer if j == 0 else tf.maximum(losses.replica_mean(tf.reduce_sum(positive)), 1.0))
                 box_loss += box_term
             for tracker, term in zip(self.term_trackers[j] if self.term_trackers else (), (cls_term, box_term)):
                 if tracker is not None:
