@@ -117,9 +117,12 @@ def test_two_regressions_at_inference_and_the_2_star_variant():
     for w in plain.weights:
         w.assign(shared[key(plain, w)])
     assert len(star.weights) == len(plain.weights) + 2  # only box_codes_2's kernel and bias are extra
-    a, b = star.detect(images), plain.detect(images)
+    a, b, c = star.detect(images), plain.detect(images), model.detect(images, regressions=1)
     for key in ("boxes", "scores", "classes"):
         np.testing.assert_allclose(a[key].numpy(), b[key].numpy(), atol=1e-5)
+        np.testing.assert_allclose(c[key].numpy(), b[key].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="regressions"):
+        model.detect(images, regressions=3)
 
 
 @pytest.mark.parametrize("variant", [

@@ -279,13 +279,19 @@ class RetinaNet(keras.Model):
         return losses.scale_for_replicas(cls_loss + box_loss)
 
     # ---------------------------------------------------------------- inference
-    def postprocess(self, images: tf.Tensor, outputs: dict) -> dict[str, tf.Tensor]:
-        """Decodes raw outputs of :meth:`call` into the output contract."""
+    def postprocess(self, images: tf.Tensor, outputs: dict, *, regressions: int | None = None) -> dict[str, tf.Tensor]:
+        """Decodes raw outputs of :meth:`call` into the output contract.
+
+        ``regressions`` (default ``test_regressions``, else #reg) box
+        regressions are applied in turn to the top-k candidates.
+        """
         image_size = tf.shape(images)[1:3]
         anchors = self.anchors_per_level(image_size)
         sizes = [tf.shape(a)[0] for a in anchors]
         cfg = self._config
-        regressions = cfg["test_regressions"] or cfg["consistent_reg_terms"]
+        regressions = regressions or cfg["test_regressions"] or cfg["consistent_reg_terms"]
+        if not 1 <= regressions <= cfg["consistent_reg_terms"]:
+            raise ValueError(f"regressions must be in 1..{cfg['consistent_reg_terms']}, got {regressions}")
         refinements = [tf.split(outputs[box_codes_key(j)], sizes, axis=1) for j in range(1, regressions)]
         detections = postprocess.multilevel_detections(
             tf.split(outputs["class_logits"], sizes, axis=1),
@@ -301,14 +307,16 @@ class RetinaNet(keras.Model):
         )
         return postprocess.suppress_non_finite(images, detections)
 
-    def detect(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+    def detect(self, images: tf.Tensor, *, regressions: int | None = None) -> dict[str, tf.Tensor]:
         """Images ``[B, H, W, 3]`` (0..255) -> the output contract.
 
         Non-finite pixels are zeroed before the network and their image
-        reports zero detections.
+        reports zero detections. ``regressions`` overrides
+        ``test_regressions`` for this call (1 on a #reg = 2 model is "2*").
         """
         images = tf.cast(images, tf.float32)
-        return self.postprocess(images, self(postprocess.zero_non_finite(images), training=False))
+        return self.postprocess(images, self(postprocess.zero_non_finite(images), training=False),
+                                regressions=regressions)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
