@@ -73,38 +73,44 @@ CASES = {
 }
 
 
+METHODS = ["sorted", "pairwise"]
+
+
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("name", sorted(CASES))
 @pytest.mark.parametrize("kind", ["ap", "auc"])
-def test_named_cases_match_reference(name, kind):
+def test_named_cases_match_reference(name, kind, method):
     scores, labels = CASES[name]
     fn = ap_loss if kind == "ap" else auc_loss
-    value, grad = tf_value_and_grad(fn, scores, labels)
+    value, grad = tf_value_and_grad(fn, scores, labels, method=method)
     ref_value, ref_grad = reference(scores, labels, kind=kind)
     np.testing.assert_allclose(value, ref_value, atol=1e-5)
     np.testing.assert_allclose(grad, ref_grad, atol=1e-5)
 
 
-def test_hand_computed_values():
+@pytest.mark.parametrize("method", METHODS)
+def test_hand_computed_values(method):
     # Positives 0.5 and 2.0, negative 1.0 (-1.0 is trivial, 3.0 ignored); delta 1.
     # i = 0.5: f(0.5) = 0.75, rank+ = 1 + f(1.5) = 2, L = 0.75 / 2.75, precision 8/11.
     # i = 2.0: f(-1) = 0, precision 1. Loss = (3/11 + 0) / 2.
-    value, grad = tf_value_and_grad(ap_loss, *CASES["hand"])
+    value, grad = tf_value_and_grad(ap_loss, *CASES["hand"], method=method)
     assert value == pytest.approx(3 / 22, abs=1e-6)
     np.testing.assert_allclose(grad, [0, 3 / 22, -3 / 22, 0, 0], atol=1e-6)
 
 
+@pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize("interpolate", [True, False])
-def test_random_cases_match_reference(seed, interpolate):
+def test_random_cases_match_reference(seed, interpolate, method):
     rng = np.random.default_rng(seed)
     n = int(rng.integers(2, 400))
     scores, labels = random_case(rng, n, pos_frac=rng.uniform(0.01, 0.5), quantize=4 if seed % 3 == 0 else None)
     delta = float(rng.choice([0.25, 1.0, 2.0]))
-    value, grad = tf_value_and_grad(ap_loss, scores, labels, delta=delta, interpolate=interpolate)
+    value, grad = tf_value_and_grad(ap_loss, scores, labels, delta=delta, interpolate=interpolate, method=method)
     ref_value, ref_grad = reference(scores, labels, delta=delta, interpolate=interpolate)
     np.testing.assert_allclose(value, ref_value, atol=1e-5)
     np.testing.assert_allclose(grad, ref_grad, atol=1e-5)
-    a_value, a_grad = tf_value_and_grad(auc_loss, scores, labels, delta=delta)
+    a_value, a_grad = tf_value_and_grad(auc_loss, scores, labels, delta=delta, method=method)
     r_value, r_grad = reference(scores, labels, delta=delta, kind="auc")
     np.testing.assert_allclose(a_value, r_value, atol=1e-5)
     np.testing.assert_allclose(a_grad, r_grad, atol=1e-5)
@@ -116,18 +122,20 @@ def test_thousands_of_negatives_several_images_and_small_chunks():
     scores, labels = random_case(rng, 4 * 600 * 3, pos_frac=0.01)
     scores, labels = scores.reshape(4, 600, 3), labels.reshape(4, 600, 3)
     ref_value, ref_grad = reference(scores, labels)
-    for max_pair_elements in (1 << 24, 5000, 1):  # everything at once, a few positives per chunk, one at a time
-        value, grad = tf_value_and_grad(ap_loss, scores, labels, max_pair_elements=max_pair_elements)
+    runs = [dict(method="sorted")] + [dict(method="pairwise", max_pair_elements=m) for m in (1 << 24, 5000, 1)]
+    for kwargs in runs:  # sorted; pairwise with everything at once, a few positives per chunk, one at a time
+        value, grad = tf_value_and_grad(ap_loss, scores, labels, **kwargs)
         assert grad.shape == (4, 600, 3)
         np.testing.assert_allclose(value, ref_value, atol=1e-5)
         np.testing.assert_allclose(grad.ravel(), ref_grad, atol=1e-5)
 
 
-def test_no_positives_gives_zero_loss_and_zero_gradient():
+@pytest.mark.parametrize("method", METHODS)
+def test_no_positives_gives_zero_loss_and_zero_gradient(method):
     scores = np.random.default_rng(0).normal(size=100).astype(np.float32)
     for labels in (np.zeros(100, np.int32), -np.ones(100, np.int32)):
         for fn in (ap_loss, auc_loss):
-            value, grad = tf_value_and_grad(fn, scores, labels)
+            value, grad = tf_value_and_grad(fn, scores, labels, method=method)
             assert value == 0.0 and not grad.any()
 
 
@@ -193,3 +201,19 @@ def test_proposition_1_linear_scorer_on_separable_data_reaches_ap_1():
             break
     assert losses[0] > 0.8
     assert true_ap() == 1.0, f"AP {true_ap():.4f} after {len(losses)} updates"
+
+
+def test_large_batch_sorted_matches_pairwise_and_stays_accurate():
+    """2e5 pairs with scores spread like a detector's logits: the float64 prefix sums keep float32 accuracy."""
+    rng = np.random.default_rng(42)
+    n = 200_000
+    scores = np.concatenate([rng.normal(-4.0, 1.5, n - 300), rng.normal(0.5, 1.0, 300)]).astype(np.float32)
+    labels = np.zeros(n, np.int32)
+    labels[n - 300:] = 1
+    labels[rng.choice(n - 300, 2000, replace=False)] = -1
+    v_sorted, g_sorted = tf_value_and_grad(ap_loss, scores, labels, method="sorted")
+    v_pair, g_pair = tf_value_and_grad(ap_loss, scores, labels, method="pairwise")
+    assert v_sorted == pytest.approx(v_pair, abs=1e-5)
+    np.testing.assert_allclose(g_sorted, g_pair, atol=1e-6)
+    with pytest.raises(ValueError, match="method"):
+        ap_loss(tf.constant(scores[:4]), labels[:4], method="quadratic")
