@@ -217,16 +217,6 @@ def _step_sums(sorted_values: tf.Tensor, prefix: tf.Tensor, x: tf.Tensor, delta:
     return tf.cast(n - hi, tf.float64) + (middle - count * x) / (2.0 * delta) + 0.5 * count
 
 
-def _weighted_step_sums(sorted_values, weight_prefix, weighted_value_prefix, x, delta):
-    """``sum_i w_i f(x - v_i)`` for every ``x`` (the transpose of :func:`_step_sums`, with weights)."""
-    lo = tf.searchsorted(sorted_values, x - delta, side="left", out_type=tf.int64)
-    hi = tf.searchsorted(sorted_values, x + delta, side="right", out_type=tf.int64)
-    below = tf.gather(weight_prefix, lo)  # v_i < x - delta: f = 1
-    w_mid = tf.gather(weight_prefix, hi) - below
-    wv_mid = tf.gather(weighted_value_prefix, hi) - tf.gather(weighted_value_prefix, lo)
-    return below + (x * w_mid - wv_mid) / (2.0 * delta) + 0.5 * w_mid
-
-
 def _cumulative_max_log(values: tf.Tensor) -> tf.Tensor:
     """Inclusive running maximum of a 1-D tensor in ceil(log2 n) shifted maxima (O(n) memory)."""
     n = tf.shape(values)[0]
@@ -240,15 +230,22 @@ def _cumulative_max_log(values: tf.Tensor) -> tf.Tensor:
 
 
 def _sorted_value_and_gradient(scores, labels, *, kind: str, delta: float, interpolate: bool):
-    """The same value and gradient as :func:`_ranking_value_and_gradient`, by sorting: O((|P| + |N|) log).
+    """The same value and gradient as :func:`_ranking_value_and_gradient` in O(|N^| log |P| + |P| log |P|).
 
-    Every sum over pairs is a sum of the piecewise-linear step, so after one
-    sort it is a count plus a difference of prefix sums found by binary
-    search: ``sum_j f(s_j - s_i)`` over negatives for each positive (the
-    ranks), and ``sum_i w_i f(s_j - s_i)`` over positives for each negative
-    (its gradient, with ``w_i`` the positive's normalisation and
-    interpolation factor). Prefix sums run in float64 so that differences of
-    sums over ~1e7 scores keep float32 precision.
+    Only the positives are sorted. Each non-trivial negative ``j`` finds, by
+    two binary searches in them, the positives it is above by more than
+    ``delta`` (``[0, lo_j)``: ``f = 1``) and those within ``delta``
+    (``[lo_j, hi_j)``: ``f = (s_j - s_i) / 2 delta + 0.5``). Then
+
+    * each positive's negative sum ``sum_j f(s_j - s_i)`` is a prefix sum of
+      range additions (difference arrays scattered with
+      ``unsorted_segment_sum``), and
+    * each negative's gradient ``sum_i w_i f(s_j - s_i)`` (``w_i`` the
+      positive's normalisation and interpolation factor) is a difference of
+      prefix sums of ``w`` and ``w * s`` over the same two ranges.
+
+    Sums run in float64, so differences of sums over ~1e7 scores keep float32
+    precision. Memory is O(|P| + |N|).
     """
     positive = tf.where(labels == 1)[:, 0]
     num_pos = tf.size(positive)
@@ -265,11 +262,24 @@ def _sorted_value_and_gradient(scores, labels, *, kind: str, delta: float, inter
         sp = tf.gather(pos_scores, order)  # ascending
         negative = tf.where((labels == 0) & (s64 >= sp[0] - delta))[:, 0]
         sn = tf.gather(s64, negative)
-        zero = tf.zeros([1], tf.float64)
-        neg_sorted = tf.sort(sn)
-        neg_sums = _step_sums(neg_sorted, tf.concat([zero, tf.cumsum(neg_sorted)], 0), sp, delta)  # [P]
+        lo = tf.searchsorted(sp, sn - delta, side="left", out_type=tf.int64)  # positives with s_i < s_j - delta
+        hi = tf.searchsorted(sp, sn + delta, side="right", out_type=tf.int64)  # ... with s_i <= s_j + delta
+        segments = tf.cast(num_pos + 1, tf.int64)
+
+        def range_sums(values_lo, values_hi):
+            """prefix over positives of (+values_lo at lo_j, -values_hi at hi_j)."""
+            diff = (tf.math.unsorted_segment_sum(values_lo, lo, segments)
+                    - tf.math.unsorted_segment_sum(values_hi, hi, segments))
+            return tf.cumsum(diff)[:-1]
+
+        ones = tf.ones_like(sn)
+        below = tf.cast(tf.size(sn), tf.float64) - tf.cumsum(
+            tf.math.unsorted_segment_sum(ones, lo, segments))[:-1]  # negatives with lo_j > i: f = 1 for i
+        slope_part = (sn / (2.0 * delta) + 0.5)
+        linear = range_sums(slope_part, slope_part) - range_sums(ones, ones) * sp / (2.0 * delta)
+        neg_sums = below + linear  # [P]: sum_j f(s_j - s_i)
         if kind == "ap":
-            rank_pos = 0.5 + _step_sums(sp, tf.concat([zero, tf.cumsum(sp)], 0), sp, delta)
+            rank_pos = 0.5 + _step_sums(sp, tf.concat([tf.zeros([1], tf.float64), tf.cumsum(sp)], 0), sp, delta)
             denominator = rank_pos + neg_sums
             precision = 1.0 - neg_sums / denominator
             best = _cumulative_max_log(precision) if interpolate else precision
@@ -279,8 +289,12 @@ def _sorted_value_and_gradient(scores, labels, *, kind: str, delta: float, inter
         else:
             weights = tf.fill(tf.shape(sp), 1.0 / tf.maximum(num_neg_all, 1.0))
             rows = neg_sums * weights
-        neg_grad = _weighted_step_sums(sp, tf.concat([zero, tf.cumsum(weights)], 0),
-                                       tf.concat([zero, tf.cumsum(weights * sp)], 0), sn, delta)
+        zero = tf.zeros([1], tf.float64)
+        w_prefix = tf.concat([zero, tf.cumsum(weights)], 0)
+        ws_prefix = tf.concat([zero, tf.cumsum(weights * sp)], 0)
+        w_low, w_mid = tf.gather(w_prefix, lo), tf.gather(w_prefix, hi) - tf.gather(w_prefix, lo)
+        ws_mid = tf.gather(ws_prefix, hi) - tf.gather(ws_prefix, lo)
+        neg_grad = w_low + (sn * w_mid - ws_mid) / (2.0 * delta) + 0.5 * w_mid
         pos_f = tf.cast(num_pos, tf.float64)
         gradient = tf.tensor_scatter_nd_add(tf.zeros_like(scores), positive_sorted[:, None],
                                             tf.cast(-rows / pos_f, tf.float32))
@@ -340,9 +354,9 @@ def ap_loss(scores: tf.Tensor, labels: tf.Tensor, *, delta: float = 1.0, interpo
       labels: same shape, int: 1 positive, 0 negative, -1 ignored.
       delta: the piecewise step's half width (1).
       interpolate: interpolated AP (Sec. 3.4.3); False: plain AP.
-      method: ``"sorted"`` (default): one sort, then every pair sum by
-        binary search and prefix sums, O((|P| + |N|) log) time and O(|P| +
-        |N|) memory; ``"pairwise"``: Algorithm 1 as written, a loop over
+      method: ``"sorted"`` (default): the positives sorted once, every pair
+        sum by binary search, range additions and prefix sums, O(|N| log |P|)
+        time and O(|P| + |N|) memory; ``"pairwise"``: Algorithm 1 as written, a loop over
         chunks of positives against the non-trivial negatives, O(|P| |N^|)
         time. Both give the same value and gradient (to float rounding).
       max_pair_elements: ``"pairwise"`` only: bound on the ``[chunk of
