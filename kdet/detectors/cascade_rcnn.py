@@ -130,6 +130,11 @@ class CascadeRCNN(keras.Model):
                     name=f"stage{s + 1}")
             for s in range(num_stages)
         ]
+        # Built now: the heads are only called inside compute_loss / detect, never by call().
+        fpn_filters = self.rpn.get_config()["fpn_filters"]
+        for head in self.heads:
+            head.build((None, None, roi_size, roi_size, fpn_filters))
+        self.roi_align.built = True  # no weights
         self.coders = [box_ops.BoxCoder(w) for w in stage_box_weights]
         self.matchers = [Matcher((iou,), (0, 1)) for iou in stage_ious]
         # Keras does not report the metrics of a nested model: the RPN terms are logged here.
@@ -141,6 +146,12 @@ class CascadeRCNN(keras.Model):
         self.integral_matchers = [Matcher((iou,), (0, 1)) for iou in self.integral_ious]
         self.integral_trackers = [
             keras.metrics.Mean(name=f"stage1_cls_loss_u{round(100 * iou)}") for iou in self.integral_ious]
+
+    def build(self, input_shape):
+        """Creates every weight by running the network once on a small zero image (any input size works later)."""
+        size = 2 ** max(self.rpn.anchor_spec.levels)
+        self.call(tf.zeros([1, size, size, 3]))
+        self.built = True
 
     def call(self, images, training=False):
         """``{"features": {"P2".."P6"}, "rpn": {"objectness", "box_codes"}}``."""

@@ -49,6 +49,15 @@ class BoxHead(keras.layers.Layer):
         self.regressor = keras.layers.Dense(
             4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="box_codes")
 
+    def build(self, input_shape):
+        """``input_shape`` ``(B, R, S, S, F)``: creates every weight (the head can be built before its first call)."""
+        flat = int(input_shape[-3]) * int(input_shape[-2]) * int(input_shape[-1])
+        self.fc1.build((None, None, flat))
+        self.fc2.build((None, None, self.fc_dim))
+        for layer in [*self.classifiers, self.regressor]:
+            layer.build((None, None, self.fc_dim))
+        self.built = True
+
     def hidden(self, roi_features):
         """The fc7 features ``[B, R, fc_dim]`` (shared by classifier and regressor)."""
         shape = tf.shape(roi_features)
