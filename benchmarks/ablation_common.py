@@ -128,7 +128,7 @@ def train_and_test(variant: str, seed: int, args, *, build: Callable[[int], kera
         evaluator = CocoEvaluator(category_ids=info.category_ids, class_names=info.class_names)
         results[key] = {k: float(v) for k, v in evaluate_model(Tester(model, options), val, evaluator,
                                                                progress=False).items()}
-        print(f"  {variant} seed {seed} {options}: " + " ".join(f"{m} {results[key][m]:.1f}" for m in metrics),
+        print(f"  {variant} seed {seed} {options}: " + " ".join(f"{m} {100 * results[key][m]:.1f}" for m in metrics),
               flush=True)
     return {"detector": variant, "seed": seed, "config": model.get_config(), "train_seconds": round(train_seconds, 1),
             "final_losses": {k: float(v[-1]) for k, v in history.history.items()}, "results": results}
@@ -157,7 +157,11 @@ def run_all(args, train: Callable[[str, int, str], dict]) -> list[dict]:
 
 
 def table(rows: Sequence[Row], runs: list[dict], metrics: Sequence[str]) -> list[dict]:
-    """One entry per row: mean and sample std of each metric over the seeds that have it."""
+    """One entry per row: mean and sample std of each metric over the seeds that have it, in percent.
+
+    The runs store :meth:`CocoEvaluator.evaluate`'s fractions; the tables,
+    like the papers', are x100.
+    """
     out = []
     for label, variant, options in rows:
         key = options_key(options)
@@ -166,7 +170,7 @@ def table(rows: Sequence[Row], runs: list[dict], metrics: Sequence[str]) -> list
             continue
         entry = {"row": label, "detector": variant, "options": options, "seeds": len(found)}
         for m in metrics:
-            values = np.array([f[m] for f in found])
+            values = 100.0 * np.array([f[m] for f in found])
             entry[m] = {"mean": round(float(values.mean()), 2),
                         "std": round(float(values.std(ddof=1)), 2) if len(values) > 1 else 0.0}
         out.append(entry)
