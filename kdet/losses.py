@@ -133,10 +133,15 @@ def piecewise_step(x: tf.Tensor, delta: float) -> tf.Tensor:
 
 
 def _cumulative_max(values: tf.Tensor) -> tf.Tensor:
-    """``out[i] = max(values[:i + 1])`` for a 1-D tensor, through a lower-triangular mask (no scan)."""
+    """Inclusive running maximum of a 1-D tensor in ceil(log2 n) shifted maxima (O(n) memory)."""
     n = tf.shape(values)[0]
-    lower = tf.range(n)[None, :] <= tf.range(n)[:, None]
-    return tf.reduce_max(tf.where(lower, values[None, :], values.dtype.min), axis=1)
+
+    def body(shift, acc):
+        shifted = tf.concat([tf.fill([tf.minimum(shift, n)], acc.dtype.min), acc[:tf.maximum(n - shift, 0)]], 0)
+        return shift * 2, tf.maximum(acc, shifted)
+
+    _, out = tf.while_loop(lambda shift, _: shift < n, body, (tf.constant(1), values))
+    return out
 
 
 def _ranking_value_and_gradient(scores, labels, *, kind: str, delta: float, interpolate: bool,
@@ -217,18 +222,6 @@ def _step_sums(sorted_values: tf.Tensor, prefix: tf.Tensor, x: tf.Tensor, delta:
     return tf.cast(n - hi, tf.float64) + (middle - count * x) / (2.0 * delta) + 0.5 * count
 
 
-def _cumulative_max_log(values: tf.Tensor) -> tf.Tensor:
-    """Inclusive running maximum of a 1-D tensor in ceil(log2 n) shifted maxima (O(n) memory)."""
-    n = tf.shape(values)[0]
-
-    def body(shift, acc):
-        shifted = tf.concat([tf.fill([tf.minimum(shift, n)], acc.dtype.min), acc[:tf.maximum(n - shift, 0)]], 0)
-        return shift * 2, tf.maximum(acc, shifted)
-
-    _, out = tf.while_loop(lambda shift, _: shift < n, body, (tf.constant(1), values))
-    return out
-
-
 def _sorted_value_and_gradient(scores, labels, *, kind: str, delta: float, interpolate: bool):
     """The same value and gradient as :func:`_ranking_value_and_gradient` in O(|N^| log |P| + |P| log |P|).
 
@@ -282,7 +275,7 @@ def _sorted_value_and_gradient(scores, labels, *, kind: str, delta: float, inter
             rank_pos = 0.5 + _step_sums(sp, tf.concat([tf.zeros([1], tf.float64), tf.cumsum(sp)], 0), sp, delta)
             denominator = rank_pos + neg_sums
             precision = 1.0 - neg_sums / denominator
-            best = _cumulative_max_log(precision) if interpolate else precision
+            best = _cumulative_max(precision) if interpolate else precision
             scale = tf.where(precision < best, (1.0 - best) / tf.maximum(1.0 - precision, 1e-300), 1.0)
             weights = scale / denominator  # L_ij (interpolated) = weights_i * f(s_j - s_i)
             rows = 1.0 - best
