@@ -1,0 +1,312 @@
+"""The jointly trained 12/24/48 face cascade ("FaceCraft", Qin et al. Sec. 4).
+
+Training (Fig. 1): one network on 48x48 samples. Branch x12 sees the sample
+average-pooled to 12x12, x12-x24 sees it pooled to 24x24 and concatenates
+x12's feature, x12-x24-x48 sees it whole and concatenates x12-x24's feature.
+Threshold-control layers pass to x12-x24's loss only the samples whose x12
+face probability is at least ``thresholds[0]`` (0.1), and to
+x12-x24-x48's loss only those that also reach ``thresholds[1]`` (0.003)
+at x12-x24. The joint loss is Eq. 6, ``sum_k lambda_k L_k``, each ``L_k``
+Eq. 1: softmax log loss + ``box_loss_weight`` * smooth-L1 on the faces'
+normalised offsets, both averaged over the samples that reach the branch.
+
+``train_branches`` makes the same model the paper's greedy baseline: with
+``("x12",)`` only x12 learns; then, its weights copied in,
+``("x24",)`` trains x12-x24 with x12 frozen on x12's survivors; then
+``("x48",)``. Joint training is all three (and may start from the greedy
+weights, as the paper does).
+
+Inference (Sec. 4.3, 6.5), all tensors, no per-box Python: an image
+pyramid from ``min_face_size``; x12 over every level; response-map max
+pooling (``pool_size``) instead of NMS; the best ``stage1_max_boxes``
+windows over all levels; each squared and cropped to 24x24 (from the
+pyramid level closest to that size, or from the image); x12-x24 scores and
+regresses them; the best ``stage2_max_boxes`` are cropped at 48x48 for
+x12-x24-x48; a final NMS. Scores are the last branch's face probability.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import keras
+import tensorflow as tf
+
+from kdet import boxes as box_ops
+from kdet import losses, postprocess
+from kdet.face_pyramid import (
+    best_levels,
+    crop_boxes_for,
+    level_size,
+    pyramid_scales,
+    resize_level,
+    response_map_max_pool,
+    square_boxes,
+    window_boxes,
+)
+from kdet.heads.face import Face12Net, Face24Net, Face48Net, ThresholdControl
+
+BRANCHES = ("x12", "x24", "x48")
+CROP_SOURCES = ("pyramid", "image")
+#: ImageNet RGB mean and a common scale: "patches are mean removed" (Sec. 4.2).
+PIXEL_MEAN = (123.68, 116.78, 103.94)
+PIXEL_SCALE = 1.0 / 64.0
+
+
+@keras.saving.register_keras_serializable(package="kdet")
+class FaceCascade(keras.Model):
+    """The 12/24/48 face cascade as one Keras model.
+
+    Args:
+      thresholds: threshold-control values after x12 and x12-x24 (training).
+      loss_weights: Eq. 6's ``(lambda_1, lambda_2, lambda_3)``.
+      box_loss_weight: Eq. 1's ``lambda``.
+      smooth_l1_beta: smooth-L1's quadratic zone (1 as in Fast R-CNN).
+      offset_mean: per-coordinate mean of the raw offsets (``ty, tx, th, tw``).
+      offset_std: their standard deviation; see
+        :func:`kdet.data.face_mining.offset_statistics`.
+      dropout: rate before every classification / regression layer.
+      train_branches: branches whose weights learn and whose losses count.
+      min_face_size: smallest face found at test, pixels.
+      levels_per_octave: test pyramid levels per halving (2 ~ factor 0.71).
+      test_thresholds: face probability kept after x12, x12-x24, x12-x24-x48.
+      pool_size: response-map max pooling block (1 disables it).
+      stage1_max_boxes: windows passed from x12 to x12-x24, per image.
+      stage2_max_boxes: boxes passed from x12-x24 to x12-x24-x48, per image.
+      crop_source: "pyramid" crops later patches from the pyramid level
+        closest to the patch size (Sec. 6.5), "image" from the image.
+      crop_method: "bilinear" or "nearest" (nearest from the pyramid is the
+        paper's no-resize crop).
+      nms_iou_threshold: the final NMS.
+      max_detections: K of the output contract.
+    """
+
+    def __init__(
+        self,
+        *,
+        thresholds: Sequence[float] = (0.1, 0.003),
+        loss_weights: Sequence[float] = (1.0, 1.0, 1.0),
+        box_loss_weight: float = 1.0,
+        smooth_l1_beta: float = 1.0,
+        offset_mean: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
+        offset_std: Sequence[float] = (0.1, 0.1, 0.1, 0.1),
+        dropout: float = 0.25,
+        train_branches: Sequence[str] = BRANCHES,
+        min_face_size: float = 20.0,
+        levels_per_octave: int = 2,
+        test_thresholds: Sequence[float] = (0.5, 0.5, 0.7),
+        pool_size: int = 2,
+        stage1_max_boxes: int = 300,
+        stage2_max_boxes: int = 60,
+        crop_source: str = "pyramid",
+        crop_method: str = "bilinear",
+        nms_iou_threshold: float = 0.3,
+        max_detections: int = 100,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self._config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
+        unknown = set(train_branches) - set(BRANCHES)
+        if unknown or not train_branches:
+            raise ValueError(f"train_branches must be a non-empty subset of {BRANCHES}, got {train_branches!r}")
+        if crop_source not in CROP_SOURCES:
+            raise ValueError(f"crop_source must be one of {CROP_SOURCES}, got {crop_source!r}")
+        if crop_method not in ("bilinear", "nearest"):
+            raise ValueError(f"crop_method must be 'bilinear' or 'nearest', got {crop_method!r}")
+        for name, value, size in (("thresholds", thresholds, 2), ("loss_weights", loss_weights, 3),
+                                  ("test_thresholds", test_thresholds, 3), ("offset_mean", offset_mean, 4),
+                                  ("offset_std", offset_std, 4)):
+            if len(value) != size:
+                raise ValueError(f"{name} needs {size} values, got {list(value)}")
+        self.x12 = Face12Net(dropout=dropout, name="x12")
+        self.x24 = Face24Net(dropout=dropout, name="x24")
+        self.x48 = Face48Net(dropout=dropout, name="x48")
+        self.control24 = ThresholdControl(threshold=thresholds[0], name="threshold_control_24")
+        self.control48 = ThresholdControl(threshold=thresholds[1], name="threshold_control_48")
+        for name in BRANCHES:
+            getattr(self, name).trainable = name in train_branches
+        self.box_coder = box_ops.BoxCoder()
+        self.trackers = {f"{b}_{t}": keras.metrics.Mean(name=f"{b}_{t}")
+                         for b in BRANCHES for t in ("cls_loss", "box_loss", "samples")}
+
+    def build(self, input_shape=None):
+        self.x12.build((None, 12, 12, 3))
+        self.x24.build(((None, 24, 24, 3), (None, 16)))
+        self.x48.build(((None, 48, 48, 3), (None, 144)))
+        self.built = True
+
+    # ----------------------------------------------------------------- network
+    @staticmethod
+    def preprocess(images: tf.Tensor) -> tf.Tensor:
+        """uint8 / float RGB in [0, 255] -> mean-removed, scaled float32."""
+        return (tf.cast(images, tf.float32) - tf.constant(PIXEL_MEAN)) * PIXEL_SCALE
+
+    def _training(self, name: str, training) -> bool:
+        return bool(training) and name in self._config["train_branches"]
+
+    def branches(self, patches48: tf.Tensor, *, training=False, depth: int = 3) -> dict[str, tf.Tensor]:
+        """All branch outputs on preprocessed 48x48 patches (or 24x24 for ``depth=2``, 12x12 for 1).
+
+        Returns ``{"x12_logits": [N, 2], "x12_offsets": [N, 4], ...}`` up to
+        ``depth`` branches, plus each branch's ``*_feature``.
+        """
+        size = {1: 12, 2: 24, 3: 48}[depth]
+        pool = lambda x, factor: x if factor == 1 else tf.nn.avg_pool2d(x, factor, factor, "VALID")  # noqa: E731
+        o12 = self.x12(pool(patches48, size // 12), training=self._training("x12", training))
+        o12 = {k: tf.reshape(v, [-1, v.shape[-1]]) for k, v in o12.items()}
+        out = {f"x12_{k}": v for k, v in o12.items()}
+        if depth >= 2:
+            o24 = self.x24((pool(patches48, size // 24), o12["feature"]), training=self._training("x24", training))
+            out.update({f"x24_{k}": v for k, v in o24.items()})
+        if depth >= 3:
+            o48 = self.x48((patches48, out["x24_feature"]), training=self._training("x48", training))
+            out.update({f"x48_{k}": v for k, v in o48.items()})
+        return out
+
+    def call(self, patches, training=False):
+        """Training forward pass on ``[N, 48, 48, 3]`` samples in [0, 255]."""
+        return self.branches(self.preprocess(patches), training=training)
+
+    # ----------------------------------------------------------------- training
+    def normalize_offsets(self, offsets: tf.Tensor) -> tf.Tensor:
+        return (tf.cast(offsets, tf.float32) - tf.constant(self._config["offset_mean"], tf.float32)) / tf.constant(
+            self._config["offset_std"], tf.float32)
+
+    def denormalize_offsets(self, offsets: tf.Tensor) -> tf.Tensor:
+        return tf.cast(offsets, tf.float32) * tf.constant(self._config["offset_std"], tf.float32) + tf.constant(
+            self._config["offset_mean"], tf.float32)
+
+    def branch_masks(self, outputs: dict, labels: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Which samples each branch's loss sees: valid for x12, then the threshold controls."""
+        valid = tf.cast(labels >= 0, tf.float32)
+        m24 = self.control24(outputs["x12_logits"], valid)
+        m48 = self.control48(outputs["x24_logits"], m24)
+        return {"x12": valid, "x24": m24, "x48": m48}
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """Eq. 6 over the branches in ``train_branches``; every term logged.
+
+        ``y`` is ``{"labels": [N] (1 face, 0 non-face, -1 unused), "offsets":
+        [N, 4] raw}``. Each branch's terms are averaged over the samples that
+        reach it (over all replicas); the returned loss is scaled by
+        ``1 / num_replicas`` like every kdet detector's.
+        """
+        del sample_weight, training
+        if y is None:
+            raise ValueError("FaceCascade.compute_loss needs targets: fit on (patches, {'labels', 'offsets'}) pairs")
+        cfg = self._config
+        labels = tf.cast(y["labels"], tf.int32)
+        targets = self.normalize_offsets(y["offsets"])
+        masks = self.branch_masks(y_pred, labels)
+        positive = tf.cast(labels == 1, tf.float32)
+        total = 0.0
+        for k, name in enumerate(BRANCHES):
+            mask = masks[name]
+            count = tf.maximum(losses.replica_mean(tf.reduce_sum(mask)), 1.0)
+            cls = losses.softmax_cross_entropy(tf.maximum(labels, 0), y_pred[f"{name}_logits"], mask) / count
+            box = cfg["box_loss_weight"] * losses.smooth_l1(
+                targets, y_pred[f"{name}_offsets"], mask * positive, beta=cfg["smooth_l1_beta"]) / count
+            batch = tf.shape(labels)[0]
+            self.trackers[f"{name}_cls_loss"].update_state(cls, sample_weight=batch)
+            self.trackers[f"{name}_box_loss"].update_state(box, sample_weight=batch)
+            self.trackers[f"{name}_samples"].update_state(tf.reduce_sum(mask), sample_weight=1)
+            if name in cfg["train_branches"]:
+                total += cfg["loss_weights"][k] * (cls + box)
+        return losses.scale_for_replicas(total)
+
+    # ---------------------------------------------------------------- inference
+    def _crop(self, levels, level_scales, boxes, image_size, crop: int) -> tf.Tensor:
+        """``[B, K, crop, crop, 3]`` patches of ``boxes [B, K, 4]`` from the best level of each."""
+        batch, k = tf.shape(boxes)[0], tf.shape(boxes)[1]
+        flat = tf.reshape(boxes, [-1, 4])
+        index = tf.repeat(tf.range(batch), k)
+        method = self._config["crop_method"]
+        if len(levels) == 1:
+            patches = tf.image.crop_and_resize(levels[0], crop_boxes_for(flat, image_size=tf.shape(levels[0])[1:3],
+                                                                         crop=crop), index, (crop, crop), method)
+            return tf.reshape(patches, [batch, k, crop, crop, 3])
+        chosen = best_levels(flat, level_scales, crop=crop)
+        patches = 0.0
+        for i, (level, scale) in enumerate(zip(levels, level_scales)):
+            size = tf.shape(level)[1:3]
+            ratio = tf.cast(size, tf.float32) / tf.cast(image_size, tf.float32)
+            scaled = flat * tf.concat([ratio, ratio], axis=0)
+            crops = tf.image.crop_and_resize(level, crop_boxes_for(scaled, image_size=size, crop=crop), index,
+                                             (crop, crop), method)
+            patches += tf.where((chosen == i)[:, None, None, None], crops, 0.0)
+        return tf.reshape(patches, [batch, k, crop, crop, 3])
+
+    def _stage1(self, levels, level_scales_yx, image_size):
+        scores, boxes = [], []
+        for level, scale_yx in zip(levels, level_scales_yx):
+            out = self.x12(level)
+            grid = tf.shape(out["logits"])[1:3]
+            probs = response_map_max_pool(tf.nn.softmax(out["logits"], axis=-1)[..., 1], self._config["pool_size"])
+            windows = window_boxes(grid, stride=2, window=12, scale_yx=scale_yx)
+            batch = tf.shape(probs)[0]
+            codes = self.denormalize_offsets(tf.reshape(out["offsets"], [batch, -1, 4]))
+            boxes.append(self.box_coder.decode(codes, windows[None]))
+            scores.append(tf.reshape(probs, [batch, -1]))
+        return tf.concat(scores, axis=1), tf.concat(boxes, axis=1)
+
+    def _next_stage(self, scores, boxes, keep: int, threshold: float):
+        k = tf.minimum(keep, tf.shape(scores)[1])
+        top, index = tf.math.top_k(scores, k=k)
+        return tf.where(top >= threshold, top, 0.0), tf.gather(boxes, index, batch_dims=1)
+
+    def _refine(self, patches, previous_scores, boxes, depth: int, threshold: float):
+        batch, k = tf.shape(boxes)[0], tf.shape(boxes)[1]
+        size = patches.shape[2]
+        out = self.branches(tf.reshape(patches, [-1, size, size, 3]), depth=depth)
+        name = BRANCHES[depth - 1]
+        probs = tf.reshape(tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:, 1], [batch, k])
+        codes = tf.reshape(self.denormalize_offsets(out[f"{name}_offsets"]), [batch, k, 4])
+        scores = tf.where((previous_scores > 0) & (probs >= threshold), probs, 0.0)
+        return scores, self.box_coder.decode(codes, boxes)
+
+    def detect(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Detects faces in ``[B, H, W, 3]`` images (uint8 or float in [0, 255]; static H, W).
+
+        Returns the output contract with boxes in pixels of ``images``.
+        """
+        cfg = self._config
+        if images.shape.rank != 4 or images.shape[-1] != 3 or images.shape[1] is None or images.shape[2] is None:
+            raise ValueError(f"FaceCascade.detect needs [B, H, W, 3] images with static H, W; got {images.shape}")
+        image_size = (int(images.shape[1]), int(images.shape[2]))
+        batch = tf.shape(images)[0]
+        scales = pyramid_scales(image_size, min_face_size=cfg["min_face_size"], window=12,
+                                levels_per_octave=cfg["levels_per_octave"])
+        if not scales:
+            return postprocess.empty_detections(batch, cfg["max_detections"])
+        x = self.preprocess(images)
+        sizes = [level_size(image_size, s) for s in scales]
+        levels = [resize_level(x, size) for size in sizes]
+        scale_yx = [(h / image_size[0], w / image_size[1]) for h, w in sizes]
+        scores, boxes = self._stage1(levels, scale_yx, image_size)
+        t1, t2, t3 = cfg["test_thresholds"]
+        scores, boxes = self._next_stage(tf.where(scores >= t1, scores, 0.0), boxes, cfg["stage1_max_boxes"], t1)
+        if cfg["crop_source"] == "pyramid":
+            crop_levels, crop_scales = [x] + levels, [1.0] + list(scales)
+        else:
+            crop_levels, crop_scales = [x], [1.0]
+        boxes = square_boxes(boxes)
+        patches = self._crop(crop_levels, crop_scales, boxes, image_size, 24)
+        scores, boxes = self._refine(patches, scores, boxes, 2, t2)
+        scores, boxes = self._next_stage(scores, square_boxes(boxes), cfg["stage2_max_boxes"], t2)
+        patches = self._crop(crop_levels, crop_scales, boxes, image_size, 48)
+        scores, boxes = self._refine(patches, scores, boxes, 3, t3)
+        boxes = box_ops.clip_boxes(boxes, image_size)
+        return postprocess.class_aware_nms(boxes, scores, tf.zeros_like(scores, tf.int32),
+                                           iou_threshold=cfg["nms_iou_threshold"],
+                                           max_detections=cfg["max_detections"])
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.detect(x)
+
+    def get_config(self):
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)

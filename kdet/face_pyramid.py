@@ -1,0 +1,194 @@
+"""Image pyramids, sliding windows and response-map pooling for the face cascade.
+
+Pure functions shared by training-sample mining (Qin et al., Sec. 4.2) and
+the test pipeline (Sec. 4.3, 6.5). Boxes are yxyx absolute pixels of the
+original image, like everywhere in kdet.
+
+The pyramid has ``levels_per_octave`` levels per halving of the image, so
+that the level twice as large as level ``k`` is level ``k - levels_per_octave``:
+the fast test pipeline crops a later stage's patches from that level instead
+of resizing them (Sec. 6.5, "image patch resizing").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import tensorflow as tf
+
+
+def pyramid_scales(
+    image_size: Sequence[int],
+    *,
+    min_face_size: float,
+    window: int = 12,
+    levels_per_octave: int = 2,
+    max_scale: float | None = None,
+) -> list[float]:
+    """The scales at which a ``window``-pixel detector finds faces from ``min_face_size`` up.
+
+    Scale ``k`` is ``window / min_face_size * 2 ** (-k / levels_per_octave)``;
+    levels stop once the shorter image side would fall below ``window``.
+
+    Args:
+      image_size: ``(height, width)`` of the original image.
+      min_face_size: the smallest face side to find, in pixels.
+      window: the detector's input side (12 for x12, 48 for mining samples).
+      levels_per_octave: levels per halving (2 is MTCNN's factor 0.709).
+      max_scale: optional cap of the first scale (upsampling beyond it is
+        not worth the cost).
+
+    Returns:
+      Scales in decreasing order (may be empty for a tiny image).
+    """
+    if min_face_size <= 0:
+        raise ValueError(f"min_face_size must be positive, got {min_face_size}")
+    if levels_per_octave < 1:
+        raise ValueError(f"levels_per_octave must be >= 1, got {levels_per_octave}")
+    first = window / float(min_face_size)
+    if max_scale is not None:
+        first = min(first, max_scale)
+    shortest = float(min(image_size))
+    scales, k = [], 0
+    while True:
+        scale = first * 2.0 ** (-k / levels_per_octave)
+        if shortest * scale < window:
+            return scales
+        scales.append(scale)
+        k += 1
+
+
+def level_size(image_size: Sequence[int], scale: float) -> tuple[int, int]:
+    """``(height, width)`` of a pyramid level: the scaled size rounded, at least 1."""
+    return max(1, int(round(image_size[0] * scale))), max(1, int(round(image_size[1] * scale)))
+
+
+def resize_level(images: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+    """One pyramid level: antialiased bilinear resize of ``[B, H, W, C]`` images to ``size``."""
+    return tf.image.resize(tf.cast(images, tf.float32), size, method="bilinear", antialias=True)
+
+
+def window_boxes(
+    grid_size: Sequence[int],
+    *,
+    stride: float,
+    window: float,
+    scale_yx: Sequence[float],
+) -> tf.Tensor:
+    """The boxes, in original pixels, of windows slid over a pyramid level.
+
+    Window ``(i, j)`` covers level rows ``[stride * i, stride * i + window)``
+    and columns likewise; dividing by the level's per-axis scale maps it to
+    the original image.
+
+    Args:
+      grid_size: ``(h, w)`` windows along each axis.
+      stride: window stride in level pixels.
+      window: window side in level pixels.
+      scale_yx: ``(level_height / height, level_width / width)``.
+
+    Returns:
+      ``[h * w, 4]`` float32 yxyx, row-major over ``(i, j)``.
+    """
+    ys = tf.range(grid_size[0], dtype=tf.float32) * stride
+    xs = tf.range(grid_size[1], dtype=tf.float32) * stride
+    y, x = tf.meshgrid(ys, xs, indexing="ij")
+    y, x = tf.reshape(y, [-1]), tf.reshape(x, [-1])
+    sy, sx = float(scale_yx[0]), float(scale_yx[1])
+    return tf.stack([y / sy, x / sx, (y + window) / sy, (x + window) / sx], axis=-1)
+
+
+def response_map_max_pool(scores: tf.Tensor, k: int = 2) -> tf.Tensor:
+    """Keeps the maximum of each non-overlapping ``k x k`` block of a score map, zeros the rest.
+
+    The paper's replacement for NMS after x12 (Sec. 6.5): max pooling that
+    keeps the resolution. Blocks start at (0, 0); a partial block at the
+    bottom or right edge is a block too. On ties the first maximum in
+    row-major order survives, so every block keeps exactly one point. Built
+    from SPACE_TO_DEPTH, ARG_MAX and DEPTH_TO_SPACE (TFLite builtins).
+
+    Args:
+      scores: ``[B, h, w]`` non-negative scores (probabilities).
+      k: block side; 1 returns ``scores`` unchanged.
+
+    Returns:
+      ``[B, h, w]``: ``scores`` where a point is its block's maximum, else 0.
+    """
+    if k == 1:
+        return scores
+    shape = tf.shape(scores)
+    h, w = shape[1], shape[2]
+    pad_h, pad_w = (-h) % k, (-w) % k
+    padded = tf.pad(scores, [[0, 0], [0, pad_h], [0, pad_w]], constant_values=-1.0)
+    blocks = tf.nn.space_to_depth(padded[..., None], k)  # [B, h/k, w/k, k*k]
+    winner = tf.one_hot(tf.argmax(blocks, axis=-1, output_type=tf.int32), k * k, dtype=scores.dtype)
+    keep = tf.nn.depth_to_space(winner, k)[..., 0][:, :h, :w]
+    return scores * keep
+
+
+def square_boxes(boxes: tf.Tensor) -> tf.Tensor:
+    """Boxes grown to squares of side ``max(h, w)`` about the same centre (face boxes are square)."""
+    cy = (boxes[..., 0] + boxes[..., 2]) * 0.5
+    cx = (boxes[..., 1] + boxes[..., 3]) * 0.5
+    half = tf.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]) * 0.5
+    return tf.stack([cy - half, cx - half, cy + half, cx + half], axis=-1)
+
+
+def crop_boxes_for(boxes: tf.Tensor, *, image_size, crop: int) -> tf.Tensor:
+    """Pixel boxes -> ``crop_and_resize`` boxes that sample pixel centres.
+
+    A ``crop``-sample patch of a box of side ``S`` takes its samples at
+    ``ymin + (i + 0.5) * S / crop - 0.5`` (pixel-index coordinates), so a
+    box that is exactly ``crop`` pixels on integer bounds returns those
+    pixels. ``crop_and_resize`` places sample ``i`` at ``y1 * (H - 1) + i *
+    (y2 - y1) * (H - 1) / (crop - 1)``; this solves for ``y1, y2``.
+
+    Args:
+      boxes: ``[..., 4]`` yxyx pixels.
+      image_size: ``(H, W)`` of the image cropped (python or tensor).
+      crop: output side.
+
+    Returns:
+      ``[..., 4]`` normalised boxes for ``tf.image.crop_and_resize``.
+    """
+    height = tf.cast(image_size[0], tf.float32)
+    width = tf.cast(image_size[1], tf.float32)
+    step_y = (boxes[..., 2] - boxes[..., 0]) / crop
+    step_x = (boxes[..., 3] - boxes[..., 1]) / crop
+    y1 = boxes[..., 0] + 0.5 * step_y - 0.5
+    x1 = boxes[..., 1] + 0.5 * step_x - 0.5
+    y2 = boxes[..., 2] - 0.5 * step_y - 0.5
+    x2 = boxes[..., 3] - 0.5 * step_x - 0.5
+    return tf.stack([y1 / tf.maximum(height - 1.0, 1.0), x1 / tf.maximum(width - 1.0, 1.0),
+                     y2 / tf.maximum(height - 1.0, 1.0), x2 / tf.maximum(width - 1.0, 1.0)], axis=-1)
+
+
+def best_levels(boxes: tf.Tensor, scales: Sequence[float], *, crop: int) -> tf.Tensor:
+    """Index of the level whose scale brings a box's side closest to ``crop`` without going below it.
+
+    ``scales`` are decreasing; a box too small for every level (it would need
+    upsampling beyond the first) gets level 0.
+
+    Args:
+      boxes: ``[N, 4]`` yxyx original pixels.
+      scales: decreasing level scales.
+      crop: the patch side wanted.
+
+    Returns:
+      ``[N]`` int32 level index.
+    """
+    side = tf.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+    scales_t = tf.constant(scales, tf.float32)
+    big_enough = side[:, None] * scales_t[None, :] >= crop * (1.0 - 1e-4)
+    # the last level that is still big enough; levels are decreasing in scale
+    count = tf.reduce_sum(tf.cast(big_enough, tf.int32), axis=1)
+    return tf.maximum(count - 1, 0)
+
+
+def octave_offset(levels_per_octave: int, factor: float) -> int:
+    """How many levels up the level ``factor`` times larger is (``factor`` a power of 2)."""
+    steps = math.log2(factor) * levels_per_octave
+    if abs(steps - round(steps)) > 1e-6:
+        raise ValueError(f"a {factor}x level needs levels_per_octave * log2({factor}) to be an integer")
+    return int(round(steps))

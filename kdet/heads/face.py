@@ -1,0 +1,186 @@
+"""The three branches of the jointly trained face cascade (Qin et al., Sec. 4.1, Fig. 1).
+
+Each branch is one Keras layer returning raw tensors: a feature, two
+face/non-face logits and four box offsets (Eq. 2-5, normalised). The later
+branches take the earlier branches' features as a second input, which is what
+makes the cascade one network: ``x12-x24`` concatenates its 128-d ``24fc``
+with ``x12``'s 16-d feature ("12-24fc", 144-d), and ``x12-x24-x48``
+concatenates its 256-d ``48fc`` with that (400-d). The trunks follow the
+12/24/48-nets of Li et al.'s CNN cascade, which the paper builds on: the
+paper fixes only x12's ``1x16x1x1`` last feature and the fc widths.
+
+:class:`ThresholdControl` is the paper's threshold-control layer: a mask of
+the samples whose previous-branch face probability passed a threshold, with
+no gradient of its own.
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+
+def _outputs(prefix: str, dropout: float) -> tuple[keras.layers.Layer, ...]:
+    return (
+        keras.layers.Dropout(dropout, name=f"{prefix}_dropout"),
+        keras.layers.Dense(2, name=f"{prefix}_logits"),
+        keras.layers.Dense(4, name=f"{prefix}_offsets"),
+    )
+
+
+@keras.saving.register_keras_serializable(package="kdet")
+class Face12Net(keras.layers.Layer):
+    """Branch x12: a fully convolutional proposal net with stride 2 and a 12x12 window.
+
+    ``conv3x3(16) -> maxpool3x3/2 -> conv4x4(16)`` (the "1x16x1x1" feature
+    on a 12x12 input), then 1x1 convs for the logits and offsets. On an image
+    of any size it slides the 12x12 window with stride 2: output cell ``(i,
+    j)`` sees input rows ``[2i, 2i + 12)`` and columns ``[2j, 2j + 12)``.
+
+    Args:
+      filters: channels of both convs (16 in the paper).
+      dropout: dropout rate before the output layers (training only).
+
+    Call:
+      ``images``: ``[B, H, W, 3]`` float, preprocessed (H, W >= 12).
+      Returns ``{"feature": [B, h, w, 16], "logits": [B, h, w, 2],
+      "offsets": [B, h, w, 4]}`` with ``h = (H - 5) // 2 - 2``.
+    """
+
+    def __init__(self, *, filters: int = 16, dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.dropout = dropout
+        self.conv1 = keras.layers.Conv2D(filters, 3, activation="relu", name="conv1")
+        self.pool = keras.layers.MaxPooling2D(3, strides=2, name="pool1")
+        self.conv2 = keras.layers.Conv2D(filters, 4, activation="relu", name="conv2")
+        self.drop = keras.layers.Dropout(dropout, name="dropout")
+        self.logits = keras.layers.Conv2D(2, 1, name="logits")
+        self.offsets = keras.layers.Conv2D(4, 1, name="offsets")
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.conv1.build((None, None, None, channels))
+        self.pool.build((None, None, None, self.filters))
+        self.conv2.build((None, None, None, self.filters))
+        self.logits.build((None, None, None, self.filters))
+        self.offsets.build((None, None, None, self.filters))
+        self.built = True
+
+    def call(self, images, training=False):
+        feature = self.conv2(self.pool(self.conv1(images)))
+        x = self.drop(feature, training=training)
+        return {"feature": feature, "logits": self.logits(x), "offsets": self.offsets(x)}
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "dropout": self.dropout}
+
+
+class _PatchNet(keras.layers.Layer):
+    """A conv trunk + fc on fixed-size patches, concatenated with an earlier branch's feature."""
+
+    patch_size = 0
+    conv_layers = ()  # (filters, kernel) per conv, each followed by maxpool 3x3/2
+
+    def __init__(self, *, units: int, filters: int = 64, dropout: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.filters = filters
+        self.dropout = dropout
+        self.convs = [keras.layers.Conv2D(filters, k, activation="relu", name=f"conv{i + 1}")
+                      for i, k in enumerate(self.conv_layers)]
+        self.pools = [keras.layers.MaxPooling2D(3, strides=2, name=f"pool{i + 1}")
+                      for i in range(len(self.conv_layers))]
+        self.flatten = keras.layers.Flatten(name="flatten")
+        self.fc = keras.layers.Dense(units, activation="relu", name="fc")
+        self.drop, self.logits, self.offsets = _outputs("out", dropout)
+
+    def build(self, input_shape):
+        patch_shape, previous_shape = input_shape
+        size, channels = self.patch_size, patch_shape[-1]
+        for conv, pool in zip(self.convs, self.pools):
+            conv.build((None, size, size, channels))
+            size, channels = size - conv.kernel_size[0] + 1, self.filters
+            size = (size - 3) // 2 + 1
+        self.fc.build((None, size * size * channels))
+        joined = self.units + previous_shape[-1]
+        self.logits.build((None, joined))
+        self.offsets.build((None, joined))
+        self.built = True
+
+    def call(self, inputs, training=False):
+        patches, previous = inputs
+        x = patches
+        for conv, pool in zip(self.convs, self.pools):
+            x = pool(conv(x))
+        feature = tf.concat([self.fc(self.flatten(x)), tf.cast(previous, x.dtype)], axis=-1)
+        x = self.drop(feature, training=training)
+        return {"feature": feature, "logits": self.logits(x), "offsets": self.offsets(x)}
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units, "filters": self.filters, "dropout": self.dropout}
+
+
+@keras.saving.register_keras_serializable(package="kdet")
+class Face24Net(_PatchNet):
+    """Branch x12-x24: ``conv5x5(64) -> maxpool3x3/2 -> fc(128)`` on 24x24 patches.
+
+    Call:
+      ``(patches [N, 24, 24, 3], feature12 [N, 16])``.
+      Returns ``{"feature": [N, 128 + 16] ("12-24fc"), "logits": [N, 2],
+      "offsets": [N, 4]}``.
+    """
+
+    patch_size = 24
+    conv_layers = (5,)
+
+    def __init__(self, *, units: int = 128, filters: int = 64, dropout: float = 0.0, **kwargs):
+        super().__init__(units=units, filters=filters, dropout=dropout, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="kdet")
+class Face48Net(_PatchNet):
+    """Branch x12-x24-x48: ``(conv5x5(64) -> maxpool3x3/2) x 2 -> fc(256)`` on 48x48 patches.
+
+    Call:
+      ``(patches [N, 48, 48, 3], feature24 [N, 144])``.
+      Returns ``{"feature": [N, 256 + 144], "logits": [N, 2], "offsets": [N, 4]}``.
+    """
+
+    patch_size = 48
+    conv_layers = (5, 5)
+
+    def __init__(self, *, units: int = 256, filters: int = 64, dropout: float = 0.0, **kwargs):
+        super().__init__(units=units, filters=filters, dropout=dropout, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="kdet")
+class ThresholdControl(keras.layers.Layer):
+    """The threshold-control layer: which samples feed the next branch's loss.
+
+    A sample passes when it passed every earlier control and the previous
+    branch gives it a face probability of at least ``threshold`` (0.1 after
+    x12, 0.003 after x12-x24 in the paper). The mask is a constant to
+    back-propagation: the loss of a later branch reaches the earlier
+    branches only through the features it concatenates, and only from the
+    samples that pass.
+
+    Call:
+      ``logits``: ``[N, 2]`` the previous branch's face/non-face logits.
+      ``previous``: optional ``[N]`` float mask of an earlier control.
+      Returns ``[N]`` float32 mask in {0, 1}.
+    """
+
+    def __init__(self, *, threshold: float, **kwargs):
+        super().__init__(**kwargs)
+        self.threshold = threshold
+
+    def call(self, logits, previous=None):
+        face = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)[:, 1]
+        mask = tf.cast(face >= self.threshold, tf.float32)
+        if previous is not None:
+            mask *= tf.cast(previous, tf.float32)
+        return tf.stop_gradient(mask)
+
+    def get_config(self):
+        return {**super().get_config(), "threshold": self.threshold}

@@ -1,0 +1,271 @@
+"""The joint face cascade: pyramid maths, response-map pooling, mining labels, threshold control, joint fit."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import keras
+
+from kdet.data import face_mining
+from kdet.detectors.face_cascade import FaceCascade
+from kdet.face_pyramid import (
+    best_levels,
+    crop_boxes_for,
+    pyramid_scales,
+    response_map_max_pool,
+    square_boxes,
+    window_boxes,
+)
+from kdet.heads.face import Face12Net, ThresholdControl
+
+
+# ------------------------------------------------------------------ pyramid maths
+def test_pyramid_scales_start_at_min_face_and_stop_at_window():
+    scales = pyramid_scales((100, 200), min_face_size=24, window=12, levels_per_octave=2)
+    # 12/24 = 0.5, then 0.5 * 2**-0.5 ... while 100 * s >= 12
+    expected = [0.5 * 2 ** (-k / 2) for k in range(7) if 100 * 0.5 * 2 ** (-k / 2) >= 12]
+    np.testing.assert_allclose(scales, expected)
+    assert 100 * scales[-1] >= 12 > 100 * scales[-1] * 2 ** -0.5
+    assert pyramid_scales((10, 10), min_face_size=12) == []
+    with pytest.raises(ValueError, match="min_face_size"):
+        pyramid_scales((10, 10), min_face_size=0)
+
+
+def test_window_boxes_map_level_windows_to_image_pixels():
+    boxes = window_boxes((2, 3), stride=2, window=12, scale_yx=(0.5, 0.25)).numpy()
+    assert boxes.shape == (6, 4)
+    np.testing.assert_allclose(boxes[0], [0, 0, 24, 48])
+    np.testing.assert_allclose(boxes[4], [4, 8, 28, 56])  # (i, j) = (1, 1)
+
+
+def test_face12_output_cell_sees_its_window():
+    """Cell (i, j) of x12 depends on input rows [2i, 2i + 12) and nothing outside."""
+    net = Face12Net()
+    image = tf.Variable(tf.random.normal([1, 30, 30, 3]))
+    with tf.GradientTape() as tape:
+        out = net(image)["logits"][0, 3, 5, 1]
+    grad = tf.reduce_sum(tf.abs(tape.gradient(out, image))[0], axis=-1).numpy()
+    rows, cols = np.nonzero(grad)
+    assert rows.min() >= 6 and rows.max() < 18 and cols.min() >= 10 and cols.max() < 22
+
+
+def test_square_boxes_and_crop_boxes_sample_pixel_centres():
+    np.testing.assert_allclose(square_boxes(tf.constant([[10.0, 20.0, 30.0, 60.0]])).numpy(), [[0, 20, 40, 60]])
+    image = tf.reshape(tf.range(20 * 30, dtype=tf.float32), [1, 20, 30, 1])
+    box = tf.constant([[4.0, 6.0, 12.0, 14.0]])  # exactly 8x8 pixels
+    crop = tf.image.crop_and_resize(image, crop_boxes_for(box, image_size=(20, 30), crop=8), [0], (8, 8))
+    np.testing.assert_allclose(crop.numpy()[0, ..., 0], image.numpy()[0, 4:12, 6:14, 0], atol=1e-3)
+
+
+def test_best_levels_picks_the_smallest_level_still_at_least_the_patch():
+    scales = [1.0, 0.5, 0.25]
+    boxes = tf.constant([[0, 0, 100, 100], [0, 0, 30, 30], [0, 0, 10, 10], [0, 0, 48, 40]], tf.float32)
+    np.testing.assert_array_equal(best_levels(boxes, scales, crop=24).numpy(), [2, 0, 0, 1])
+
+
+# ------------------------------------------------------------------ response-map pooling
+def _block_max_reference(scores: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros_like(scores)
+    for b in range(scores.shape[0]):
+        for y in range(0, scores.shape[1], k):
+            for x in range(0, scores.shape[2], k):
+                block = scores[b, y:y + k, x:x + k]
+                i, j = np.unravel_index(np.argmax(block), block.shape)  # first maximum in row-major order
+                out[b, y + i, x + j] = block[i, j]
+    return out
+
+
+@pytest.mark.parametrize("shape,k", [((2, 8, 8), 2), ((1, 7, 5), 2), ((1, 9, 10), 3), ((1, 4, 4), 1)])
+def test_response_map_max_pool_keeps_exactly_the_block_maxima(shape, k):
+    rng = np.random.default_rng(sum(shape) + k)
+    scores = rng.random(shape).astype(np.float32)
+    scores[0, 0, :2] = 0.9  # a tie inside the first block: the first one survives
+    kept = response_map_max_pool(tf.constant(scores), k).numpy()
+    np.testing.assert_array_equal(kept, _block_max_reference(scores, k))
+    if k > 1:
+        blocks = -(-shape[1] // k) * -(-shape[2] // k) * shape[0]
+        assert np.count_nonzero(kept) == blocks
+
+
+# ------------------------------------------------------------------ mining
+def test_label_windows_hand_built():
+    gt = np.array([[0, 0, 10, 10], [50, 50, 60, 60]], np.float32)
+    windows = np.array([
+        [0, 0, 10, 10],    # IoU 1 -> face
+        [0, 1, 10, 11],    # 90 / 110 = 0.818 -> face
+        [0, 2, 10, 12],    # 80 / 120 = 0.667 -> unused
+        [0, 5, 10, 15],    # 50 / 150 = 0.333 -> non-face
+        [30, 30, 40, 40],  # 0 -> non-face
+        [50, 52, 60, 62],  # 0.667 with the ignored face -> unused, never a face
+        [50, 55, 60, 65],  # 0.333 with the ignored face -> non-face
+    ], np.float32)
+    labels, matched, max_iou = face_mining.label_windows(windows, gt, ignore=np.array([False, True]))
+    np.testing.assert_array_equal(labels, [1, 1, -1, 0, 0, -1, 0])
+    np.testing.assert_array_equal(matched, [0, 0, -1, -1, -1, -1, -1])
+    np.testing.assert_allclose(max_iou[:4], [1, 90 / 110, 80 / 120, 50 / 150], rtol=1e-6)
+    labels, _, _ = face_mining.label_windows(windows, np.zeros((0, 4), np.float32))
+    assert (labels == 0).all()
+
+
+def test_mine_image_patches_offsets_and_flip():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (120, 160, 3)).astype(np.uint8)
+    face = np.array([[32.0, 40.0, 80.0, 88.0]], np.float32)  # 48 px on the stride-8 grid: a window at scale 1 is it
+    samples = face_mining.mine_image(image, face, rng=rng, min_face_size=48, negatives_per_image=20)
+    pos = samples.labels == 1
+    assert pos.sum() >= 1 and (samples.labels == 0).sum() == 20
+    ious = face_mining.pairwise_iou_np(samples.windows, face)[:, 0]
+    assert (ious[pos] > 0.8).all() and (ious[~pos] < 0.5).all()
+    # the best positive is the exact window, at scale 1: its patch is the image's pixels
+    best = np.argmax(np.where(pos, ious, -1))
+    np.testing.assert_allclose(samples.windows[best], face[0])
+    np.testing.assert_array_equal(samples.patches[best], image[32:80, 40:88])
+    from kdet import boxes as box_ops
+    decoded = box_ops.BoxCoder().decode(tf.constant(samples.offsets[pos]), tf.constant(samples.windows[pos]))
+    np.testing.assert_allclose(decoded.numpy(), np.repeat(face, pos.sum(), 0), atol=1e-3)
+    flipped = face_mining.flip_samples(samples)
+    np.testing.assert_array_equal(flipped.patches[best], image[32:80, 40:88][:, ::-1])
+    np.testing.assert_allclose(flipped.offsets[:, 1], -samples.offsets[:, 1])
+
+
+def test_mine_face_samples_keeps_the_positive_fraction():
+    rng = np.random.default_rng(1)
+    examples = [{"image": rng.integers(0, 255, (96, 96, 3)).astype(np.uint8),
+                 "boxes": np.array([[10.0, 10.0, 40.0, 40.0], [50.0, 40.0, 90.0, 80.0]], np.float32)}
+                for _ in range(3)]
+    samples = face_mining.mine_face_samples(examples, positive_fraction=0.25, progress=False, min_face_size=24,
+                                            negatives_per_image=200)
+    pos = (samples.labels == 1).sum()
+    assert pos > 0 and abs(pos / len(samples) - 0.25) < 0.02
+    assert set(np.unique(samples.image_index)) == {0, 1, 2}
+    mean, std = face_mining.offset_statistics(samples)
+    assert len(mean) == 4 and all(s > 0 for s in std)
+
+
+# ------------------------------------------------------------------ model
+def _patches(n, seed):
+    """Faces are bright discs centred with a small offset; non-faces noise (a learnable toy)."""
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n) < 0.4).astype(np.int32)
+    yy, xx = np.mgrid[:48, :48]
+    patches = rng.integers(0, 120, (n, 48, 48, 3)).astype(np.float32)
+    offsets = np.zeros((n, 4), np.float32)
+    for i in np.flatnonzero(labels):
+        dy, dx = rng.integers(-6, 7, 2)
+        patches[i][(yy - 24 - dy) ** 2 + (xx - 24 - dx) ** 2 < 14 ** 2] = 230
+        offsets[i] = [dy / 48, dx / 48, 0, 0]
+    return patches.astype(np.uint8), {"labels": labels, "offsets": offsets}
+
+
+def test_threshold_control_passes_gradient_only_from_surviving_samples():
+    model = FaceCascade(dropout=0.0)
+    model.build()
+    x, y = _patches(32, 0)
+    # spread x12's face logit around its median so that about half the samples fail 0.1
+    logits_layer = model.x12.logits
+    logits_layer.kernel.assign(tf.random.normal(logits_layer.kernel.shape, seed=1))
+    diff = (model(x)["x12_logits"] @ tf.constant([[-1.0], [1.0]]))[:, 0].numpy()
+    logits_layer.kernel.assign(logits_layer.kernel * 10.0 / diff.std())
+    logits_layer.bias.assign([0.0, -10.0 * np.median(diff) / diff.std()])
+    out = model(x)
+    mask = model.branch_masks(out, tf.constant(y["labels"]))["x24"].numpy()
+    assert 0 < mask.sum() < len(mask), mask
+    survivors = np.flatnonzero(mask)
+
+    def x24_loss(index):
+        with tf.GradientTape() as tape:
+            o = model(tf.gather(x, index))
+            m = model.branch_masks(o, tf.gather(y["labels"], index))["x24"]
+            loss = tf.reduce_sum(m * tf.nn.sparse_softmax_cross_entropy_with_logits(
+                tf.gather(y["labels"], index), o["x24_logits"]))
+        return loss, tape.gradient(loss, model.trainable_weights)
+
+    full_loss, full_grads = x24_loss(np.arange(32))
+    sub_loss, sub_grads = x24_loss(survivors)
+    np.testing.assert_allclose(full_loss.numpy(), sub_loss.numpy(), rtol=1e-5)
+    for w, a, b in zip(model.trainable_weights, full_grads, sub_grads):
+        if a is None:
+            assert b is None, w.path
+        else:
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=w.path)
+    # the x24 loss reaches x12's convs through the concatenated feature (joint), not through the mask
+    names = [w.path for w, g in zip(model.trainable_weights, full_grads) if g is not None]
+    assert any("x12/conv" in n for n in names) and not any("x12/logits" in n for n in names)
+    logits = tf.Variable(out["x12_logits"])
+    with tf.GradientTape() as tape:
+        m = ThresholdControl(threshold=0.1)(logits)
+    assert tape.gradient(m, logits) is None
+
+
+def _branch_losses(model, x, y):
+    out = model(x)
+    labels = tf.constant(y["labels"])
+    targets = model.normalize_offsets(y["offsets"])
+    pos = tf.cast(labels == 1, tf.float32)
+    result = {}
+    for name in ("x12", "x24", "x48"):
+        result[f"{name}_cls"] = float(tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(
+            labels, out[f"{name}_logits"])))
+        err = tf.abs(out[f"{name}_offsets"] - targets)
+        result[f"{name}_box"] = float(tf.reduce_sum(pos[:, None] * tf.where(err < 1, 0.5 * err ** 2, err - 0.5))
+                                      / tf.reduce_sum(pos))
+    return result
+
+
+def test_tiny_joint_fit_every_branch_loss_falls():
+    keras.utils.set_random_seed(0)
+    x, y = _patches(256, 1)
+    pos = y["labels"] == 1
+    model = FaceCascade(offset_mean=(0, 0, 0, 0), offset_std=tuple(y["offsets"][pos].std(0).clip(0.05)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    before = _branch_losses(model, x, y)
+    history = model.fit(x, y, batch_size=32, epochs=6, verbose=0)
+    after = _branch_losses(model, x, y)
+    for key in before:
+        assert after[key] < 0.6 * before[key], (key, before[key], after[key])
+    for name in ("x12", "x24", "x48"):
+        assert f"{name}_cls_loss" in history.history and f"{name}_box_loss" in history.history
+
+
+def test_separate_training_updates_only_its_branch():
+    x, y = _patches(64, 2)
+    model = FaceCascade(train_branches=("x24",))
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
+    model.build()
+    before = [w.numpy().copy() for w in model.weights]
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
+    changed = {w.path for w, v in zip(model.weights, before) if not np.array_equal(v, w.numpy())}
+    assert changed and all("/x24/" in p for p in changed), changed
+
+
+def test_config_round_trip_and_bad_arguments():
+    kwargs = dict(thresholds=(0.2, 0.01), loss_weights=(1.0, 0.5, 0.5), offset_std=(0.1, 0.1, 0.2, 0.2),
+                  train_branches=("x12",), min_face_size=16, test_thresholds=(0.4, 0.5, 0.6), pool_size=3,
+                  crop_source="image", crop_method="nearest", max_detections=50)
+    model = FaceCascade(**kwargs)
+    config = model.get_config()
+    for key, value in kwargs.items():
+        assert config[key] == value
+    assert FaceCascade.from_config(config).get_config() == config
+    with pytest.raises(ValueError, match="train_branches"):
+        FaceCascade(train_branches=("x36",))
+    with pytest.raises(ValueError, match="crop_source"):
+        FaceCascade(crop_source="video")
+    with pytest.raises(ValueError, match="loss_weights"):
+        FaceCascade(loss_weights=(1.0, 1.0))
+
+
+@pytest.mark.parametrize("crop_source,crop_method", [("pyramid", "bilinear"), ("image", "nearest")])
+def test_detect_output_contract(crop_source, crop_method):
+    model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), crop_source=crop_source, crop_method=crop_method,
+                        stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    images = np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3)).astype(np.uint8)
+    out = model.predict(images, batch_size=2, verbose=0)
+    assert out["boxes"].shape == (2, 7, 4) and out["scores"].shape == (2, 7)
+    assert (out["num_detections"] > 0).all()
+    n = out["num_detections"][0]
+    assert (out["boxes"][0, :n, 2:] <= [96, 128]).all() and (out["boxes"][0, :n] >= 0).all()
+    assert (out["classes"][0, :n] == 0).all() and (out["classes"][0, n:] == -1).all()
+    tiny = model.detect(tf.zeros([1, 8, 8, 3], tf.uint8))  # smaller than one x12 window at min_face_size
+    assert int(tiny["num_detections"][0]) == 0
+    with pytest.raises(ValueError, match="static H, W"):
+        model.detect(tf.zeros([1, 8, 8], tf.uint8))
