@@ -1,5 +1,6 @@
 """Readers of the tensorflow-datasets detection sets: ``coco/2017``, ``voc/2007``,
-``voc/2012``, converted to the example dict of :mod:`kdet.data.example`.
+``voc/2012`` and the face set ``wider_face``, converted to the example dict of
+:mod:`kdet.data.example`.
 
 Conversions:
   * tfds boxes are normalised ``[ymin, xmin, ymax, xmax]``; they are multiplied
@@ -13,6 +14,17 @@ Conversions:
     penalises detections of them, which is what VOC's own protocol does with
     difficult objects. VOC has no numeric image id: it is the digits of the file
     name (``000005.jpg`` -> 5, ``2008_000123.jpg`` -> 2008000123).
+  * WIDER FACE: one class (``"face"``, label 0). Faces flagged ``invalid`` by
+    the annotators (unrecognisable or badly annotated) are kept with
+    ``is_crowd=True``: COCO-style evaluation treats crowd boxes as ignore
+    regions, so detections on them are neither rewarded nor penalised
+    (dropping them instead would turn correct detections into false
+    positives). The blur/expression/illumination/occlusion/pose attributes are
+    not carried. Zero-width/height faces, which WIDER has, are dropped and
+    counted in ``info.stats``. The file name digits are not
+    unique (``0--Parade/0_Parade_marchingband_1_849.jpg``), so ``image_id`` is
+    a stable 62-bit hash of the whole file name. The ``test`` split has no
+    boxes.
   * Sequence fields of one example may disagree in length (tfds mock data does
     this); every object field is cut to the shortest one.
 """
@@ -26,9 +38,12 @@ import tensorflow_datasets as tfds
 
 from kdet.data import categories
 from kdet.data.example import DataStats, DetectionInfo, sanitize_example
+from kdet.data.faces import face_info
 
-#: The tfds names :func:`load_tfds` reads.
+#: The multi-class tfds detection sets :func:`load_tfds` reads.
 SUPPORTED_TFDS_NAMES = ("coco/2017", "voc/2007", "voc/2012")
+#: The tfds face sets :func:`load_tfds` reads (one class, ``"face"``).
+FACE_TFDS_NAMES = ("wider_face",)
 
 
 def image_id_from_filename(filename: tf.Tensor) -> tf.Tensor:
@@ -93,24 +108,41 @@ def voc_example_from_tfds(features: dict) -> dict[str, tf.Tensor]:
     }
 
 
+def wider_face_example_from_tfds(features: dict) -> dict[str, tf.Tensor]:
+    """tfds ``wider_face`` features -> unsanitised example dict (invalid = crowd)."""
+    faces = features["faces"]
+    n = _common_length(faces, ("bbox", "invalid"))
+    return {
+        "image": features["image"],
+        "boxes": _pixel_boxes(faces["bbox"][:n], features["image"]),
+        "classes": tf.zeros([n], tf.int32),
+        "is_crowd": tf.cast(faces["invalid"][:n], tf.bool),
+        "image_id": tf.strings.to_hash_bucket_fast(features["image/filename"], 2**62),
+    }
+
+
 def tfds_info(name: str, *, stats: DataStats | None = None) -> DetectionInfo:
     """DetectionInfo (class names, COCO category ids) of a supported tfds name."""
     _check_name(name)
+    if name in FACE_TFDS_NAMES:
+        return face_info(name, stats=stats)
     if name.startswith("coco"):
         return categories.coco_info(name, stats=stats)
     return categories.voc_info(name, stats=stats)
 
 
 def _check_name(name: str) -> None:
-    if name not in SUPPORTED_TFDS_NAMES:
+    if name not in SUPPORTED_TFDS_NAMES + FACE_TFDS_NAMES:
         raise ValueError(
             f"Unsupported tfds dataset {name!r}; supported: "
-            f"{', '.join(SUPPORTED_TFDS_NAMES)}."
+            f"{', '.join(SUPPORTED_TFDS_NAMES + FACE_TFDS_NAMES)}."
         )
 
 
 def _convert(features: dict, *, name: str, stats: DataStats) -> dict[str, tf.Tensor]:
-    if name.startswith("coco"):
+    if name in FACE_TFDS_NAMES:
+        to_example = wider_face_example_from_tfds
+    elif name.startswith("coco"):
         to_example = coco_example_from_tfds
     else:
         to_example = voc_example_from_tfds
@@ -132,7 +164,7 @@ def load_tfds(
     (``tfds build coco/2017 --data_dir ...``) to train offline.
 
     Args:
-        name: one of :data:`SUPPORTED_TFDS_NAMES`.
+        name: one of :data:`SUPPORTED_TFDS_NAMES` or :data:`FACE_TFDS_NAMES`.
         split: tfds split string, e.g. ``"train"``, ``"validation[:10%]"``.
         data_dir: tfds data directory (tfds default when None).
         download: let tfds download and prepare missing data.
