@@ -50,7 +50,7 @@ def test_match_detections_rules():
     det = np.array([
         [0, 0, 10, 10],    # .9: P (IoU 1; Q 50/150)                                  -> TP on P
         [0, 2, 10, 12],    # .8: P taken (IoU .667); Q IoU 70/130 = .54 is free        -> TP on Q
-        [0, 1, 10, 11],    # .7: P and Q taken; touches no ignored face               -> FP
+        [0, 1, 10, 11],    # .7: P (IoU 90/110 = .82) is taken, Q only 60/140 = .43    -> FP
         [30, 30, 40, 40],  # .6: R (ignored)                                          -> ignored
         [30, 30, 40, 39],  # .6: R again: an ignored face absorbs any number          -> ignored
         [60, 60, 70, 70],  # .5: nothing                                              -> FP
@@ -219,15 +219,20 @@ def _write_difficulty_mat(path, events):
 def test_load_wider_difficulty_lists(tmp_path):
     folder = tmp_path / "eval_tools" / "ground_truth"
     folder.mkdir(parents=True)
+    names = [("0--Parade", ["0_Parade_marchingband_1_1", "0_Parade_marchingband_1_2"]),
+             ("1--Handshaking", ["1_Handshaking_3"])]
+    _write_difficulty_mat(folder / "wider_face_val.mat", [(e, [(n, []) for n in images]) for e, images in names])
     for setting, indices in (("easy", ([1], [1], [])), ("medium", ([1, 2], [1], [])),
-                             ("hard", ([1, 2, 3], [1, 2], []))):
-        _write_difficulty_mat(folder / f"wider_{setting}_val.mat", [
-            ("0--Parade", [("0_Parade_marchingband_1_1", indices[0]), ("0_Parade_marchingband_1_2", indices[1])]),
-            ("1--Handshaking", [("1_Handshaking_3", indices[2])])])
+                             ("hard", ([1, 2, 3], [1, 2], []))):  # MATLAB's 1-based indices
+        events = [(names[0][0], list(zip(names[0][1], indices[:2]))), (names[1][0], [(names[1][1][0], indices[2])])]
+        _write_difficulty_mat(folder / f"wider_{setting}_val.mat", events)
+    # Without names in a setting's file, the loader takes them from wider_face_val.mat.
+    gt_only = scipy_io.loadmat(folder / "wider_hard_val.mat")
+    scipy_io.savemat(folder / "wider_hard_val.mat", {"gt_list": gt_only["gt_list"]})
     lists = face.load_wider_difficulty_lists(tmp_path / "eval_tools", image_id_fn=lambda name: int(name[-1]))
     assert {k: {i: v.tolist() for i, v in d.items()} for k, d in lists.items()} == DIFFICULTY
     by_name = face.load_wider_difficulty_lists(folder)
-    assert by_name["hard"]["0_Parade_marchingband_1_2"].tolist() == [0, 1]
+    assert by_name["hard"]["0--Parade/0_Parade_marchingband_1_2"].tolist() == [0, 1]
     ap = face.wider_difficulty_ap(GROUND_TRUTH, DETECTIONS, lists)
     assert ap == pytest.approx({"easy": 5 / 6, "medium": 5 / 9, "hard": AP50})
 

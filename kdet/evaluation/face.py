@@ -109,8 +109,7 @@ def _ignore_mask(gt: Mapping, min_face_size: float | None, keep: Mapping | None)
         ignore |= np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) < min_face_size
     if keep is not None:
         if gt["image_id"] not in keep:
-            raise ValueError(f"image_id {gt['image_id']!r} is not in the difficulty list "
-                             "(do the list's keys use the ground truth's image ids?).")
+            raise ValueError(f"image_id {gt['image_id']!r} is not in the difficulty list (see image_id_fn).")
         index = np.asarray(keep[gt["image_id"]], np.int64).reshape(-1)
         if np.any((index < 0) | (index >= len(boxes))):
             raise ValueError(f"image {gt['image_id']}: face indices {index.tolist()} outside 0..{len(boxes) - 1}.")
@@ -281,13 +280,16 @@ def wider_difficulty_ap(ground_truth, detections,
             for name, lists in keep.items()}
 
 
-def _mat_image_lists(path: str, image_id_fn: Callable[[str], Hashable]) -> dict:
-    """image_id -> 0-based face indices from one official ``wider_*_val.mat``."""
+def _mat_image_lists(folder: str, setting: str, image_id_fn: Callable[[str], Hashable]) -> dict:
+    """image_id -> 0-based face indices from ``wider_{setting}_val.mat`` (cells: per event, per image)."""
     from scipy import io as scipy_io
 
-    mat = scipy_io.loadmat(path)  # per event (cell rows): names, and per image 1-based indices
-    return {image_id_fn(str(np.asarray(name).reshape(-1)[0])): np.asarray(index, np.int64).reshape(-1) - 1
-            for files, indices in zip(mat["file_list"][:, 0], mat["gt_list"][:, 0])
+    mat = scipy_io.loadmat(os.path.join(folder, f"wider_{setting}_val.mat"))
+    if "file_list" not in mat:  # names only in the main file: take them from there
+        mat = {**scipy_io.loadmat(os.path.join(folder, "wider_face_val.mat")), "gt_list": mat["gt_list"]}
+    text = lambda cell: str(np.asarray(cell).reshape(-1)[0])  # noqa: E731
+    return {image_id_fn(f"{text(event)}/{text(name)}"): np.asarray(index, np.int64).reshape(-1) - 1  # from 1
+            for event, files, indices in zip(mat["event_list"][:, 0], mat["file_list"][:, 0], mat["gt_list"][:, 0])
             for name, index in zip(files[:, 0], indices[:, 0])}
 
 
@@ -296,8 +298,8 @@ def load_wider_difficulty_lists(eval_tools_dir: str | os.PathLike, *,
     """Reads the official WIDER FACE easy/medium/hard validation lists (tfds does not ship them).
 
     The WIDER FACE site's ``eval_tools.zip`` holds ``ground_truth/wider_{easy,medium,hard}_val.mat``:
-    ``file_list`` (per event, image names without ``.jpg``) and ``gt_list`` (per
-    event, per image, the 1-based indices of the faces of that setting).
+    ``event_list``, ``file_list`` (per event, image names without ``.jpg``) and
+    ``gt_list`` (per event, per image, the 1-based indices of the setting's faces).
 
     Example:
         lists = load_wider_difficulty_lists("eval_tools", image_id_fn=name_to_id.__getitem__)
@@ -305,7 +307,8 @@ def load_wider_difficulty_lists(eval_tools_dir: str | os.PathLike, *,
 
     Args:
         eval_tools_dir: the unzipped ``eval_tools`` folder, or its ``ground_truth``.
-        image_id_fn: image name (``"0_Parade_marchingband_1_465"``) -> your ground truth's ``image_id``.
+        image_id_fn: ``"0--Parade/0_Parade_marchingband_1_465"`` (event/name, tfds's
+            ``image/filename`` without ``.jpg``) -> your ground truth's ``image_id``.
 
     Returns:
         ``{setting: {image_id: int64 [k] 0-based face indices}}``, the ``keep`` of :func:`wider_difficulty_ap`.
@@ -313,8 +316,7 @@ def load_wider_difficulty_lists(eval_tools_dir: str | os.PathLike, *,
     folder = os.fspath(eval_tools_dir)
     if os.path.isdir(os.path.join(folder, "ground_truth")):
         folder = os.path.join(folder, "ground_truth")
-    return {name: _mat_image_lists(os.path.join(folder, f"wider_{name}_val.mat"), image_id_fn)
-            for name in ("easy", "medium", "hard")}
+    return {setting: _mat_image_lists(folder, setting, image_id_fn) for setting in ("easy", "medium", "hard")}
 
 
 def format_face_metrics_table(metrics: Mapping[str, float]) -> str:
@@ -348,8 +350,7 @@ class FaceEvaluator:
 
         Args:
             false_positive_counts: N of ``recall_at_{N}fp`` (FDDB: 1000 on 2845 images).
-            min_face_size: faces whose shorter side (original pixels) is below
-                it are ignored, e.g. 20 to compare with MTCNN's minimum size.
+            min_face_size: ignore faces whose shorter side is below it (e.g. 20: MTCNN's minimum).
             difficulty_lists: WIDER lists (:func:`load_wider_difficulty_lists`): adds ``AP50_{setting}``.
         """
         self.false_positive_counts = tuple(int(n) for n in false_positive_counts)
