@@ -53,6 +53,18 @@ from kdet.matching import Matcher, sample_balanced, trimmed_ground_truth
 from kdet.roi_align import RoIAlign
 
 
+TRAINING_PROPOSALS = ("rpn", "targets")
+
+
+def given_proposals(targets: dict) -> dict[str, tf.Tensor]:
+    """``targets["proposals"] [B, P, 4]`` as a proposals dict (``levels`` -1 on zero-area padding rows)."""
+    if "proposals" not in targets:
+        raise ValueError("training_proposals='targets' needs y['proposals'] [B, P, 4] next to the ground truth")
+    boxes = tf.cast(targets["proposals"], tf.float32)
+    valid = box_ops.area(boxes) > 0
+    return {"boxes": tf.where(valid[..., None], boxes, 0.0), "levels": tf.where(valid, 0, -1)}
+
+
 @keras.saving.register_keras_serializable(package="kdet")
 class CascadeRCNN(keras.Model):
     """Cascade R-CNN; ``len(stage_ious)`` stages (1 stage is Faster R-CNN).
@@ -77,6 +89,15 @@ class CascadeRCNN(keras.Model):
       integral_ious: one classifier per IoU on the (only) stage: the
         paper's integral-loss detector (None: off).
       score_threshold, nms_iou_threshold, max_detections: inference.
+      rpn_loss_weight: weight of the RPN's loss in the total (0 trains the
+        RoI heads alone, e.g. the later steps of Faster R-CNN's alternating
+        training).
+      training_proposals: where stage 1's training RoIs come from: "rpn",
+        the model's own proposals of this step (end-to-end), or "targets",
+        fixed proposals passed with the ground truth as ``y["proposals"]
+        [B, P, 4]`` (rows of zero area are padding): the proposals of an
+        earlier RPN, as in Fast R-CNN training and the two-step joint
+        training of Qin et al. (Sec. 5.2).
     """
 
     def __init__(
@@ -102,6 +123,8 @@ class CascadeRCNN(keras.Model):
         max_detections: int = 100,
         test_iterations: int = 1,
         integral_ious: Sequence[float] | None = None,
+        rpn_loss_weight: float = 1.0,
+        training_proposals: str = "rpn",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -113,6 +136,8 @@ class CascadeRCNN(keras.Model):
                 f"{len(stage_ious)}, {len(stage_box_weights)}, {len(stage_loss_weights)}")
         if test_stages is not None and not 1 <= test_stages <= num_stages:
             raise ValueError(f"test_stages must be in 1..{num_stages}, got {test_stages}")
+        if training_proposals not in TRAINING_PROPOSALS:
+            raise ValueError(f"training_proposals must be one of {TRAINING_PROPOSALS}, got {training_proposals!r}")
         if test_iterations < 1:
             raise ValueError(f"test_iterations must be >= 1, got {test_iterations}")
         if integral_ious is not None and (num_stages != 1 or len(integral_ious) < 1):
@@ -229,9 +254,13 @@ class CascadeRCNN(keras.Model):
         rpn_cls, rpn_box = self.rpn.rpn_loss(x, y, y_pred["rpn"])
         self.rpn_trackers[0].update_state(rpn_cls, sample_weight=batch)
         self.rpn_trackers[1].update_state(rpn_box, sample_weight=batch)
-        total = rpn_cls + rpn_box
+        total = self._config["rpn_loss_weight"] * (rpn_cls + rpn_box)
         gt = trimmed_ground_truth(y)
-        rois, valid = self.sample_rois(self.rpn.proposals(x, y_pred["rpn"], training=True), gt)
+        if self._config["training_proposals"] == "rpn":
+            proposals = self.rpn.proposals(x, y_pred["rpn"], training=True)
+        else:
+            proposals = given_proposals(y)
+        rois, valid = self.sample_rois(proposals, gt)
         for stage in range(self.num_stages):
             cls_loss, box_loss, boxes = self.stage_loss(stage, y_pred["features"], rois, gt, valid)
             cls_tracker, box_tracker = self.stage_trackers[stage]

@@ -130,6 +130,8 @@ class FaceCascade(keras.Model):
                          for b in BRANCHES for t in ("cls_loss", "box_loss", "samples")}
 
     def build(self, input_shape=None):
+        if self.built:
+            return
         self.x12.build((None, 12, 12, 3))
         self.x24.build(((None, 24, 24, 3), (None, 16)))
         self.x48.build(((None, 48, 48, 3), (None, 144)))
