@@ -69,6 +69,36 @@ def resize_level(images: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
     return tf.image.resize(tf.cast(images, tf.float32), size, method="bilinear", antialias=True)
 
 
+def pyramid_sources(scales: Sequence[float]) -> list[int]:
+    """For each level, the level it is resized from: -1 is the image.
+
+    A level at scale ``s`` is resized from the smallest earlier level whose
+    scale is at least ``2 s`` (or the image), so each antialiased resize
+    shrinks by at most about 2x from a source close to its size, instead
+    of filtering the whole image again for every level (cost proportional
+    to the source, not the full image). Levels above scale 0.5 come from
+    the image itself.
+    """
+    sources = []
+    for k, scale in enumerate(scales):
+        # up-sampled levels hold no detail the image lacks: never a source
+        candidates = [j for j in range(k) if 1.0 + 1e-9 >= scales[j] >= 2.0 * scale - 1e-9]
+        sources.append(max(candidates, key=lambda j: -scales[j]) if candidates else -1)
+    return sources
+
+
+def build_pyramid(images: tf.Tensor, scales: Sequence[float]) -> list[tf.Tensor]:
+    """Antialiased pyramid levels of ``images [B, H, W, C]`` at ``scales`` (see :func:`pyramid_sources`).
+
+    Level ``k`` has size :func:`level_size` of the image at ``scales[k]``.
+    """
+    image_size = (int(images.shape[1]), int(images.shape[2]))
+    levels: list[tf.Tensor] = []
+    for scale, source in zip(scales, pyramid_sources(scales)):
+        levels.append(resize_level(images if source < 0 else levels[source], level_size(image_size, scale)))
+    return levels
+
+
 def window_boxes(
     grid_size: Sequence[int],
     *,

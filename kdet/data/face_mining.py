@@ -26,7 +26,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from kdet import boxes as box_ops
-from kdet.face_pyramid import level_size, pyramid_scales, resize_level
+from kdet.face_pyramid import build_pyramid, level_size, pyramid_scales
 
 
 @dataclasses.dataclass
@@ -174,11 +174,10 @@ def _empty(window: int) -> FaceSamples:
 
 def _cut(image, gt_boxes, scales, index, corners, boxes, labels, matched, levels, *, window) -> FaceSamples:
     patches = np.zeros((index.size, window, window, 3), np.uint8)
-    batch = tf.convert_to_tensor(image[None])
+    pyramid = build_pyramid(tf.convert_to_tensor(image[None]), scales)  # as the test pipeline builds it
     for level in np.unique(levels[index]):
         picked = index[levels[index] == level]
-        size = level_size(image.shape[:2], scales[level])
-        level_image = np.clip(np.round(resize_level(batch, size)[0].numpy()), 0, 255).astype(np.uint8)
+        level_image = np.clip(np.round(pyramid[level][0].numpy()), 0, 255).astype(np.uint8)
         rows = np.searchsorted(index, picked)
         for row, (y, x) in zip(rows, corners[picked]):
             patches[row] = level_image[y:y + window, x:x + window]

@@ -36,10 +36,9 @@ from kdet import boxes as box_ops
 from kdet import losses, postprocess
 from kdet.face_pyramid import (
     best_levels,
+    build_pyramid,
     crop_boxes_for,
-    level_size,
     pyramid_scales,
-    resize_level,
     response_map_max_pool,
     square_boxes,
     window_boxes,
@@ -217,54 +216,79 @@ class FaceCascade(keras.Model):
         return losses.scale_for_replicas(total)
 
     # ---------------------------------------------------------------- inference
-    def _crop(self, levels, level_scales, boxes, image_size, crop: int) -> tf.Tensor:
-        """``[B, K, crop, crop, 3]`` patches of ``boxes [B, K, 4]`` from the best level of each."""
-        batch, k = tf.shape(boxes)[0], tf.shape(boxes)[1]
-        flat = tf.reshape(boxes, [-1, 4])
-        index = tf.repeat(tf.range(batch), k)
+    def crop_patches(self, levels, level_scales, boxes, box_index, image_size, crop: int) -> tf.Tensor:
+        """``[n, crop, crop, 3]`` patches of ``boxes [n, 4]`` (image pixels) of images ``box_index [n]``.
+
+        Each box is cut from one source: the level of ``levels`` (scales
+        ``level_scales``, decreasing, the image first at 1.0) where it is
+        smallest but still at least ``crop`` pixels (Sec. 6.5), so the
+        resampling never shrinks by more than one pyramid step. Boxes are
+        partitioned by level: one ``crop_and_resize`` per level on its own
+        boxes only.
+        """
         method = self._config["crop_method"]
         if len(levels) == 1:
-            patches = tf.image.crop_and_resize(levels[0], crop_boxes_for(flat, image_size=tf.shape(levels[0])[1:3],
-                                                                         crop=crop), index, (crop, crop), method)
-            return tf.reshape(patches, [batch, k, crop, crop, 3])
-        chosen = best_levels(flat, level_scales, crop=crop)
-        patches = 0.0
-        for i, (level, scale) in enumerate(zip(levels, level_scales)):
+            return tf.image.crop_and_resize(levels[0], crop_boxes_for(boxes, image_size=image_size, crop=crop),
+                                            box_index, (crop, crop), method)
+        chosen = best_levels(boxes, level_scales, crop=crop)
+        positions = tf.dynamic_partition(tf.range(tf.shape(boxes)[0]), chosen, len(levels))
+        parts = []
+        for level, where in zip(levels, positions):
             size = tf.shape(level)[1:3]
-            ratio = tf.cast(size, tf.float32) / tf.cast(image_size, tf.float32)
-            scaled = flat * tf.concat([ratio, ratio], axis=0)
-            crops = tf.image.crop_and_resize(level, crop_boxes_for(scaled, image_size=size, crop=crop), index,
-                                             (crop, crop), method)
-            patches += tf.where((chosen == i)[:, None, None, None], crops, 0.0)
-        return tf.reshape(patches, [batch, k, crop, crop, 3])
+            ratio = tf.cast(size, tf.float32) / tf.constant(image_size, tf.float32)
+            scaled = tf.gather(boxes, where) * tf.concat([ratio, ratio], axis=0)
+            parts.append(tf.image.crop_and_resize(level, crop_boxes_for(scaled, image_size=size, crop=crop),
+                                                  tf.gather(box_index, where), (crop, crop), method))
+        return tf.dynamic_stitch(positions, parts)
 
-    def _stage1(self, levels, level_scales_yx, image_size):
+    def _stage1(self, levels, scales, image_size):
+        """x12 over every level: ``(scores [B, T], boxes [B, T, 4])`` after response-map pooling."""
         scores, boxes = [], []
-        for level, scale_yx in zip(levels, level_scales_yx):
+        for level, scale in zip(levels, scales):
             out = self.x12(level)
             grid = tf.shape(out["logits"])[1:3]
             probs = response_map_max_pool(tf.nn.softmax(out["logits"], axis=-1)[..., 1], self._config["pool_size"])
-            windows = window_boxes(grid, stride=2, window=12, scale_yx=scale_yx)
+            level_hw = level.shape[1:3]
+            windows = window_boxes(grid, stride=2, window=12,
+                                   scale_yx=(level_hw[0] / image_size[0], level_hw[1] / image_size[1]))
             batch = tf.shape(probs)[0]
             codes = self.denormalize_offsets(tf.reshape(out["offsets"], [batch, -1, 4]))
             boxes.append(self.box_coder.decode(codes, windows[None]))
             scores.append(tf.reshape(probs, [batch, -1]))
         return tf.concat(scores, axis=1), tf.concat(boxes, axis=1)
 
-    def _next_stage(self, scores, boxes, keep: int, threshold: float):
-        k = tf.minimum(keep, tf.shape(scores)[1])
-        top, index = tf.math.top_k(scores, k=k)
-        return tf.where(top >= threshold, top, 0.0), tf.gather(boxes, index, batch_dims=1)
+    def _refine(self, sources, boxes, scores, *, depth: int, threshold: float, image_size):
+        """One later stage on the boxes still scored above 0: ``(scores, boxes)``, same shapes.
 
-    def _refine(self, patches, previous_scores, boxes, depth: int, threshold: float):
+        Only the survivors are cropped and run (compute follows the
+        survivors, not the padded budget); the others keep score 0.
+        """
         batch, k = tf.shape(boxes)[0], tf.shape(boxes)[1]
-        size = patches.shape[2]
-        out = self.branches(tf.reshape(patches, [-1, size, size, 3]), depth=depth)
-        name = BRANCHES[depth - 1]
-        probs = tf.reshape(tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:, 1], [batch, k])
-        codes = tf.reshape(self.denormalize_offsets(out[f"{name}_offsets"]), [batch, k, 4])
-        scores = tf.where((previous_scores > 0) & (probs >= threshold), probs, 0.0)
-        return scores, self.box_coder.decode(codes, boxes)
+        squares = tf.reshape(square_boxes(boxes), [-1, 4])
+        keep = tf.where(tf.reshape(scores, [-1]) > 0)[:, 0]
+        total = tf.cast(batch * k, tf.int64)
+
+        def run():
+            kept = tf.gather(squares, keep)
+            crop = {2: 24, 3: 48}[depth]
+            index = tf.cast(keep // tf.cast(k, tf.int64), tf.int32)
+            out = self.branches(self.crop_patches(*sources, kept, index, image_size, crop), depth=depth)
+            name = BRANCHES[depth - 1]
+            probs = tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:, 1]
+            refined = self.box_coder.decode(self.denormalize_offsets(out[f"{name}_offsets"]), kept)
+            return (tf.scatter_nd(keep[:, None], tf.where(probs >= threshold, probs, 0.0), [total]),
+                    tf.scatter_nd(keep[:, None], refined, tf.stack([total, 4])))
+
+        def nothing():  # TF's CPU conv mishandles an empty batch: skip the stage instead
+            return tf.zeros([total]), tf.zeros(tf.stack([total, 4]))
+
+        new_scores, new_boxes = tf.cond(tf.size(keep) > 0, run, nothing)
+        return tf.reshape(new_scores, [batch, k]), tf.reshape(new_boxes, [batch, k, 4])
+
+    @staticmethod
+    def _top(scores, boxes, keep: int):
+        top, index = tf.math.top_k(scores, k=tf.minimum(keep, tf.shape(scores)[1]))
+        return top, tf.gather(boxes, index, batch_dims=1)
 
     def detect(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """Detects faces in ``[B, H, W, 3]`` images (uint8 or float in [0, 255]; static H, W).
@@ -275,28 +299,22 @@ class FaceCascade(keras.Model):
         if images.shape.rank != 4 or images.shape[-1] != 3 or images.shape[1] is None or images.shape[2] is None:
             raise ValueError(f"FaceCascade.detect needs [B, H, W, 3] images with static H, W; got {images.shape}")
         image_size = (int(images.shape[1]), int(images.shape[2]))
-        batch = tf.shape(images)[0]
         scales = pyramid_scales(image_size, min_face_size=cfg["min_face_size"], window=12,
                                 levels_per_octave=cfg["levels_per_octave"])
         if not scales:
-            return postprocess.empty_detections(batch, cfg["max_detections"])
+            return postprocess.empty_detections(tf.shape(images)[0], cfg["max_detections"])
         x = self.preprocess(images)
-        sizes = [level_size(image_size, s) for s in scales]
-        levels = [resize_level(x, size) for size in sizes]
-        scale_yx = [(h / image_size[0], w / image_size[1]) for h, w in sizes]
-        scores, boxes = self._stage1(levels, scale_yx, image_size)
+        levels = build_pyramid(x, scales)
         t1, t2, t3 = cfg["test_thresholds"]
-        scores, boxes = self._next_stage(tf.where(scores >= t1, scores, 0.0), boxes, cfg["stage1_max_boxes"], t1)
-        if cfg["crop_source"] == "pyramid":
-            crop_levels, crop_scales = [x] + levels, [1.0] + list(scales)
+        scores, boxes = self._stage1(levels, scales, image_size)
+        scores, boxes = self._top(tf.where(scores >= t1, scores, 0.0), boxes, cfg["stage1_max_boxes"])
+        if cfg["crop_source"] == "pyramid" and scales[0] < 1.0:
+            sources = ([x] + levels, [1.0] + list(scales))
         else:
-            crop_levels, crop_scales = [x], [1.0]
-        boxes = square_boxes(boxes)
-        patches = self._crop(crop_levels, crop_scales, boxes, image_size, 24)
-        scores, boxes = self._refine(patches, scores, boxes, 2, t2)
-        scores, boxes = self._next_stage(scores, square_boxes(boxes), cfg["stage2_max_boxes"], t2)
-        patches = self._crop(crop_levels, crop_scales, boxes, image_size, 48)
-        scores, boxes = self._refine(patches, scores, boxes, 3, t3)
+            sources = ([x], [1.0])
+        scores, boxes = self._refine(sources, boxes, scores, depth=2, threshold=t2, image_size=image_size)
+        scores, boxes = self._top(scores, boxes, cfg["stage2_max_boxes"])
+        scores, boxes = self._refine(sources, boxes, scores, depth=3, threshold=t3, image_size=image_size)
         boxes = box_ops.clip_boxes(boxes, image_size)
         return postprocess.class_aware_nms(boxes, scores, tf.zeros_like(scores, tf.int32),
                                            iou_threshold=cfg["nms_iou_threshold"],

@@ -5,9 +5,10 @@ face/non-face logits and four box offsets (Eq. 2-5, normalised). The later
 branches take the earlier branches' features as a second input, which is what
 makes the cascade one network: ``x12-x24`` concatenates its 128-d ``24fc``
 with ``x12``'s 16-d feature ("12-24fc", 144-d), and ``x12-x24-x48``
-concatenates its 256-d ``48fc`` with that (400-d). The trunks follow the
-12/24/48-nets of Li et al.'s CNN cascade, which the paper builds on: the
-paper fixes only x12's ``1x16x1x1`` last feature and the fc widths.
+concatenates its 256-d ``48fc`` with that (400-d). The paper fixes only
+x12's ``1x16x1x1`` last feature and the fc widths; the x12 and x24 trunks
+follow the 12- and 24-nets of Li et al.'s CNN cascade, which the paper
+builds on, and the x48 trunk MTCNN's leaner O-net (see :class:`Face48Net`).
 
 :class:`ThresholdControl` is the paper's threshold-control layer: a mask of
 the samples whose previous-branch face probability passed a threshold, with
@@ -77,20 +78,24 @@ class Face12Net(keras.layers.Layer):
 
 
 class _PatchNet(keras.layers.Layer):
-    """A conv trunk + fc on fixed-size patches, concatenated with an earlier branch's feature."""
+    """A conv trunk + fc on fixed-size patches, concatenated with an earlier branch's feature.
+
+    ``trunk`` is ``(filters, kernel, pool)`` per conv (valid padding, ReLU),
+    ``pool`` a ``(size, stride)`` max pooling after it or None.
+    """
 
     patch_size = 0
-    conv_layers = ()  # (filters, kernel) per conv, each followed by maxpool 3x3/2
+    trunk: tuple = ()
 
-    def __init__(self, *, units: int, filters: int = 64, dropout: float = 0.0, **kwargs):
+    def __init__(self, *, units: int, dropout: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.units = units
-        self.filters = filters
         self.dropout = dropout
-        self.convs = [keras.layers.Conv2D(filters, k, activation="relu", name=f"conv{i + 1}")
-                      for i, k in enumerate(self.conv_layers)]
-        self.pools = [keras.layers.MaxPooling2D(3, strides=2, name=f"pool{i + 1}")
-                      for i in range(len(self.conv_layers))]
+        self.convs, self.pools = [], []
+        for i, (filters, kernel, pool) in enumerate(self.trunk):
+            self.convs.append(keras.layers.Conv2D(filters, kernel, activation="relu", name=f"conv{i + 1}"))
+            self.pools.append(keras.layers.MaxPooling2D(pool[0], strides=pool[1], name=f"pool{i + 1}")
+                              if pool else None)
         self.flatten = keras.layers.Flatten(name="flatten")
         self.fc = keras.layers.Dense(units, activation="relu", name="fc")
         self.drop, self.logits, self.offsets = _outputs("out", dropout)
@@ -98,10 +103,11 @@ class _PatchNet(keras.layers.Layer):
     def build(self, input_shape):
         patch_shape, previous_shape = input_shape
         size, channels = self.patch_size, patch_shape[-1]
-        for conv, pool in zip(self.convs, self.pools):
+        for conv, pool, (filters, kernel, pool_spec) in zip(self.convs, self.pools, self.trunk):
             conv.build((None, size, size, channels))
-            size, channels = size - conv.kernel_size[0] + 1, self.filters
-            size = (size - 3) // 2 + 1
+            size, channels = size - kernel + 1, filters
+            if pool_spec:
+                size = (size - pool_spec[0]) // pool_spec[1] + 1
         self.fc.build((None, size * size * channels))
         joined = self.units + previous_shape[-1]
         self.logits.build((None, joined))
@@ -112,18 +118,21 @@ class _PatchNet(keras.layers.Layer):
         patches, previous = inputs
         x = patches
         for conv, pool in zip(self.convs, self.pools):
-            x = pool(conv(x))
+            x = conv(x)
+            x = pool(x) if pool is not None else x
         feature = tf.concat([self.fc(self.flatten(x)), tf.cast(previous, x.dtype)], axis=-1)
         x = self.drop(feature, training=training)
         return {"feature": feature, "logits": self.logits(x), "offsets": self.offsets(x)}
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "filters": self.filters, "dropout": self.dropout}
+        return {**super().get_config(), "units": self.units, "dropout": self.dropout}
 
 
 @keras.saving.register_keras_serializable(package="kdet")
 class Face24Net(_PatchNet):
-    """Branch x12-x24: ``conv5x5(64) -> maxpool3x3/2 -> fc(128)`` on 24x24 patches.
+    """Branch x12-x24: ``conv5x5(64) -> maxpool3x3/2 -> fc(128)`` on 24x24 patches (Li et al.'s 24-net).
+
+    About 1.9M multiply-adds per patch.
 
     Call:
       ``(patches [N, 24, 24, 3], feature12 [N, 16])``.
@@ -132,15 +141,22 @@ class Face24Net(_PatchNet):
     """
 
     patch_size = 24
-    conv_layers = (5,)
+    trunk = ((64, 5, (3, 2)),)
 
-    def __init__(self, *, units: int = 128, filters: int = 64, dropout: float = 0.0, **kwargs):
-        super().__init__(units=units, filters=filters, dropout=dropout, **kwargs)
+    def __init__(self, *, units: int = 128, dropout: float = 0.0, **kwargs):
+        super().__init__(units=units, dropout=dropout, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="kdet")
 class Face48Net(_PatchNet):
-    """Branch x12-x24-x48: ``(conv5x5(64) -> maxpool3x3/2) x 2 -> fc(256)`` on 48x48 patches.
+    """Branch x12-x24-x48: four 3x3/2x2 convs -> fc(256) on 48x48 patches.
+
+    ``conv3x3(32) -> pool3/2 -> conv3x3(64) -> pool3/2 -> conv3x3(64) ->
+    pool2/2 -> conv2x2(128) -> fc(256)``: the shape of MTCNN's O-net trunk,
+    about 13M multiply-adds per patch, a third of Li et al.'s
+    ``conv5x5(64) x 2`` 48-net at the same receptive field (the paper fixes
+    only the 256-d fc). The later stages run on every x12 survivor, so this
+    is where the frame rate is decided.
 
     Call:
       ``(patches [N, 48, 48, 3], feature24 [N, 144])``.
@@ -148,10 +164,10 @@ class Face48Net(_PatchNet):
     """
 
     patch_size = 48
-    conv_layers = (5, 5)
+    trunk = ((32, 3, (3, 2)), (64, 3, (3, 2)), (64, 3, (2, 2)), (128, 2, None))
 
-    def __init__(self, *, units: int = 256, filters: int = 64, dropout: float = 0.0, **kwargs):
-        super().__init__(units=units, filters=filters, dropout=dropout, **kwargs)
+    def __init__(self, *, units: int = 256, dropout: float = 0.0, **kwargs):
+        super().__init__(units=units, dropout=dropout, **kwargs)
 
 
 @keras.saving.register_keras_serializable(package="kdet")
