@@ -19,6 +19,7 @@ from kdet.data import (
     tfds_info,
 )
 from kdet.data import faces
+from kdet.data.example import sanitize_example
 from kdet.data.tfds_readers import wider_face_example_from_tfds
 
 SMALL = (96, 128)
@@ -156,16 +157,20 @@ def test_wider_face_features_by_hand():
         "image": tf.zeros([50, 100, 3], tf.uint8),
         "image/filename": tf.constant("0--Parade/0_Parade_marchingband_1_849.jpg"),
         "faces": {
-            "bbox": tf.constant([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0],
-                                 [0.2, 0.2, 0.3, 0.3]]),
-            "invalid": tf.constant([False, True]),  # shorter: cuts bbox
-            "blur": tf.constant([0, 1, 2], tf.uint8),
+            "bbox": tf.constant([[0.1, 0.2, 0.5, 0.6], [0.0, 0.0, 1.0, 1.0], [0.4, 0.5, 0.4, 0.7],
+                                 [1.0, 1.0, 1.0, 1.0], [0.2, 0.2, 0.3, 0.3]]),
+            "invalid": tf.constant([False, True, False, False]),  # shorter: cuts bbox
+            "blur": tf.constant([0, 1, 2, 3, 4], tf.uint8),
         },
     }
     ex = wider_face_example_from_tfds(features)
-    np.testing.assert_allclose(ex["boxes"], [[5, 20, 25, 60], [0, 0, 50, 100]], rtol=1e-6)
-    assert ex["classes"].dtype == tf.int32 and ex["classes"].numpy().tolist() == [0, 0]
-    assert ex["is_crowd"].numpy().tolist() == [False, True]
+    # zero-height faces become one-pixel ignore regions inside the image, keeping face indices aligned
+    np.testing.assert_allclose(ex["boxes"], [[5, 20, 25, 60], [0, 0, 50, 100], [20, 50, 21, 51],
+                                             [49, 99, 50, 100]], rtol=1e-6)
+    assert ex["classes"].dtype == tf.int32 and ex["classes"].numpy().tolist() == [0, 0, 0, 0]
+    assert ex["is_crowd"].numpy().tolist() == [False, True, True, True]
+    kept = sanitize_example(ex)
+    assert kept["boxes"].shape[0] == 4
     # Digits of WIDER names collide (both give "001849"): the id hashes the whole name.
     other = dict(features, **{"image/filename": tf.constant("0--Parade/0_Parade_0_1849.jpg")})
     other_id = wider_face_example_from_tfds(other)["image_id"]
@@ -188,8 +193,9 @@ def test_wider_face_under_mock_data_keeps_invalid_faces_as_crowd():
         n = min(len(source["faces"]["bbox"]), len(source["faces"]["invalid"]))
         boxes = source["faces"]["bbox"].numpy()[:n] * [h, w, h, w]
         valid = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        np.testing.assert_allclose(ex["boxes"].numpy(), boxes[valid], atol=1e-3)
-        expected = source["faces"]["invalid"].numpy()[:n][valid]
+        assert ex["boxes"].shape[0] == n  # zero-size faces stay, as one-pixel ignore regions
+        np.testing.assert_allclose(ex["boxes"].numpy()[valid], boxes[valid], atol=1e-3)
+        expected = source["faces"]["invalid"].numpy()[:n] | ~valid
         np.testing.assert_array_equal(ex["is_crowd"].numpy(), expected)
         assert not ex["classes"].numpy().any() and ex["image_id"].dtype == tf.int64
         assert ex["image"].dtype == tf.uint8 and ex["image"].shape[-1] == 3

@@ -20,8 +20,10 @@ Conversions:
     regions, so detections on them are neither rewarded nor penalised
     (dropping them instead would turn correct detections into false
     positives). The blur/expression/illumination/occlusion/pose attributes are
-    not carried. Zero-width/height faces, which WIDER has, are dropped and
-    counted in ``info.stats``. The file name digits are not
+    not carried. Zero-width/height faces, which WIDER has, are grown to one
+    pixel and marked ``is_crowd`` (ignored) rather than dropped, so that face
+    ``k`` of an image stays face ``k``: the official easy/medium/hard lists
+    index faces by their position. The file name digits are not
     unique (``0--Parade/0_Parade_marchingband_1_849.jpg``), so ``image_id`` is
     a stable 62-bit hash of the whole file name. The ``test`` split has no
     boxes.
@@ -112,11 +114,17 @@ def wider_face_example_from_tfds(features: dict) -> dict[str, tf.Tensor]:
     """tfds ``wider_face`` features -> unsanitised example dict (invalid = crowd)."""
     faces = features["faces"]
     n = _common_length(faces, ("bbox", "invalid"))
+    boxes = _pixel_boxes(faces["bbox"][:n], features["image"])
+    empty = (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    # one pixel inside the image, so sanitising keeps the row (see the module docstring)
+    size = tf.cast(tf.shape(features["image"])[:2], tf.float32)
+    corner = tf.minimum(boxes[:, :2], size - 1.0)
+    boxes = tf.where(empty[:, None], tf.concat([corner, corner + 1.0], axis=1), boxes)
     return {
         "image": features["image"],
-        "boxes": _pixel_boxes(faces["bbox"][:n], features["image"]),
+        "boxes": boxes,
         "classes": tf.zeros([n], tf.int32),
-        "is_crowd": tf.cast(faces["invalid"][:n], tf.bool),
+        "is_crowd": tf.cast(faces["invalid"][:n], tf.bool) | empty,
         "image_id": tf.strings.to_hash_bucket_fast(features["image/filename"], 2**62),
     }
 

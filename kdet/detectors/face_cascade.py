@@ -269,13 +269,18 @@ class FaceCascade(keras.Model):
         total = tf.cast(batch * k, tf.int64)
 
         def run():
-            kept = tf.gather(squares, keep)
+            # Pad the survivors to a multiple of 32 by repeating the first: the CPU kernels cache
+            # their set-up per batch size, and a new size every frame costs more than the padding.
+            count = tf.size(keep)
+            padded = (count + 31) // 32 * 32
+            rows = tf.concat([keep, tf.fill([padded - count], keep[0])], axis=0)
+            kept = tf.gather(squares, rows)
             crop = {2: 24, 3: 48}[depth]
-            index = tf.cast(keep // tf.cast(k, tf.int64), tf.int32)
+            index = tf.cast(rows // tf.cast(k, tf.int64), tf.int32)
             out = self.branches(self.crop_patches(*sources, kept, index, image_size, crop), depth=depth)
             name = BRANCHES[depth - 1]
-            probs = tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:, 1]
-            refined = self.box_coder.decode(self.denormalize_offsets(out[f"{name}_offsets"]), kept)
+            probs = tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:count, 1]
+            refined = self.box_coder.decode(self.denormalize_offsets(out[f"{name}_offsets"][:count]), kept[:count])
             return (tf.scatter_nd(keep[:, None], tf.where(probs >= threshold, probs, 0.0), [total]),
                     tf.scatter_nd(keep[:, None], refined, tf.stack([total, 4])))
 
