@@ -26,3 +26,33 @@ def test_ablation_quick_run_prints_its_tables(script, detectors, tables, tmp_pat
     # A second invocation resumes: nothing is trained again.
     module.main(["--quick", "--detectors", *detectors, "--out-dir", str(tmp_path)])
     assert out.count("done before") == 0 and capsys.readouterr().out.count("done before") == len(detectors)
+
+
+@pytest.mark.slow
+def test_face_benchmark_quick_run_prints_table_and_verdicts(tmp_path, capsys):
+    """Every kdet face detector trains, the available peers run (none is fetched), one core is timed; resumes."""
+    import face_benchmark
+    import face_peers
+
+    peers = [p for p, why in face_peers.available_peers().items() if why is None]
+    report = face_benchmark.main(["--quick", "--out-dir", str(tmp_path), "--cores", "1"])
+    quick = tmp_path / "quick"
+    kdet = list(face_benchmark.KDET)
+    assert [n for n in report["results"] if n != "cascade_fast"] == kdet + peers
+    for name in kdet:
+        assert (quick / f"{name}_seed0.weights.h5").exists() and (quick / f"{name}_seed0.json").exists()
+        assert 0.0 <= report["summary"][name]["min20/AP50"]["mean"] <= 1.0
+    assert list(report["results"])[3] == "cascade_fast"  # the target cascade at FaceCascade's thresholds
+    timed = [report["args"]["target_cascade"], "cascade_fast", "rcnn_joint"] + peers
+    assert sorted(report["latency"]) == sorted(timed)
+    assert all(report["latency"][n]["1"]["ms"] > 0 for n in timed)
+    assert len(report["claims"]) == 9
+    assert (quick / "face_benchmark.json").exists() and (quick / "face_benchmark.png").exists()
+    out = capsys.readouterr().out
+    assert "| kdet cascade, joint from separate |" in out and "FPS 1 core" in out
+    assert out.count("PASS  ") + out.count("FAIL  ") + out.count("n/a   ") == 9
+    # A second invocation reuses the trained weights (and may skip the latency).
+    face_benchmark.main(["--quick", "--out-dir", str(tmp_path), "--no-latency", "--plot", "",
+                         "--detectors", "cascade_joint_from_separate", "rcnn_joint"])
+    out = capsys.readouterr().out
+    assert "== training" not in out and out.count("trained before") == 3  # + the separate cascade it starts from
