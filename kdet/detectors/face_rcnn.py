@@ -11,6 +11,13 @@ are the tested ones.
 
 The training procedures (the paper's two-step joint training and the
 four-step alternating baseline) are in :mod:`kdet.face_training`.
+
+From scratch, the backbone's BatchNorm needs batches large enough for its
+moving statistics (the paper trained on GPUs): at batch 4 on a CPU they lag
+the weights and inference-mode proposals are poor (measured in
+``benchmarks/face_benchmark.py``'s docstring). On small budgets start from a
+pretrained tiny backbone with frozen BatchNorm: ``face_rcnn(rpn=dict(
+backbone_weights=path, freeze_batchnorm=True))``, as the benchmark does.
 """
 
 from __future__ import annotations
