@@ -245,10 +245,10 @@ class FaceCascade(keras.Model):
                                                   tf.gather(box_index, where), (crop, crop), method))
         return tf.dynamic_stitch(positions, parts)
 
-    def _stage1(self, levels, scales, image_size):
+    def _stage1(self, levels, image_size):
         """x12 over every level: ``(scores [B, T], boxes [B, T, 4])`` after response-map pooling."""
         scores, boxes = [], []
-        for level, scale in zip(levels, scales):
+        for level in levels:
             out = self.x12(level)
             grid = tf.shape(out["logits"])[1:3]
             probs = response_map_max_pool(tf.nn.softmax(out["logits"], axis=-1)[..., 1], self._config["pool_size"])
@@ -315,7 +315,7 @@ class FaceCascade(keras.Model):
         x = self.preprocess(images)
         levels = build_pyramid(x, scales)
         t1, t2, t3 = cfg["test_thresholds"]
-        scores, boxes = self._stage1(levels, scales, image_size)
+        scores, boxes = self._stage1(levels, image_size)
         scores, boxes = self._top(tf.where(scores >= t1, scores, 0.0), boxes, cfg["stage1_max_boxes"])
         if cfg["crop_source"] == "pyramid" and scales[0] < 1.0:
             sources = ([x] + levels, [1.0] + list(scales))
