@@ -12,7 +12,6 @@ of resizing them (Sec. 6.5, "image patch resizing").
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import tensorflow as tf
@@ -214,11 +213,3 @@ def best_levels(boxes: tf.Tensor, scales: Sequence[float], *, crop: int) -> tf.T
     # the last level that is still big enough; levels are decreasing in scale
     count = tf.reduce_sum(tf.cast(big_enough, tf.int32), axis=1)
     return tf.maximum(count - 1, 0)
-
-
-def octave_offset(levels_per_octave: int, factor: float) -> int:
-    """How many levels up the level ``factor`` times larger is (``factor`` a power of 2)."""
-    steps = math.log2(factor) * levels_per_octave
-    if abs(steps - round(steps)) > 1e-6:
-        raise ValueError(f"a {factor}x level needs levels_per_octave * log2({factor}) to be an integer")
-    return int(round(steps))
