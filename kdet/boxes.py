@@ -62,6 +62,29 @@ def pairwise_iou(
     return iou
 
 
+def pairwise_iou_numpy(a, b):
+    """NumPy twin of :func:`pairwise_iou` for host-side code (mining, face metrics, peers).
+
+    Args:
+      a: ``[N, 4]`` yxyx.
+      b: ``[M, 4]`` yxyx.
+
+    Returns:
+      ``[N, M]`` float64 IoU; inverted boxes have area 0 and an empty union gives 0.
+    """
+    import numpy as np  # the rest of this module is TensorFlow
+
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=-1)
+    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=-1)
+    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+
+
 def clip_boxes(boxes: tf.Tensor, image_shape: tf.Tensor | Sequence[int]) -> tf.Tensor:
     """Clips yxyx boxes to ``[0, height] x [0, width]``.
 

@@ -85,3 +85,15 @@ def test_decode_clips_huge_log_sizes():
 def test_coder_rejects_bad_weights():
     with pytest.raises(ValueError, match="4 entries"):
         box_ops.BoxCoder((1, 1, 1))
+
+
+def test_pairwise_iou_numpy_equals_the_tensorflow_one():
+    rng = np.random.default_rng(3)
+    corners = rng.uniform(0, 50, (2, 7, 2))
+    a = np.concatenate([corners[0], corners[0] + rng.uniform(0, 20, (7, 2))], -1)
+    b = np.concatenate([corners[1], corners[1] + rng.uniform(0, 20, (7, 2))], -1)[:5]
+    b[0] = [10, 10, 10, 30]  # zero area
+    np.testing.assert_allclose(box_ops.pairwise_iou_numpy(a, b),
+                               box_ops.pairwise_iou(tf.constant(a, tf.float32), tf.constant(b, tf.float32)).numpy(),
+                               atol=1e-5)
+    assert box_ops.pairwise_iou_numpy(np.zeros((0, 4)), b).shape == (0, 5)

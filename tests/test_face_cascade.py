@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 import keras
 
+from kdet import boxes as box_ops
 from kdet.data import face_mining
 from kdet.detectors.face_cascade import FaceCascade
 from kdet.face_pyramid import (
@@ -113,13 +114,12 @@ def test_mine_image_patches_offsets_and_flip():
     samples = face_mining.mine_image(image, face, rng=rng, min_face_size=48, negatives_per_image=20)
     pos = samples.labels == 1
     assert pos.sum() >= 1 and (samples.labels == 0).sum() == 20
-    ious = face_mining.pairwise_iou_np(samples.windows, face)[:, 0]
+    ious = box_ops.pairwise_iou_numpy(samples.windows, face)[:, 0]
     assert (ious[pos] > 0.8).all() and (ious[~pos] < 0.5).all()
     # the best positive is the exact window, at scale 1: its patch is the image's pixels
     best = np.argmax(np.where(pos, ious, -1))
     np.testing.assert_allclose(samples.windows[best], face[0])
     np.testing.assert_array_equal(samples.patches[best], image[32:80, 40:88])
-    from kdet import boxes as box_ops
     decoded = box_ops.BoxCoder().decode(tf.constant(samples.offsets[pos]), tf.constant(samples.windows[pos]))
     np.testing.assert_allclose(decoded.numpy(), np.repeat(face, pos.sum(), 0), atol=1e-3)
     flipped = face_mining.flip_samples(samples)

@@ -58,17 +58,6 @@ class FaceSamples:
         return FaceSamples(*(a[index] for a in dataclasses.astuple(self)))
 
 
-def pairwise_iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``[N, M]`` IoU of yxyx boxes ``a [N, 4]`` and ``b [M, 4]`` (0 where a union is empty)."""
-    top = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(bottom - top, 0.0, None), axis=-1)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=-1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=-1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
 def label_windows(
     windows: np.ndarray,
     gt_boxes: np.ndarray,
@@ -94,7 +83,7 @@ def label_windows(
     count = windows.shape[0]
     if gt_boxes.shape[0] == 0:
         return np.zeros(count, np.int32), -np.ones(count, np.int64), np.zeros(count, np.float32)
-    iou = pairwise_iou_np(windows, gt_boxes)
+    iou = box_ops.pairwise_iou_numpy(windows, gt_boxes)
     ignore = np.zeros(gt_boxes.shape[0], bool) if ignore is None else np.asarray(ignore, bool)
     face_iou = np.where(ignore[None, :], -1.0, iou)
     matched = face_iou.argmax(axis=1)

@@ -36,6 +36,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
+from kdet.boxes import pairwise_iou_numpy
 from kdet.evaluation import batch as batch_lib
 
 __all__ = ["AFW_IOU_THRESHOLD", "DiscreteRoc", "FaceCurves", "FaceEvaluator", "PrecisionRecall",
@@ -52,16 +53,6 @@ def _boxes(value) -> np.ndarray:
 
 def _scores(value) -> np.ndarray:
     return batch_lib.to_numpy(value).astype(np.float64).reshape(-1)
-
-
-def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of yxyx boxes ``a`` [N, 4] against ``b`` [M, 4] -> [N, M]; 0 for empty unions."""
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=-1)
-    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0.0, None), axis=-1)  # noqa: E731
-    union = area(a)[:, None] + area(b)[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def match_detections(gt_boxes, det_boxes, det_scores, *, iou_threshold: float,
@@ -83,7 +74,7 @@ def match_detections(gt_boxes, det_boxes, det_scores, *, iou_threshold: float,
     ignore = np.zeros(len(gt), bool) if ignore is None else np.asarray(ignore, bool).reshape(-1)
     if len(scores) != len(det) or len(ignore) != len(gt):
         raise ValueError(f"{len(det)} boxes, {len(scores)} scores; {len(gt)} faces, {len(ignore)} ignore.")
-    iou = pairwise_iou(det, gt)  # [D, G]
+    iou = pairwise_iou_numpy(det, gt)  # [D, G]
     hits = iou >= iou_threshold
     iou = np.where(hits, iou, -1.0)
     is_tp, is_ignored = np.zeros(len(det), bool), np.zeros(len(det), bool)
