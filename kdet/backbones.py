@@ -222,7 +222,8 @@ def upsample2x_like(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:
     """
     shape = tf.shape(x)
     b, h, w, c = shape[0], shape[1], shape[2], shape[3]
-    up = tf.broadcast_to(x[:, :, None, :, None, :], [b, h, 2, w, 2, c])
+    # reshape, not x[:, :, None, :, None, :]: a 6-D StridedSlice is no TFLite builtin
+    up = tf.broadcast_to(tf.reshape(x, [b, h, 1, w, 1, c]), [b, h, 2, w, 2, c])
     up = tf.reshape(up, [b, 2 * h, 2 * w, c])
     target = tf.shape(like)
     return up[:, : target[1], : target[2], :]

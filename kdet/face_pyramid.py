@@ -8,13 +8,22 @@ The pyramid has ``levels_per_octave`` levels per halving of the image, so
 that the level twice as large as level ``k`` is level ``k - levels_per_octave``:
 the fast test pipeline crops a later stage's patches from that level instead
 of resizing them (Sec. 6.5, "image patch resizing").
+
+Every op has a twin made of gathers and arithmetic (``use_gather=True``):
+the antialiased resize (:func:`resize_level_gather`) and the patch crops
+(:func:`gather_crops`) are not TFLite builtins in their ``tf.image`` form.
+The twins compute the same values to float rounding.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
+import numpy as np
 import tensorflow as tf
+
+from kdet.roi_align import bilinear_gather
 
 
 def pyramid_scales(
@@ -68,6 +77,66 @@ def resize_level(images: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
     return tf.image.resize(tf.cast(images, tf.float32), size, method="bilinear", antialias=True)
 
 
+def resize_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Source pixels and weights of an antialiased bilinear resize along one axis.
+
+    The weights of TF's ``ScaleAndTranslate`` (what ``tf.image.resize(...,
+    antialias=True)`` runs) with its triangle kernel: output pixel ``x``
+    samples the source at ``s = (x + 0.5) * in / out``, the kernel is
+    stretched by ``max(in / out, 1)``, source pixels outside the image are
+    dropped and the rest renormalised.
+
+    Returns:
+      ``(indices [out_size, K] int32, weights [out_size, K] float32)``;
+      rows shorter than ``K`` repeat their last index with weight 0.
+    """
+    inv_scale = in_size / out_size
+    kernel_scale = max(inv_scale, 1.0)
+    rows = []
+    for x in range(out_size):
+        centre = (x + 0.5) * inv_scale
+        start = max(int(math.ceil(centre - kernel_scale - 0.5)), 0)
+        end = min(int(math.floor(centre + kernel_scale - 0.5)), in_size - 1) + 1
+        source = np.arange(start, max(end, start + 1))
+        weight = np.maximum(0.0, 1.0 - np.abs((source + 0.5 - centre) / kernel_scale))
+        rows.append((source, weight / max(weight.sum(), 1e-12)))
+    taps = max(len(source) for source, _ in rows)
+    indices = np.zeros((out_size, taps), np.int32)
+    weights = np.zeros((out_size, taps), np.float32)
+    for x, (source, weight) in enumerate(rows):
+        indices[x], weights[x, :len(weight)] = source[-1], weight
+        indices[x, :len(source)] = source
+    return indices, weights
+
+
+def resize_level_gather(images: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
+    """:func:`resize_level` with GATHER, MUL and ADD only (TFLite builtins), separably.
+
+    Each axis is a sum over the ``K`` taps of :func:`resize_taps` (5 for a
+    shrink by up to 2x): ``K`` gathers of whole rows (columns), each
+    weighted. Same values as :func:`resize_level` to float rounding (max
+    1e-2 on 0..255 pixels).
+
+    Args:
+      images: ``[B, H, W, C]`` with static ``H, W``.
+      size: ``(height, width)`` python ints.
+    """
+    out = tf.cast(images, tf.float32)
+    for axis, target in ((1, int(size[0])), (2, int(size[1]))):
+        source = int(out.shape[axis])
+        if source == target:
+            continue
+        indices, weights = resize_taps(source, target)
+        shape = [1, 1, 1, 1]
+        shape[axis] = target
+        total = None
+        for k in range(indices.shape[1]):
+            term = tf.gather(out, indices[:, k], axis=axis) * tf.constant(weights[:, k].reshape(shape))
+            total = term if total is None else total + term
+        out = total
+    return out
+
+
 def pyramid_sources(scales: Sequence[float]) -> list[int]:
     """For each level, the level it is resized from: -1 is the image.
 
@@ -86,15 +155,17 @@ def pyramid_sources(scales: Sequence[float]) -> list[int]:
     return sources
 
 
-def build_pyramid(images: tf.Tensor, scales: Sequence[float]) -> list[tf.Tensor]:
+def build_pyramid(images: tf.Tensor, scales: Sequence[float], *, use_gather: bool = False) -> list[tf.Tensor]:
     """Antialiased pyramid levels of ``images [B, H, W, C]`` at ``scales`` (see :func:`pyramid_sources`).
 
     Level ``k`` has size :func:`level_size` of the image at ``scales[k]``.
+    ``use_gather`` resizes with :func:`resize_level_gather` (TFLite builtins).
     """
     image_size = (int(images.shape[1]), int(images.shape[2]))
+    resize = resize_level_gather if use_gather else resize_level
     levels: list[tf.Tensor] = []
     for scale, source in zip(scales, pyramid_sources(scales)):
-        levels.append(resize_level(images if source < 0 else levels[source], level_size(image_size, scale)))
+        levels.append(resize(images if source < 0 else levels[source], level_size(image_size, scale)))
     return levels
 
 
@@ -213,3 +284,48 @@ def best_levels(boxes: tf.Tensor, scales: Sequence[float], *, crop: int) -> tf.T
     # the last level that is still big enough; levels are decreasing in scale
     count = tf.reduce_sum(tf.cast(big_enough, tf.int32), axis=1)
     return tf.maximum(count - 1, 0)
+
+
+def gather_crops(
+    levels: Sequence[tf.Tensor],
+    level_scales: Sequence[float],
+    boxes: tf.Tensor,
+    box_index: tf.Tensor,
+    *,
+    image_size: Sequence[int],
+    crop: int,
+) -> tf.Tensor:
+    """Bilinear ``crop x crop`` patches of ``boxes``, each from its :func:`best_levels` level, with gathers.
+
+    The twin of cropping level by level with ``tf.image.crop_and_resize``
+    (same samples, :func:`crop_boxes_for`): every level of every image is
+    laid end to end in one pixel table and each box reads its own level's
+    slice, so one gather serves all boxes and all shapes stay static
+    (TFLite builtins only, no ``dynamic_partition``).
+
+    Args:
+      levels: ``[B, H_l, W_l, C]`` maps with static sizes, scales decreasing.
+      level_scales: the scale of each map relative to the image.
+      boxes: ``[N, 4]`` yxyx pixels of the image.
+      box_index: ``[N]`` int32 image of each box.
+      image_size: ``(H, W)`` python ints.
+      crop: patch side.
+
+    Returns:
+      ``[N, crop, crop, C]`` float32.
+    """
+    sizes = [(int(level.shape[1]), int(level.shape[2])) for level in levels]
+    lengths = [h * w for h, w in sizes]
+    starts = np.cumsum([0] + lengths[:-1]).astype(np.int32)
+    channels = int(levels[0].shape[3])
+    table = tf.concat([tf.reshape(tf.cast(level, tf.float32), [tf.shape(level)[0], -1, channels])
+                       for level in levels], axis=1)
+    chosen = best_levels(boxes, level_scales, crop=crop) if len(levels) > 1 else tf.zeros_like(box_index)
+    box_sizes = tf.gather(tf.constant(sizes, tf.int32), chosen)  # [N, 2]
+    ratio = tf.cast(box_sizes, tf.float32) / tf.constant(image_size, tf.float32)
+    scaled = boxes * tf.concat([ratio, ratio], axis=1)
+    normalised = crop_boxes_for(scaled, image_size=(box_sizes[:, 0], box_sizes[:, 1]), crop=crop)
+    offsets = tf.cast(box_index, tf.int32) * sum(lengths) + tf.gather(tf.constant(starts), chosen)
+    crops = bilinear_gather(tf.reshape(table, [-1, channels]), offsets, box_sizes[:, 0], box_sizes[:, 1],
+                            normalised, (crop, crop), 0.0)
+    return tf.ensure_shape(crops, [None, crop, crop, channels])

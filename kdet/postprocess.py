@@ -100,14 +100,18 @@ def class_aware_nms(
         )[0::2]
         return selected, num_valid
 
-    selected, num_valid = tf.map_fn(
-        one_image,
-        (boxes, scores, shifted),
-        fn_output_signature=(
-            tf.TensorSpec([max_detections], tf.int32),
-            tf.TensorSpec([], tf.int32),
-        ),
-    )
+    if boxes.shape[0] == 1:  # a static batch of one (TFLite exports): no loop op around the NMS
+        selected, num_valid = one_image((boxes[0], scores[0], shifted[0]))
+        selected, num_valid = selected[None], num_valid[None]
+    else:
+        selected, num_valid = tf.map_fn(
+            one_image,
+            (boxes, scores, shifted),
+            fn_output_signature=(
+                tf.TensorSpec([max_detections], tf.int32),
+                tf.TensorSpec([], tf.int32),
+            ),
+        )
     valid = tf.range(max_detections)[None, :] < num_valid[:, None]
     out_boxes = tf.gather(boxes, selected, batch_dims=1)
     out_scores = tf.gather(scores, selected, batch_dims=1)

@@ -127,7 +127,7 @@ def _lerp_indices(coords: tf.Tensor, size: tf.Tensor):
     return low, high, frac
 
 
-def _bilinear_gather(
+def bilinear_gather(
     flat: tf.Tensor,
     offsets: tf.Tensor,
     heights: tf.Tensor,
@@ -214,7 +214,7 @@ def crop_and_resize_bilinear(
     height, width = shape[1], shape[2]
     flat = tf.reshape(image, [-1, _dim(image, 3)])
     ones = tf.ones_like(box_indices)
-    return _bilinear_gather(
+    return bilinear_gather(
         flat, box_indices * height * width, ones * height, ones * width, boxes, crop_size, extrapolation_value
     )
 
@@ -378,7 +378,7 @@ def _gather_all_levels(padded, boxes, box_indices, box_levels, crop):
     )
     offsets = box_indices * per_image + tf.gather(starts, slot)
     flat = tf.reshape(table, [-1, channels])
-    return _bilinear_gather(flat, offsets, box_sizes[:, 0], box_sizes[:, 1], normalised, [crop, crop], 0.0)
+    return bilinear_gather(flat, offsets, box_sizes[:, 0], box_sizes[:, 1], normalised, [crop, crop], 0.0)
 
 
 def _dim(tensor: tf.Tensor, axis: int):

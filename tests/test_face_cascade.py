@@ -10,8 +10,12 @@ from kdet.data import face_mining
 from kdet.detectors.face_cascade import FaceCascade
 from kdet.face_pyramid import (
     best_levels,
+    build_pyramid,
     crop_boxes_for,
+    gather_crops,
     pyramid_scales,
+    resize_level,
+    resize_level_gather,
     response_map_max_pool,
     square_boxes,
     window_boxes,
@@ -269,3 +273,41 @@ def test_detect_output_contract(crop_source, crop_method):
     assert int(tiny["num_detections"][0]) == 0
     with pytest.raises(ValueError, match="static H, W"):
         model.detect(tf.zeros([1, 8, 8], tf.uint8))
+
+
+# ------------------------------------------------------------ TFLite-builtin twins
+@pytest.mark.parametrize("size", [(339, 453), (240, 320), (170, 226), (600, 800), (7, 9), (480, 640)])
+def test_gather_resize_matches_antialiased_tf_resize(size):
+    images = tf.random.stateless_uniform([2, 480, 640, 3], (1, 2), 0, 255)
+    np.testing.assert_allclose(resize_level_gather(images, size).numpy(), resize_level(images, size).numpy(),
+                               atol=0.02, rtol=0)
+
+
+def test_gather_crops_match_per_level_crop_and_resize():
+    images = tf.random.stateless_uniform([2, 120, 160, 3], (3, 4), 0, 255)
+    scales = pyramid_scales((120, 160), min_face_size=16, window=12, levels_per_octave=2)
+    levels = [images] + build_pyramid(images, scales)
+    level_scales = [1.0] + list(scales)
+    boxes = tf.constant([[10, 10, 40, 40], [0, 0, 24, 24], [50, 60, 118, 128], [-5, 140, 20, 165],
+                         [30, 30, 33, 33]], tf.float32)
+    index = tf.constant([0, 1, 0, 1, 0], tf.int32)
+    reference = FaceCascade().crop_patches(levels, level_scales, boxes, index, (120, 160), 24)
+    got = gather_crops(levels, level_scales, boxes, index, image_size=(120, 160), crop=24)
+    assert got.shape == (5, 24, 24, 3)
+    np.testing.assert_allclose(got.numpy(), reference.numpy(), atol=1e-3, rtol=0)
+
+
+def test_use_gather_detects_the_same_faces():
+    common = dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    model = FaceCascade(**common)
+    model.build(None)
+    twin = FaceCascade(**common, use_gather=True)
+    twin.build(None)
+    twin.set_weights(model.get_weights())
+    images = tf.constant(np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3)).astype(np.uint8))
+    a, b = model.detect(images), twin.detect(images)
+    np.testing.assert_array_equal(a["num_detections"].numpy(), b["num_detections"].numpy())
+    np.testing.assert_allclose(b["scores"].numpy(), a["scores"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(b["boxes"].numpy(), a["boxes"].numpy(), atol=1e-2)
+    with pytest.raises(ValueError, match="bilinear"):
+        FaceCascade(use_gather=True, crop_method="nearest")

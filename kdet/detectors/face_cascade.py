@@ -38,6 +38,7 @@ from kdet.face_pyramid import (
     best_levels,
     build_pyramid,
     crop_boxes_for,
+    gather_crops,
     pyramid_scales,
     response_map_max_pool,
     square_boxes,
@@ -82,6 +83,12 @@ class FaceCascade(keras.Model):
         paper's no-resize crop).
       nms_iou_threshold: the final NMS.
       max_detections: K of the output contract.
+      use_gather: build the pyramid and crop the patches with gathers and
+        arithmetic (:func:`kdet.face_pyramid.resize_level_gather`,
+        :func:`kdet.face_pyramid.gather_crops`) instead of ``tf.image``
+        resize / ``crop_and_resize``: the same values to float rounding,
+        and TFLite builtins only (what :mod:`kdet.tflite` converts).
+        Bilinear crops only.
     """
 
     def __init__(
@@ -105,6 +112,7 @@ class FaceCascade(keras.Model):
         crop_method: str = "bilinear",
         nms_iou_threshold: float = 0.3,
         max_detections: int = 100,
+        use_gather: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -116,6 +124,8 @@ class FaceCascade(keras.Model):
             raise ValueError(f"crop_source must be one of {CROP_SOURCES}, got {crop_source!r}")
         if crop_method not in ("bilinear", "nearest"):
             raise ValueError(f"crop_method must be 'bilinear' or 'nearest', got {crop_method!r}")
+        if use_gather and crop_method != "bilinear":
+            raise ValueError("use_gather=True crops bilinearly only: pass crop_method='bilinear'")
         for name, value, size in (("thresholds", thresholds, 2), ("loss_weights", loss_weights, 3),
                                   ("test_thresholds", test_thresholds, 3), ("offset_mean", offset_mean, 4),
                                   ("offset_std", offset_std, 4)):
@@ -135,9 +145,10 @@ class FaceCascade(keras.Model):
     def build(self, input_shape=None):
         if self.built:
             return
-        self.x12.build((None, 12, 12, 3))
-        self.x24.build(((None, 24, 24, 3), (None, 16)))
-        self.x48.build(((None, 48, 48, 3), (None, 144)))
+        for branch, shape in ((self.x12, (None, 12, 12, 3)), (self.x24, ((None, 24, 24, 3), (None, 16))),
+                              (self.x48, ((None, 48, 48, 3), (None, 144)))):
+            if not branch.built:  # detect() may have built some already
+                branch.build(shape)
         self.built = True
 
     # ----------------------------------------------------------------- network
@@ -231,6 +242,8 @@ class FaceCascade(keras.Model):
         boxes only.
         """
         method = self._config["crop_method"]
+        if self._config["use_gather"]:
+            return gather_crops(levels, level_scales, boxes, box_index, image_size=image_size, crop=crop)
         if len(levels) == 1:
             return tf.image.crop_and_resize(levels[0], crop_boxes_for(boxes, image_size=image_size, crop=crop),
                                             box_index, (crop, crop), method)
@@ -269,29 +282,24 @@ class FaceCascade(keras.Model):
         """
         batch, k = tf.shape(boxes)[0], tf.shape(boxes)[1]
         squares = tf.reshape(square_boxes(boxes), [-1, 4])
-        keep = tf.where(tf.reshape(scores, [-1]) > 0)[:, 0]
-        total = tf.cast(batch * k, tf.int64)
+        keep = tf.cast(tf.where(tf.reshape(scores, [-1]) > 0)[:, 0], tf.int32)  # int32: TFLite has no int64 FloorDiv
+        total = batch * k
 
-        def run():
-            # Pad the survivors to a multiple of 32 by repeating the first: the CPU kernels cache
-            # their set-up per batch size, and a new size every frame costs more than the padding.
-            count = tf.size(keep)
-            padded = (count + 31) // 32 * 32
-            rows = tf.concat([keep, tf.fill([padded - count], keep[0])], axis=0)
-            kept = tf.gather(squares, rows)
-            crop = {2: 24, 3: 48}[depth]
-            index = tf.cast(rows // tf.cast(k, tf.int64), tf.int32)
-            out = self.branches(self.crop_patches(*sources, kept, index, image_size, crop), depth=depth)
-            name = BRANCHES[depth - 1]
-            probs = tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:count, 1]
-            refined = self.box_coder.decode(self.denormalize_offsets(out[f"{name}_offsets"][:count]), kept[:count])
-            return (tf.scatter_nd(keep[:, None], tf.where(probs >= threshold, probs, 0.0), [total]),
-                    tf.scatter_nd(keep[:, None], refined, tf.stack([total, 4])))
-
-        def nothing():  # TF's CPU conv mishandles an empty batch: skip the stage instead
-            return tf.zeros([total]), tf.zeros(tf.stack([total, 4]))
-
-        new_scores, new_boxes = tf.cond(tf.size(keep) > 0, run, nothing)
+        # Pad the survivors to a multiple of 32 (at least 32) by repeating the first (or row 0): the CPU
+        # kernels cache their set-up per batch size, a new size every frame costs more than the padding,
+        # and TF's CPU Conv2D mishandles an empty batch. No tf.cond: TFLite keeps variables read inside
+        # an IF branch as resource variables instead of constants.
+        count = tf.size(keep)
+        padded = tf.maximum((count + 31) // 32 * 32, 32)
+        rows = tf.concat([keep, tf.fill([padded - count], tf.concat([keep, [0]], axis=0)[0])], axis=0)
+        kept = tf.gather(squares, rows)
+        crop = {2: 24, 3: 48}[depth]
+        out = self.branches(self.crop_patches(*sources, kept, rows // k, image_size, crop), depth=depth)
+        name = BRANCHES[depth - 1]
+        probs = tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:count, 1]
+        refined = self.box_coder.decode(self.denormalize_offsets(out[f"{name}_offsets"][:count]), kept[:count])
+        new_scores = tf.scatter_nd(keep[:, None], tf.where(probs >= threshold, probs, 0.0), [total])
+        new_boxes = tf.scatter_nd(keep[:, None], refined, tf.stack([total, 4]))
         return tf.reshape(new_scores, [batch, k]), tf.reshape(new_boxes, [batch, k, 4])
 
     @staticmethod
@@ -313,7 +321,7 @@ class FaceCascade(keras.Model):
         if not scales:
             return postprocess.empty_detections(tf.shape(images)[0], cfg["max_detections"])
         x = self.preprocess(images)
-        levels = build_pyramid(x, scales)
+        levels = build_pyramid(x, scales, use_gather=cfg["use_gather"])
         t1, t2, t3 = cfg["test_thresholds"]
         scores, boxes = self._stage1(levels, image_size)
         scores, boxes = self._top(tf.where(scores >= t1, scores, 0.0), boxes, cfg["stage1_max_boxes"])

@@ -1,0 +1,232 @@
+"""SavedModel serving for every kdet detector: one ``tf.Module``, two TF-Serving signatures.
+
+:class:`DetectionServingModule` wraps any detector with a ``detect(images)``
+method that returns kdet's output contract (:mod:`kdet.postprocess`):
+:class:`~kdet.detectors.retinanet.RetinaNet` (focal, AP-loss and
+consistent: one inference graph), :class:`~kdet.detectors.cascade_rcnn.CascadeRCNN`
+(also the Faster R-CNN and RPN face detectors) and
+:class:`~kdet.detectors.face_cascade.FaceCascade`. Signatures:
+
+* ``serving_default(input_tensor: uint8 [B, H, W, 3])``: a batch of images of
+  any one height and width (the signature accepts any rank so that a wrong
+  one gets this module's error rather than a shape-mismatch one; a wrong
+  dtype is refused by TensorFlow: "expected to be a uint8 tensor");
+* ``serving_bytes(input_tensor: string [B])``: encoded JPEG / PNG (also GIF,
+  BMP) images of any sizes, as TF Serving's REST API carries them (base64 in
+  the JSON). Grey and RGBA images are converted to RGB.
+
+Both letterbox every image into the model's fixed ``input_size`` (scale to
+fit, keep the aspect ratio, pad bottom and right with 0), run the detector and
+map the boxes back. Outputs follow the TF Object Detection API::
+
+    detection_boxes    float32 [B, K, 4]  yxyx normalised to the original image
+    detection_scores   float32 [B, K]
+    detection_classes  float32 [B, K]     label-map ids (class index + 1), 0 on padding
+    num_detections     float32 [B]
+
+Rows at and after ``num_detections`` are padding (zeros); detections that lie
+wholly in the letterbox padding are dropped. The label map
+travels with the model as the asset ``assets/label_map.pbtxt`` (TF Object
+Detection API ``item { id: 1 name: "..." }`` form). A zero-sized image gives
+zero detections; a wrong channel count or a corrupt encoded image raises an
+``InvalidArgumentError`` that says what was expected.
+
+The detector's variables are tracked, not the Keras model object: a Keras
+model's own SavedModel signature would be traced too, on unknown shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Sequence
+
+import tensorflow as tf
+
+#: TF Object Detection API output names, in signature order.
+OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
+SIGNATURES = ("serving_default", "serving_bytes")
+LABEL_MAP_FILE = "label_map.pbtxt"
+
+
+def label_map_pbtxt(class_names: Sequence[str]) -> str:
+    """The TF Object Detection API label map of ``class_names`` (ids from 1)."""
+    items = []
+    for i, name in enumerate(class_names):
+        escaped = str(name).replace("\\", "\\\\").replace('"', '\\"')
+        items.append(f'item {{\n  id: {i + 1}\n  name: "{escaped}"\n}}\n')
+    return "".join(items)
+
+
+def parse_label_map(text: str) -> dict[int, str]:
+    """``{id: name}`` of a label map written by :func:`label_map_pbtxt`."""
+    import re
+
+    pairs = re.findall(r'id:\s*(\d+)\s*name:\s*"((?:[^"\\]|\\.)*)"', text)
+    return {int(i): name.replace('\\"', '"').replace("\\\\", "\\") for i, name in pairs}
+
+
+def letterbox(images: tf.Tensor, size: Sequence[int]) -> tuple[tf.Tensor, tf.Tensor]:
+    """Scales a batch to fit ``size`` keeping its aspect ratio, pads bottom/right with 0.
+
+    Args:
+      images: ``[B, H, W, 3]`` (one size for the batch), any real dtype; H, W > 0.
+      size: ``(height, width)`` python ints of the output.
+
+    Returns:
+      ``(canvas float32 [B, height, width, 3] (static shape), scale float32 [])``:
+      a pixel ``p`` of ``images`` is at ``p * scale`` on the canvas.
+    """
+    height, width = int(size[0]), int(size[1])
+    hw = tf.cast(tf.shape(images)[1:3], tf.float32)
+    scale = tf.minimum(height / hw[0], width / hw[1])
+    new_hw = tf.clip_by_value(tf.cast(tf.round(hw * scale), tf.int32), 1, [height, width])
+    resized = tf.image.resize(tf.cast(images, tf.float32), new_hw, method="bilinear")
+    canvas = tf.image.pad_to_bounding_box(resized, 0, 0, height, width)
+    return tf.ensure_shape(canvas, [None, height, width, 3]), scale
+
+
+def to_detection_api(detections: dict, scale: tf.Tensor, original_hw: tf.Tensor, valid: tf.Tensor) -> dict:
+    """The output contract on a letterboxed canvas -> TF Object Detection API outputs.
+
+    Args:
+      detections: the contract dict (boxes in canvas pixels).
+      scale: ``[B]`` (or scalar) canvas pixels per original pixel.
+      original_hw: ``[B, 2]`` (or ``[2]``) original heights and widths.
+      valid: ``[B]`` bool; invalid images report zero detections.
+    """
+    batch = tf.shape(detections["scores"])[0]
+    k = tf.shape(detections["scores"])[1]
+    scale = tf.broadcast_to(tf.reshape(tf.cast(scale, tf.float32), [-1]), [batch])
+    hw = tf.broadcast_to(tf.reshape(tf.cast(original_hw, tf.float32), [-1, 2]), [batch, 2])
+    extent = tf.maximum(tf.concat([hw, hw], axis=1), 1.0)[:, None, :]
+    boxes = tf.clip_by_value(detections["boxes"] / scale[:, None, None] / extent, 0.0, 1.0)
+    # Boxes that lay wholly in the letterbox padding are empty once clipped: drop them and close the gaps
+    # (a stable sort keeps the score order of the rest).
+    inside = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+    keep = (tf.range(k)[None, :] < detections["num_detections"][:, None]) & inside & valid[:, None]
+    order = tf.argsort(tf.cast(~keep, tf.int32), axis=1, stable=True)
+    keep = tf.gather(keep, order, batch_dims=1)
+    boxes = tf.gather(boxes, order, batch_dims=1)
+    scores = tf.gather(detections["scores"], order, batch_dims=1)
+    classes = tf.gather(detections["classes"], order, batch_dims=1)
+    return {
+        "detection_boxes": tf.where(keep[..., None], boxes, 0.0),
+        "detection_scores": tf.where(keep, scores, 0.0),
+        "detection_classes": tf.where(keep, tf.cast(classes + 1, tf.float32), 0.0),
+        "num_detections": tf.reduce_sum(tf.cast(keep, tf.float32), axis=1),
+    }
+
+
+def _is_supported_image(data: tf.Tensor) -> tf.Tensor:
+    """Whether encoded bytes start like a JPEG, PNG, GIF or BMP file."""
+    head = tf.strings.substr(data, 0, 4)
+    return tf.reduce_any(tf.stack([
+        tf.strings.substr(head, 0, 3) == b"\xff\xd8\xff",
+        head == b"\x89PNG",
+        tf.strings.substr(head, 0, 3) == b"GIF",
+        tf.strings.substr(head, 0, 2) == b"BM",
+    ]))
+
+
+def class_names_of(model) -> list[str]:
+    """Default label names: ``["face"]`` for face detectors, ``class_1..class_C`` otherwise."""
+    config = model.get_config()
+    if "num_classes" not in config:
+        return ["face"]
+    return [f"class_{i + 1}" for i in range(int(config["num_classes"]))]
+
+
+class DetectionServingModule(tf.Module):
+    """A detector with explicit serving signatures (see the module docstring).
+
+    Args:
+      model: a kdet detector (``detect(images float32 [B, h, w, 3]) -> contract``).
+      input_size: ``(height, width)`` the detector runs at; every request is
+        letterboxed into it. RetinaNet and Cascade R-CNN need multiples of
+        ``2 ** max_level``; FaceCascade builds its pyramid for this size.
+      class_names: label names in class-index order (default
+        :func:`class_names_of`).
+    """
+
+    def __init__(self, model, *, input_size: Sequence[int], class_names: Sequence[str] | None = None,
+                 name: str | None = None):
+        super().__init__(name=name)
+        if len(input_size) != 2 or min(int(s) for s in input_size) < 1:
+            raise ValueError(f"input_size must be (height, width) positive ints, got {input_size!r}")
+        self.input_size = tuple(int(s) for s in input_size)
+        names = list(class_names) if class_names is not None else class_names_of(model)
+        config = model.get_config()
+        if "num_classes" in config and len(names) != int(config["num_classes"]):
+            raise ValueError(f"class_names has {len(names)} names but the model has {config['num_classes']} classes")
+        self.class_names = names
+        if not model.built:
+            model.build(None)
+        self.model_variables = list(model.variables)  # tracked: the graph reads them
+        folder = tempfile.mkdtemp(prefix="kdet_label_map_")
+        with open(os.path.join(folder, LABEL_MAP_FILE), "w") as f:
+            f.write(label_map_pbtxt(names))
+        self.label_map = tf.saved_model.Asset(os.path.join(folder, LABEL_MAP_FILE))
+        detect = model.detect  # a closure, so the Keras model object itself is not tracked
+        size = self.input_size
+
+        def run(canvas, scale, original_hw, valid):
+            return to_detection_api(detect(canvas), scale, original_hw, valid)
+
+        def serve_images(input_tensor):
+            expected = "serving_default expects uint8 RGB images [batch, height, width, 3]; got shape"
+            rank_ok = tf.debugging.Assert(tf.equal(tf.rank(input_tensor), 4), [expected, tf.shape(input_tensor)])
+            with tf.control_dependencies([rank_ok]):
+                shape = tf.shape(input_tensor)
+                channels_ok = tf.debugging.Assert(tf.equal(shape[-1], 3), [
+                    expected, shape, "(channels must be 3: convert grey/RGBA to RGB, or send encoded images to "
+                    "serving_bytes)"])
+            with tf.control_dependencies([channels_ok]):
+                input_tensor = tf.ensure_shape(tf.identity(input_tensor), [None, None, None, 3])
+            valid = shape[1] * shape[2] > 0
+            safe = tf.cond(valid, lambda: input_tensor, lambda: tf.zeros([shape[0], 1, 1, 3], tf.uint8))
+            canvas, scale = letterbox(safe, size)
+            return run(canvas, scale, shape[1:3], tf.fill([shape[0]], valid))
+
+        def decode_one(data):
+            tf.debugging.Assert(_is_supported_image(data), [
+                "serving_bytes: an input is not an encoded JPEG, PNG, GIF or BMP image; first bytes:",
+                tf.strings.substr(data, 0, 8)])
+            image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+            hw = tf.shape(image)[:2]
+            valid = hw[0] * hw[1] > 0
+            safe = tf.cond(valid, lambda: image, lambda: tf.zeros([1, 1, 3], tf.uint8))
+            canvas, scale = letterbox(safe[None], size)
+            return canvas[0], scale, hw, valid
+
+        def serve_bytes(input_tensor):
+            canvas, scale, hw, valid = tf.map_fn(
+                decode_one, input_tensor,
+                fn_output_signature=(tf.TensorSpec([size[0], size[1], 3], tf.float32), tf.TensorSpec([], tf.float32),
+                                     tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.bool)))
+            return run(canvas, scale, hw, valid)
+
+        self.serving_default = tf.function(
+            serve_images, input_signature=[tf.TensorSpec(None, tf.uint8, name="input_tensor")])
+        self.serving_bytes = tf.function(
+            serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="input_tensor")])
+
+    def signatures(self) -> dict:
+        return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
+
+
+def export_saved_model(model, path: str, *, input_size: Sequence[int],
+                       class_names: Sequence[str] | None = None) -> str:
+    """Writes ``model`` as a SavedModel with the two serving signatures; returns ``path``.
+
+    ``path`` is the version folder TF Serving loads (e.g. ``models/faces/1``).
+    """
+    module = DetectionServingModule(model, input_size=input_size, class_names=class_names)
+    tf.saved_model.save(module, path, signatures=module.signatures())
+    return path
+
+
+def load_label_map(path: str) -> dict[int, str]:
+    """``{id: name}`` from an exported SavedModel folder."""
+    with open(os.path.join(path, "assets", LABEL_MAP_FILE)) as f:
+        return parse_label_map(f.read())

@@ -1,0 +1,202 @@
+"""TFLite conversion with builtin ops only, quantisation, and a LiteRT runner.
+
+:func:`convert` turns a kdet detector into a ``.tflite`` flatbuffer whose
+single signature ``serving_default`` takes ``images: uint8 [1, H, W, 3]`` at
+a fixed size and returns the output contract (:mod:`kdet.postprocess`):
+``boxes`` float32 ``[1, K, 4]`` yxyx pixels of the input, ``scores [1, K]``,
+``classes`` int32 ``[1, K]`` (-1 on padding) and ``num_detections`` int32
+``[1]``. Pre-processing and post-processing (decode, NMS) are inside.
+
+Only TFLite builtin ops are allowed: the ``ai_edge_litert`` interpreter on
+PyPI and a phone without the Flex delegate cannot run Select-TF ops. The
+converter is told so (``TFLITE_BUILTINS``), and :func:`flex_ops` checks the
+written flatbuffer again. Models that use ops without a builtin
+(``tf.image.crop_and_resize``, the antialiased resize) convert through their
+gather twins: pass ``use_gather=True`` variants (:func:`export_variant` does).
+
+Quantisation (``quantization``):
+
+* ``"float32"``: no change;
+* ``"float16"``: weights stored as float16, computed in float32;
+* ``"int8"``: full-integer quantisation of weights and activations,
+  calibrated on ``representative_images`` drawn from the data pipeline;
+  ops without an int8 kernel (NMS, gathers of boxes, the decode
+  arithmetic) stay float (``TFLITE_BUILTINS_INT8`` + ``TFLITE_BUILTINS``),
+  and the image input stays uint8.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Iterable, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+QUANTIZATIONS = ("float32", "float16", "int8")
+
+
+def export_variant(model):
+    """A copy of ``model`` whose ops are all TFLite-convertible, with the same weights.
+
+    FaceCascade gets ``use_gather=True`` (pyramid and crops with gathers),
+    CascadeRCNN ``use_gather_roi_align=True``; RetinaNet is returned as is.
+    The copy computes the same detections to float rounding.
+    """
+    config = model.get_config()
+    switch = {"FaceCascade": "use_gather", "CascadeRCNN": "use_gather_roi_align"}.get(type(model).__name__)
+    if switch is None or config.get(switch):
+        return model
+    twin = type(model)(**{**config, switch: True})
+    if not model.built:
+        model.build(None)
+    twin.build(None)
+    twin.set_weights(model.get_weights())
+    return twin
+
+
+def frozen_signature(model, input_size: Sequence[int]):
+    """``images uint8 [1, h, w, 3] -> contract dict`` as a concrete function with the weights as constants.
+
+    Freezing first matters: the converter keeps variables that it reads
+    through nested function calls as resource variables (READ_VARIABLE ops
+    that need an initialiser run); constants convert to plain builtins and
+    let fully-connected layers become FULLY_CONNECTED.
+    """
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    if not model.built:
+        model.build(None)
+    height, width = int(input_size[0]), int(input_size[1])
+    spec = tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")
+    detect = tf.function(lambda images: model.detect(tf.cast(images, tf.float32)), input_signature=[spec])
+    concrete = detect.get_concrete_function()
+    names = sorted(concrete.structured_outputs)  # a frozen function returns its outputs flattened, keys sorted
+    frozen = convert_variables_to_constants_v2(concrete)
+
+    @tf.function(input_signature=[spec])
+    def named(images):
+        return dict(zip(names, frozen(images)))
+
+    return named.get_concrete_function()
+
+
+def convert(model, *, input_size: Sequence[int], quantization: str = "float32",
+            representative_images: Iterable[np.ndarray] | None = None) -> bytes:
+    """Converts ``model`` for ``input_size`` (h, w) images; returns the flatbuffer.
+
+    Args:
+      model: a kdet detector, already TFLite-convertible (see :func:`export_variant`).
+      input_size: ``(height, width)`` of the fixed input.
+      quantization: one of :data:`QUANTIZATIONS`.
+      representative_images: for ``"int8"``: ``[H, W, 3]`` uint8 images of
+        that size (a few dozen real ones; the calibration ranges come from them).
+
+    Raises:
+      ValueError: unknown quantization, int8 without images, or a Flex op in
+        the result.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if quantization == "int8" and representative_images is None:
+        raise ValueError("int8 quantization needs representative_images ([H, W, 3] uint8 images of the input size)")
+    signature = frozen_signature(model, input_size)
+    with tempfile.TemporaryDirectory(prefix="kdet_tflite_") as folder:
+        tf.saved_model.save(tf.Module(), folder, signatures={"serving_default": signature})
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serving_default"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantization == "int8":
+            images = [np.asarray(image, np.uint8) for image in representative_images]
+            expected = (int(input_size[0]), int(input_size[1]), 3)
+            if not images or any(image.shape != expected for image in images):
+                raise ValueError(f"representative_images must be a non-empty list of {expected} uint8 images, got "
+                                 f"shapes {sorted({image.shape for image in images})}")
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([image[None]] for image in images)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                                   tf.lite.OpsSet.TFLITE_BUILTINS]
+        flatbuffer = converter.convert()
+    found = flex_ops(flatbuffer)
+    if found:
+        raise ValueError(f"the converted model contains non-builtin ops {found}; LiteRT from PyPI cannot run them")
+    return flatbuffer
+
+
+def ops_used(flatbuffer: bytes) -> dict[str, int]:
+    """``{op name: count}`` over every subgraph; custom ops by their custom name (Flex ops ``Flex...``)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        custom = code.CustomCode()
+        codes.append(custom.decode() if custom else names.get(builtin, f"BUILTIN_{builtin}"))
+    counts: dict[str, int] = {}
+    for g in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(g)
+        for i in range(subgraph.OperatorsLength()):
+            name = codes[subgraph.Operators(i).OpcodeIndex()]
+            counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def flex_ops(flatbuffer: bytes) -> list[str]:
+    """Names of the Select-TF (Flex) and other custom ops in a flatbuffer (empty when builtins only)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    builtin = {name for name in vars(schema.BuiltinOperator) if not name.startswith("_")}
+    return [name for name in ops_used(flatbuffer) if name not in builtin or name == "CUSTOM"]
+
+
+class LiteRTDetector:
+    """Runs a :func:`convert` flatbuffer with the ``ai_edge_litert`` interpreter.
+
+    Args:
+      model: flatbuffer bytes or a ``.tflite`` path.
+      num_threads: interpreter threads.
+
+    Calling it on ``[H, W, 3]`` or ``[1, H, W, 3]`` uint8 returns the output
+    contract as NumPy arrays with a batch axis of 1.
+    """
+
+    def __init__(self, model: bytes | str, *, num_threads: int = 1):
+        from ai_edge_litert.interpreter import Interpreter
+
+        content = model if isinstance(model, (bytes, bytearray)) else open(model, "rb").read()
+        self.interpreter = Interpreter(model_content=bytes(content), num_threads=num_threads)
+        self.runner = self.interpreter.get_signature_runner("serving_default")
+        details = self.runner.get_input_details()["images"]
+        self.input_shape = tuple(int(d) for d in details["shape"])
+
+    def __call__(self, image: np.ndarray) -> dict[str, np.ndarray]:
+        image = np.asarray(image)
+        if image.ndim == 3:
+            image = image[None]
+        if image.shape != self.input_shape or image.dtype != np.uint8:
+            raise ValueError(f"this TFLite model takes uint8 images of shape {self.input_shape[1:]} "
+                             f"(or {self.input_shape}); got {image.dtype} {image.shape}")
+        return self.runner(images=image)
+
+
+def summary(flatbuffer: bytes) -> dict:
+    """Size, ops and the signature's inputs and outputs of a flatbuffer."""
+    runner = LiteRTDetector(flatbuffer).runner
+    describe = lambda details: {k: {"shape": [int(d) for d in v["shape"]], "dtype": np.dtype(v["dtype"]).name}  # noqa: E731
+                                for k, v in sorted(details.items())}
+    return {"bytes": len(flatbuffer), "ops": ops_used(flatbuffer), "flex_ops": flex_ops(flatbuffer),
+            "inputs": describe(runner.get_input_details()), "outputs": describe(runner.get_output_details())}
+
+
+def write(flatbuffer: bytes, path: str) -> str:
+    """Writes the flatbuffer to ``path`` (folders created); returns the path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+    return path

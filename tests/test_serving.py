@@ -1,0 +1,143 @@
+"""SavedModel serving: both signatures for every detector, parity with Keras, label map, bad input."""
+
+import io
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from kdet import serving
+from kdet.detectors.cascade_rcnn import CascadeRCNN
+from kdet.detectors.face_cascade import FaceCascade
+from kdet.detectors.retinanet import RetinaNet
+from tests.detection_parity import assert_same_detections
+
+SIZE = (128, 128)
+RPN = dict(backbone="tiny", freeze_batchnorm=False, fpn_filters=16, head_filters=16, pre_nms_top_k_test=200,
+           max_proposals_test=32)
+
+
+def _retinanet():
+    # prior 0.3: an untrained head already scores above the 0.05 threshold, so there is something to compare
+    return RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16, head_convs=1, head_filters=16,
+                     prior_probability=0.3, pre_nms_top_k=50, max_detections=20)
+
+
+def _cascade():
+    return CascadeRCNN(num_classes=3, rpn=RPN, fc_dim=32, max_detections=20, score_threshold=0.2)
+
+
+def _faces():
+    return FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+
+
+def _image(seed=0, size=SIZE):
+    rng = np.random.default_rng(seed)
+    h, w = size
+    image = np.full(size + (3,), 90, np.uint8)
+    image[h // 6:h // 2, w // 4:3 * w // 4] = rng.integers(0, 255, 3)
+    image[h // 2:, : w // 3] = rng.integers(0, 255, (h - h // 2, w // 3, 3))
+    return image
+
+
+def _png(array) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _as_contract(outputs: dict, size=SIZE) -> dict:
+    """SavedModel outputs (normalised, 1-based float classes) -> the contract in pixels."""
+    h, w = size
+    return {"boxes": outputs["detection_boxes"].numpy() * [h, w, h, w], "scores": outputs["detection_scores"].numpy(),
+            "classes": outputs["detection_classes"].numpy().astype(int) - 1,
+            "num_detections": outputs["num_detections"].numpy().astype(int)}
+
+
+@pytest.fixture(scope="module", params=["retinanet", "cascade_rcnn", "face_cascade"])
+def exported(request, tmp_path_factory):
+    import keras
+
+    keras.utils.set_random_seed(7)
+    model = {"retinanet": _retinanet, "cascade_rcnn": _cascade, "face_cascade": _faces}[request.param]()
+    model.detect(tf.zeros((1,) + SIZE + (3,)))  # builds every layer
+    path = str(tmp_path_factory.mktemp(request.param) / "1")
+    serving.export_saved_model(model, path, input_size=SIZE)
+    return request.param, model, path, tf.saved_model.load(path)
+
+
+def test_both_signatures_match_keras(exported):
+    name, model, _, loaded = exported
+    image = _image()
+    keras_out = {k: v.numpy() for k, v in model.detect(tf.constant(image[None], tf.float32)).items()}
+    assert keras_out["num_detections"][0] > 0, "nothing detected: the comparison would be empty"
+    assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
+    default = loaded.signatures["serving_default"](input_tensor=tf.constant(image[None]))
+    assert sorted(default) == sorted(serving.OUTPUT_NAMES)
+    assert_same_detections(keras_out, _as_contract(default), min_iou=0.99, score_tolerance=1e-4)
+    from_bytes = loaded.signatures["serving_bytes"](input_tensor=tf.constant([_png(image)]))
+    assert_same_detections(keras_out, _as_contract(from_bytes), min_iou=0.99, score_tolerance=1e-4)
+
+
+def test_label_map_travels_as_an_asset(exported):
+    name, model, path, _ = exported
+    expected = {1: "face"} if name == "face_cascade" else {1: "class_1", 2: "class_2", 3: "class_3"}
+    assert serving.load_label_map(path) == expected
+
+
+def test_other_sizes_are_letterboxed_and_boxes_normalised_to_the_original(exported):
+    _, model, _, loaded = exported
+    image = _image(1, (64, 100))  # scale 1.28 into 128x128, padded at the bottom
+    out = loaded.signatures["serving_default"](input_tensor=tf.constant(image[None]))
+    canvas = np.zeros(SIZE + (3,), np.float32)
+    canvas[:82, :128] = tf.image.resize(image[None].astype(np.float32), (82, 128))[0].numpy()
+    reference = {k: v.numpy() for k, v in model.detect(tf.constant(canvas[None])).items()}
+    reference["boxes"] = np.clip(reference["boxes"] / 1.28 / [64, 100, 64, 100], 0, 1)
+    n = int(reference["num_detections"][0])  # the module drops boxes wholly in the padding
+    inside = (reference["boxes"][0, :n, 2] > reference["boxes"][0, :n, 0]) & (
+        reference["boxes"][0, :n, 3] > reference["boxes"][0, :n, 1])
+    reference = {"boxes": reference["boxes"][:, :n][:, inside], "scores": reference["scores"][:, :n][:, inside],
+                 "classes": reference["classes"][:, :n][:, inside], "num_detections": [int(inside.sum())]}
+    got = {"boxes": out["detection_boxes"].numpy(), "scores": out["detection_scores"].numpy(),
+           "classes": out["detection_classes"].numpy().astype(int) - 1,
+           "num_detections": out["num_detections"].numpy().astype(int)}
+    assert_same_detections(reference, got, min_iou=0.99, score_tolerance=1e-4)
+    n = int(got["num_detections"][0])
+    assert (out["detection_classes"].numpy()[0, n:] == 0).all() and (got["boxes"][0, n:] == 0).all()
+
+
+def test_bad_input_and_edge_cases():
+    import keras
+
+    keras.utils.set_random_seed(7)
+    model = _retinanet()
+    module = serving.DetectionServingModule(model, input_size=SIZE, class_names=["a", "b", "c"])
+    default, from_bytes = module.serving_default, module.serving_bytes
+    empty = default(tf.zeros([2, 0, 50, 3], tf.uint8))
+    assert empty["num_detections"].numpy().tolist() == [0, 0]
+    assert empty["detection_boxes"].shape == (2, 20, 4)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="channels must be 3"):
+        default(tf.zeros([1, 8, 8, 4], tf.uint8))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"not compatible|\[batch, height, width, 3\]"):
+        default(tf.zeros([8, 8, 3], tf.uint8))
+    with pytest.raises((TypeError, ValueError, tf.errors.InvalidArgumentError), match="uint8"):
+        module.signatures()["serving_default"](input_tensor=tf.zeros([1, 8, 8, 3], tf.float32))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not an encoded JPEG, PNG"):
+        from_bytes(tf.constant([b"definitely not an image"]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="PNG"):
+        from_bytes(tf.constant([_png(_image())[:100]]))  # truncated
+    # grey and RGBA PNGs are converted to RGB: the same detections as the RGB image
+    grey = np.asarray(Image.fromarray(_image()).convert("L"))
+    rgb = np.repeat(grey[..., None], 3, axis=-1)
+    reference = default(tf.constant(rgb[None]))
+    for encoded in (_png(grey), _png(np.concatenate([rgb, np.full(SIZE + (1,), 255, np.uint8)], -1))):
+        got = from_bytes(tf.constant([encoded]))
+        np.testing.assert_allclose(got["detection_scores"].numpy(), reference["detection_scores"].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="class_names has 2 names"):
+        serving.DetectionServingModule(model, input_size=SIZE, class_names=["a", "b"])
+
+
+def test_label_map_text_round_trip():
+    names = ["person", 'say "hi"', "back\\slash"]
+    assert serving.parse_label_map(serving.label_map_pbtxt(names)) == {1: names[0], 2: names[1], 3: names[2]}
