@@ -9,7 +9,8 @@ pycocotools, prints the COCO table and writes into ``out_dir``:
   (dashed white) on a few validation images;
 * ``metrics.json``: the COCO metrics, the config and the timings;
 * ``coco_results.json``: the detections in COCO result format;
-* ``model.weights.h5``: the trained weights (rebuild with ``RetinaNet(**config)``).
+* ``model.weights.h5`` and ``kdet_model.json``: a model directory
+  (:mod:`kdet.model_dir`) that ``kdet export --model-dir kdet_demo`` reads.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kdet.data.pipeline import make_pipeline
 from kdet.data.synthetic import synthetic_dataset
 from kdet.detectors.retinanet import RetinaNet
 from kdet.evaluation import CocoEvaluator, evaluate_model, format_metrics_table
+from kdet.model_dir import save_model_dir
 from kdet.visualize import save_detection_grid
 
 IMAGE_SIZE = 128
@@ -118,7 +120,10 @@ def run_demo(
         class_names=info.class_names, ground_truth={k: v.numpy()[:8] for k, v in targets.items()},
     )
     evaluator.write_results_json(os.path.join(out_dir, "coco_results.json"))
-    model.save_weights(os.path.join(out_dir, "model.weights.h5"))
+    save_model_dir(model, out_dir, input_size=size, class_names=info.class_names,
+                   data=f"embedded:shapes:validation[:{val_images}]",
+                   recipe={"name": "kdet demo", "epochs": epochs, "train_images": train_images,
+                           "batch_size": batch_size, "seed": seed})
     summary = {
         "metrics": {k: float(v) for k, v in metrics.items()},
         "config": config,

@@ -43,6 +43,8 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from kdet.model_dir import build_for
+
 #: TF Object Detection API output names, in signature order.
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
 SIGNATURES = ("serving_default", "serving_bytes")
@@ -160,8 +162,8 @@ class DetectionServingModule(tf.Module):
         if "num_classes" in config and len(names) != int(config["num_classes"]):
             raise ValueError(f"class_names has {len(names)} names but the model has {config['num_classes']} classes")
         self.class_names = names
-        if not model.built:
-            model.build(None)
+        if not model.variables:
+            build_for(model, self.input_size)
         self.model_variables = list(model.variables)  # tracked: the graph reads them
         folder = tempfile.mkdtemp(prefix="kdet_label_map_")
         with open(os.path.join(folder, LABEL_MAP_FILE), "w") as f:

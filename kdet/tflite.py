@@ -34,24 +34,25 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from kdet.model_dir import build_for
+
 QUANTIZATIONS = ("float32", "float16", "int8")
 
 
-def export_variant(model):
+def export_variant(model, input_size: Sequence[int]):
     """A copy of ``model`` whose ops are all TFLite-convertible, with the same weights.
 
     FaceCascade gets ``use_gather=True`` (pyramid and crops with gathers),
     CascadeRCNN ``use_gather_roi_align=True``; RetinaNet is returned as is.
-    The copy computes the same detections to float rounding.
+    The copy computes the same detections to float rounding. Both models are
+    built by a detection on a blank ``input_size`` image.
     """
     config = model.get_config()
     switch = {"FaceCascade": "use_gather", "CascadeRCNN": "use_gather_roi_align"}.get(type(model).__name__)
     if switch is None or config.get(switch):
         return model
-    twin = type(model)(**{**config, switch: True})
-    if not model.built:
-        model.build(None)
-    twin.build(None)
+    twin = build_for(type(model)(**{**config, switch: True}), input_size)
+    build_for(model, input_size)
     twin.set_weights(model.get_weights())
     return twin
 
@@ -66,8 +67,8 @@ def frozen_signature(model, input_size: Sequence[int]):
     """
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    if not model.built:
-        model.build(None)
+    if not model.variables:
+        build_for(model, input_size)
     height, width = int(input_size[0]), int(input_size[1])
     spec = tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")
     detect = tf.function(lambda images: model.detect(tf.cast(images, tf.float32)), input_signature=[spec])

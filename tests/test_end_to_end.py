@@ -22,8 +22,12 @@ def test_kdet_demo_command_writes_metrics_picture_and_weights(tmp_path, capsys):
     assert all(-1.0 <= v <= 1.0 for v in summary["metrics"].values())
     losses = summary["final_loss"]
     assert {"loss", "cls_loss", "box_loss"} <= set(losses) and all(np.isfinite(v) for v in losses.values())
-    for name in ("predictions.png", "coco_results.json", "model.weights.h5"):
+    for name in ("predictions.png", "coco_results.json", "model.weights.h5", "kdet_model.json"):
         assert os.path.getsize(out / name) > 0
+    from kdet.model_dir import read_model_info
+
+    info = read_model_info(str(out))  # a model directory that kdet export reads
+    assert info.detector == "kdet>RetinaNet" and info.input_size == (128, 128) and len(info.class_names) > 1
     from PIL import Image
 
     assert Image.open(out / "predictions.png").size[0] >= 256

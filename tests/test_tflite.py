@@ -83,7 +83,7 @@ def test_face_cascade_float32_matches_keras():
     keras.utils.set_random_seed(7)
     model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
     model.build(None)
-    flatbuffer = tflite.convert(tflite.export_variant(model), input_size=(96, 128))
+    flatbuffer = tflite.convert(tflite.export_variant(model, (96, 128)), input_size=(96, 128))
     assert tflite.flex_ops(flatbuffer) == []
     runner = tflite.LiteRTDetector(flatbuffer)
     for seed in range(2):

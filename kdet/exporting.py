@@ -1,0 +1,96 @@
+"""``kdet export``: a model directory -> a SavedModel or a TFLite file, and a summary of what was written."""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+FORMATS = ("savedmodel", "tflite")
+
+
+def calibration_images(data: str, input_size: Sequence[int], count: int, *, seed: int = 0) -> list[np.ndarray]:
+    """``count`` uint8 images of ``data`` (a :mod:`kdet.data.sources` string), letterboxed to ``input_size``."""
+    from kdet.data.sources import open_source
+    from kdet.serving import letterbox
+
+    dataset, _ = open_source(data, seed=seed)
+    images = []
+    for example in dataset.take(count):
+        canvas, _ = letterbox(example["image"][None], input_size)
+        images.append(np.clip(np.round(canvas[0].numpy()), 0, 255).astype(np.uint8))
+    if not images:
+        raise ValueError(f"--data {data!r} gave no images for int8 calibration")
+    return images
+
+
+def _folder_bytes(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
+
+
+def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str = "float32",
+                     input_size: Sequence[int] | None = None, data: str | None = None,
+                     num_calibration: int = 64) -> dict:
+    """Exports the model of ``model_dir``; returns a summary (path, size, signature, ops).
+
+    Args:
+      model_dir: a :mod:`kdet.model_dir` folder.
+      format: ``"savedmodel"`` (both serving signatures) or ``"tflite"``.
+      out: the SavedModel folder (e.g. ``serving/faces/1``) or the ``.tflite`` path.
+      quantization: TFLite only: ``float32``, ``float16`` or ``int8``.
+      input_size: ``(height, width)``; default: the model directory's.
+      data: int8 calibration data (default: the model directory's ``data``).
+      num_calibration: images used to calibrate int8.
+    """
+    from kdet import serving, tflite
+    from kdet.model_dir import load_model_dir
+
+    if format not in FORMATS:
+        raise ValueError(f"--format must be one of {FORMATS}, got {format!r}")
+    if format == "savedmodel" and quantization != "float32":
+        raise ValueError("--quantization applies to --format tflite only (a SavedModel keeps float32 weights)")
+    model, info = load_model_dir(model_dir)
+    size = tuple(int(s) for s in (input_size or info.input_size))
+    if format == "savedmodel":
+        serving.export_saved_model(model, out, input_size=size, class_names=info.class_names)
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(out)
+        signatures = {name: {"inputs": {k: f"{v.dtype.name} {v.shape.as_list() if v.shape.rank is not None else '?'}"
+                                        for k, v in fn.structured_input_signature[1].items()},
+                             "outputs": {k: f"{v.dtype.name} {v.shape.as_list()}"
+                                         for k, v in fn.structured_outputs.items()}}
+                      for name, fn in loaded.signatures.items()}
+        return {"format": format, "path": out, "bytes": _folder_bytes(out), "input_size": list(size),
+                "signatures": signatures, "label_map": serving.load_label_map(out)}
+    representative = None
+    if quantization == "int8":
+        source = data or info.data
+        if not source:
+            raise ValueError("int8 needs calibration images: pass --data (e.g. embedded:faces:validation)")
+        representative = calibration_images(source, size, num_calibration)
+    flatbuffer = tflite.convert(tflite.export_variant(model, size), input_size=size, quantization=quantization,
+                                representative_images=representative)
+    tflite.write(flatbuffer, out)
+    return {"format": format, "path": out, "quantization": quantization, "input_size": list(size),
+            "class_names": info.class_names, **tflite.summary(flatbuffer)}
+
+
+def format_summary(summary: dict) -> str:
+    """A readable multi-line summary of :func:`export_model_dir`'s result."""
+    lines = [f"wrote {summary['format']} {summary['path']} ({summary['bytes'] / 1e6:.2f} MB, input "
+             f"{summary['input_size'][0]}x{summary['input_size'][1]})"]
+    if summary["format"] == "savedmodel":
+        for name, signature in summary["signatures"].items():
+            lines.append(f"  signature {name}:")
+            lines += [f"    input  {k}: {v}" for k, v in signature["inputs"].items()]
+            lines += [f"    output {k}: {v}" for k, v in sorted(signature["outputs"].items())]
+        lines.append(f"  label map (assets/label_map.pbtxt): {summary['label_map']}")
+    else:
+        lines.append(f"  quantization {summary['quantization']}; Flex ops: {summary['flex_ops'] or 'none'}")
+        lines += [f"  input  {k}: {v['dtype']} {v['shape']}" for k, v in summary["inputs"].items()]
+        lines += [f"  output {k}: {v['dtype']} {v['shape']}" for k, v in summary["outputs"].items()]
+        ops = ", ".join(f"{name} x{count}" for name, count in summary["ops"].items())
+        lines.append(f"  ops ({sum(summary['ops'].values())}): {ops}")
+    return "\n".join(lines)

@@ -1,0 +1,86 @@
+"""Model directories, data strings and ``kdet export`` end to end."""
+
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kdet import cli
+from kdet.data.sources import open_source
+from kdet.detectors.face_cascade import FaceCascade
+from kdet.detectors.retinanet import RetinaNet
+from kdet.model_dir import load_model_dir, read_model_info, save_model_dir
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    import keras
+
+    keras.utils.set_random_seed(3)
+    model = RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16, head_convs=1, head_filters=16,
+                      prior_probability=0.3, max_detections=10)
+    model.detect(tf.zeros([1, 128, 128, 3]))
+    path = str(tmp_path_factory.mktemp("model"))
+    save_model_dir(model, path, input_size=(128, 128), class_names=["circle", "square", "triangle"],
+                   data="embedded:shapes:validation[:4]", recipe={"name": "test"})
+    return path, model
+
+
+def test_model_dir_round_trip(model_dir):
+    path, model = model_dir
+    loaded, info = load_model_dir(path)
+    assert info.class_names == ["circle", "square", "triangle"] and info.input_size == (128, 128)
+    as_json = lambda config: json.loads(json.dumps(config))  # noqa: E731 (tuples come back as lists)
+    assert info.recipe == {"name": "test"} and as_json(loaded.get_config()) == as_json(model.get_config())
+    for a, b in zip(loaded.get_weights(), model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(FileNotFoundError, match="kdet_model.json is missing"):
+        read_model_info(str(path) + "_nowhere")
+
+
+def test_face_model_dir_round_trip(tmp_path):
+    model = FaceCascade(test_thresholds=(0.2, 0.1, 0.5))
+    model.build(None)
+    save_model_dir(model, str(tmp_path), input_size=(96, 128), class_names=["face"])
+    loaded, _ = load_model_dir(str(tmp_path), use_gather=True)
+    assert loaded.get_config()["use_gather"] and loaded.get_config()["test_thresholds"] == [0.2, 0.1, 0.5]
+
+
+def test_data_strings():
+    dataset, info = open_source("embedded:shapes:validation[:3]")
+    assert len(list(dataset)) == 3 and info.num_classes > 1
+    faces, face_info = open_source("embedded:faces:validation[:2]")
+    assert len(list(faces)) == 2 and list(face_info.class_names) == ["face"]
+    for bad, message in [("shapes", "expected one of"), ("embedded:cats", "embedded sets are"),
+                         ("tfds:coco/2017", "needs a name and a split"), ("embedded:faces:dev", "splits")]:
+        with pytest.raises(ValueError, match=message):
+            open_source(bad)
+    with pytest.raises(FileNotFoundError, match="annotation file"):
+        open_source("coco-json:/nowhere/instances.json")
+
+
+def test_kdet_export_savedmodel_and_tflite(model_dir, tmp_path, capsys):
+    path, model = model_dir
+    saved = str(tmp_path / "serving" / "1")
+    assert cli.main(["export", "--model-dir", path, "--format", "savedmodel", "--out", saved]) == 0
+    printed = capsys.readouterr().out
+    assert "signature serving_bytes" in printed and "detection_boxes" in printed and "triangle" in printed
+    image = np.random.default_rng(0).integers(0, 255, (1, 128, 128, 3)).astype(np.uint8)
+    out = tf.saved_model.load(saved).signatures["serving_default"](input_tensor=tf.constant(image))
+    expected = model.detect(tf.constant(image, tf.float32))
+    np.testing.assert_allclose(out["detection_scores"].numpy(), expected["scores"].numpy(), atol=1e-4)
+
+    lite = str(tmp_path / "model_int8.tflite")
+    assert cli.main(["export", "--model-dir", path, "--format", "tflite", "--quantization", "int8",
+                     "--calibration-images", "4", "--out", lite]) == 0
+    printed = capsys.readouterr().out
+    assert "Flex ops: none" in printed and "CONV_2D" in printed and "uint8 [1, 128, 128, 3]" in printed
+
+    assert cli.main(["export", "--model-dir", str(tmp_path / "missing"), "--format", "tflite", "--out", lite]) == 2
+    assert "kdet_model.json is missing" in capsys.readouterr().err
+    assert cli.main(["export", "--model-dir", path, "--format", "savedmodel", "--quantization", "int8",
+                     "--out", saved]) == 2
+    assert "--format tflite only" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["export", "--model-dir", path, "--format", "onnx", "--out", lite])
