@@ -57,8 +57,8 @@ def export_variant(model, input_size: Sequence[int]):
     return twin
 
 
-def frozen_signature(model, input_size: Sequence[int]):
-    """``images uint8 [1, h, w, 3] -> contract dict`` as a concrete function with the weights as constants.
+def freeze(concrete):
+    """``concrete`` (dict outputs) with its variables turned into constants, outputs still named.
 
     Freezing first matters: the converter keeps variables that it reads
     through nested function calls as resource variables (READ_VARIABLE ops
@@ -67,20 +67,62 @@ def frozen_signature(model, input_size: Sequence[int]):
     """
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
+    names = sorted(concrete.structured_outputs)  # a frozen function returns its outputs flattened, keys sorted
+    frozen = convert_variables_to_constants_v2(concrete)
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name.split(":")[0]) for t in concrete.inputs
+             if t.dtype != tf.resource]
+
+    @tf.function(input_signature=specs)
+    def named(*args):
+        return dict(zip(names, frozen(*args)))
+
+    return named.get_concrete_function()
+
+
+def detect_function(model, input_size: Sequence[int]):
+    """``images uint8 [1, h, w, 3] -> contract dict`` as a concrete function."""
     if not model.variables:
         build_for(model, input_size)
     height, width = int(input_size[0]), int(input_size[1])
     spec = tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")
-    detect = tf.function(lambda images: model.detect(tf.cast(images, tf.float32)), input_signature=[spec])
-    concrete = detect.get_concrete_function()
-    names = sorted(concrete.structured_outputs)  # a frozen function returns its outputs flattened, keys sorted
-    frozen = convert_variables_to_constants_v2(concrete)
+    return tf.function(lambda images: model.detect(tf.cast(images, tf.float32)),
+                       input_signature=[spec]).get_concrete_function()
 
-    @tf.function(input_signature=[spec])
-    def named(images):
-        return dict(zip(names, frozen(images)))
 
-    return named.get_concrete_function()
+def convert_function(concrete, *, quantization: str = "float32",
+                     representative_inputs: Sequence[dict] | None = None) -> bytes:
+    """Freezes and converts one concrete function (dict outputs) with builtin ops only; returns the flatbuffer.
+
+    Args:
+      concrete: the graph; its input names become the signature's.
+      quantization: one of :data:`QUANTIZATIONS`.
+      representative_inputs: for ``"int8"``: ``{input name: array}`` per
+        calibration step, drawn from real data.
+
+    Raises:
+      ValueError: unknown quantization, int8 without inputs, or a Flex op in the result.
+    """
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    if quantization == "int8" and not representative_inputs:
+        raise ValueError("int8 quantization needs representative inputs (calibration data)")
+    with tempfile.TemporaryDirectory(prefix="kdet_tflite_") as folder:
+        tf.saved_model.save(tf.Module(), folder, signatures={"serving_default": freeze(concrete)})
+        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serving_default"])
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantization == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantization == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: iter(representative_inputs)
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
+                                                   tf.lite.OpsSet.TFLITE_BUILTINS]
+        flatbuffer = converter.convert()
+    found = flex_ops(flatbuffer)
+    if found:
+        raise ValueError(f"the converted model contains non-builtin ops {found}; LiteRT from PyPI cannot run them")
+    return flatbuffer
 
 
 def convert(model, *, input_size: Sequence[int], quantization: str = "float32",
@@ -100,31 +142,19 @@ def convert(model, *, input_size: Sequence[int], quantization: str = "float32",
     """
     if quantization not in QUANTIZATIONS:
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
-    if quantization == "int8" and representative_images is None:
-        raise ValueError("int8 quantization needs representative_images ([H, W, 3] uint8 images of the input size)")
-    signature = frozen_signature(model, input_size)
-    with tempfile.TemporaryDirectory(prefix="kdet_tflite_") as folder:
-        tf.saved_model.save(tf.Module(), folder, signatures={"serving_default": signature})
-        converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serving_default"])
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-        if quantization == "float16":
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.target_spec.supported_types = [tf.float16]
-        elif quantization == "int8":
-            images = [np.asarray(image, np.uint8) for image in representative_images]
-            expected = (int(input_size[0]), int(input_size[1]), 3)
-            if not images or any(image.shape != expected for image in images):
-                raise ValueError(f"representative_images must be a non-empty list of {expected} uint8 images, got "
-                                 f"shapes {sorted({image.shape for image in images})}")
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-            converter.representative_dataset = lambda: ([image[None]] for image in images)
-            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8,
-                                                   tf.lite.OpsSet.TFLITE_BUILTINS]
-        flatbuffer = converter.convert()
-    found = flex_ops(flatbuffer)
-    if found:
-        raise ValueError(f"the converted model contains non-builtin ops {found}; LiteRT from PyPI cannot run them")
-    return flatbuffer
+    inputs = None
+    if quantization == "int8":
+        if representative_images is None:
+            raise ValueError("int8 quantization needs representative_images ([H, W, 3] uint8 images of the input "
+                             "size)")
+        images = [np.asarray(image, np.uint8) for image in representative_images]
+        expected = (int(input_size[0]), int(input_size[1]), 3)
+        if not images or any(image.shape != expected for image in images):
+            raise ValueError(f"representative_images must be a non-empty list of {expected} uint8 images, got "
+                             f"shapes {sorted({image.shape for image in images})}")
+        inputs = [{"images": image[None]} for image in images]
+    return convert_function(detect_function(model, input_size), quantization=quantization,
+                            representative_inputs=inputs)
 
 
 def ops_used(flatbuffer: bytes) -> dict[str, int]:
