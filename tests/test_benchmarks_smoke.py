@@ -56,3 +56,18 @@ def test_face_benchmark_quick_run_prints_table_and_verdicts(tmp_path, capsys):
                          "--detectors", "cascade_joint_from_separate", "rcnn_joint"])
     out = capsys.readouterr().out
     assert "== training" not in out and out.count("trained before") == 3  # + the separate cascade it starts from
+
+
+@pytest.mark.slow
+def test_tflite_latency_quick_run_prints_its_table(tmp_path, capsys):
+    """Shapes model trained by a tiny demo, converted float32/int8, evaluated; face cascade one and three models."""
+    import tflite_latency
+
+    result = tflite_latency.main(["--quick", "--work-dir", str(tmp_path), "--shapes-model-dir",
+                                  str(tmp_path / "shapes")])
+    assert set(result["accuracy"]) == {"shapes_keras", "shapes_float32", "shapes_int8", "face_keras",
+                                       "face_one_float32", "face_three_float32"}
+    assert set(result["latency_ms"]) == {"shapes_int8", "face_keras", "face_one_float32", "face_three_float32"}
+    # the one TFLite model and the Keras cascade agree on the held-out faces
+    assert abs(result["accuracy"]["face_one_float32"]["AP50"] - result["accuracy"]["face_keras"]["AP50"]) < 1e-6
+    assert "| face cascade 640x480 | three models float32 |" in capsys.readouterr().out
