@@ -151,3 +151,13 @@ def test_host_loop_pieces_match_their_tensorflow_twins():
     overlapping = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
     assert face_lite.greedy_nms(overlapping, scores, 0.3, 10).tolist() == [0, 2]
     assert face_lite.greedy_nms(overlapping, scores, 0.3, 1).tolist() == [0]
+
+
+def test_face_cascade_without_survivors_returns_zero_detections():
+    """An image where no window passes a stage: no empty tensor reaches a TFLite op that refuses one."""
+    model = FaceCascade(test_thresholds=(0.0, 1.1, 1.1), stage1_max_boxes=8, stage2_max_boxes=4)  # nothing passes
+    model.build(None)
+    runner = tflite.LiteRTDetector(tflite.convert(tflite.export_variant(model, (48, 64)), input_size=(48, 64)))
+    out = runner(np.zeros((48, 64, 3), np.uint8))
+    assert int(out["num_detections"][0]) == 0
+    assert int(model.detect(tf.zeros([1, 48, 64, 3]))["num_detections"][0]) == 0

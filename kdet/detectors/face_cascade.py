@@ -296,10 +296,13 @@ class FaceCascade(keras.Model):
         crop = {2: 24, 3: 48}[depth]
         out = self.branches(self.crop_patches(*sources, kept, rows // k, image_size, crop), depth=depth)
         name = BRANCHES[depth - 1]
-        probs = tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:count, 1]
-        refined = self.box_coder.decode(self.denormalize_offsets(out[f"{name}_offsets"][:count]), kept[:count])
-        new_scores = tf.scatter_nd(keep[:, None], tf.where(probs >= threshold, probs, 0.0), [total])
-        new_boxes = tf.scatter_nd(keep[:, None], refined, tf.stack([total, 4]))
+        probs = tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:, 1]
+        refined = self.box_coder.decode(self.denormalize_offsets(out[f"{name}_offsets"]), kept)
+        # Padding rows scatter into one extra slot that is then dropped: no tensor is ever empty
+        # (TFLite's UNPACK refuses an empty input, so an image without survivors would fail there).
+        targets = tf.concat([keep, tf.fill([padded - count], total)], axis=0)[:, None]
+        new_scores = tf.scatter_nd(targets, tf.where(probs >= threshold, probs, 0.0), [total + 1])[:total]
+        new_boxes = tf.scatter_nd(targets, refined, tf.stack([total + 1, 4]))[:total]
         return tf.reshape(new_scores, [batch, k]), tf.reshape(new_boxes, [batch, k, 4])
 
     @staticmethod
