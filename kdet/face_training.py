@@ -7,6 +7,11 @@ Cascade (on mined 48x48 samples, :mod:`kdet.data.face_mining`):
 * :func:`train_cascade_joint` -- the joint network (Eq. 6), from scratch or
   initialised from separately trained weights (the paper does the latter
   "to make it converge easily").
+* :func:`bootstrap_samples` -- an optional step before either: trains x12
+  (and x12-x24) greedily on the sliding-window samples, mines the windows of
+  the training images that pass it (hard samples), and returns them merged
+  with the sliding-window samples, so that many more samples of every batch
+  reach the later branches' losses (classical cascade bootstrapping).
 
 RPN + Fast R-CNN (on whole images with ground truth):
 
@@ -27,13 +32,13 @@ with ``steps[name] = {"model": ..., "history": ...}`` for every step.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from kdet.data.face_mining import FaceSamples, samples_dataset
+from kdet.data.face_mining import FaceSamples, cascade_window_scorer, mine_hard_samples, samples_dataset
 from kdet.detectors.cascade_rcnn import CascadeRCNN
 from kdet.detectors.face_cascade import FaceCascade
 
@@ -60,11 +65,129 @@ def _copy_weights(model, source):
 
 # ------------------------------------------------------------------ cascade
 def train_cascade_separate(config: Mapping, samples: FaceSamples, *, epochs: int, batch_size: int = 128,
-                           optimizer: OptimizerFactory | None = None, seed: int = 0, verbose=2):
-    """Greedy training: each branch in turn, earlier ones frozen."""
+                           optimizer: OptimizerFactory | None = None, seed: int = 0, verbose=2,
+                           branch_samples: Mapping[str, FaceSamples] | None = None):
+    """Greedy training: each branch in turn, earlier ones frozen.
+
+    ``branch_samples`` optionally gives a branch's step its own samples
+    (e.g. ``{"x24": merged, "x48": merged}`` with ``merged`` from
+    :func:`bootstrap_samples`, whose hard samples were mined by this very x12
+    when it trains on ``samples`` with the same seed: the classical
+    bootstrapped cascade); the others train on ``samples``.
+    """
     optimizer = optimizer or default_optimizer()
+    branch_samples = dict(branch_samples or {})
+    unknown = set(branch_samples) - {"x12", "x24", "x48"}
+    if unknown:
+        raise ValueError(f"branch_samples keys must be branches x12 / x24 / x48, got {sorted(unknown)}")
     model, steps = None, {}
     for branch in ("x12", "x24", "x48"):
+        keras.utils.set_random_seed(seed)
+        step = FaceCascade(**{**config, "train_branches": (branch,)})
+        if model is not None:
+            _copy_weights(step, model)
+        data = samples_dataset(branch_samples.get(branch, samples), batch_size=batch_size, seed=seed)
+        steps[branch] = {"model": step, "history": _fit(step, data, epochs=epochs, optimizer=optimizer,
+                                                         verbose=verbose)}
+        model = step
+    return model, steps
+
+
+class _LaterOnlyFaceCascade(FaceCascade):
+    """FaceCascade whose x12 loss skips the samples flagged ``y["later_only"]`` ``[N]`` bool.
+
+    They still enter the threshold controls (x12 scores them), so the later
+    branches learn from those x12 passes, and x12 learns from them only
+    through the features the later branches concatenate. Same weights and
+    config as FaceCascade (rebuild one from ``get_config`` for inference).
+    """
+
+    _later_only = None
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        self._later_only = None if y is None else y.get("later_only")
+        try:
+            return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+        finally:
+            self._later_only = None
+
+    def branch_masks(self, outputs, labels):
+        masks = super().branch_masks(outputs, labels)
+        if self._later_only is not None:
+            masks = {**masks, "x12": masks["x12"] * (1.0 - tf.cast(self._later_only, tf.float32))}
+        return masks
+
+
+def _later_only_dataset(samples: FaceSamples, later_only: np.ndarray, *, batch_size: int, seed: int):
+    later_only = np.asarray(later_only, bool)
+    if later_only.shape != (len(samples),):
+        raise ValueError(f"later_only must be [{len(samples)}] bool, got shape {later_only.shape}")
+    y = {"labels": samples.labels, "offsets": samples.offsets, "later_only": later_only}
+    return (tf.data.Dataset.from_tensor_slices((samples.patches, y))
+            .shuffle(len(samples), seed=seed, reshuffle_each_iteration=True)
+            .batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE))
+
+
+def train_cascade_joint(config: Mapping, samples: FaceSamples, *, epochs: int, batch_size: int = 128,
+                        optimizer: OptimizerFactory | None = None, init_from: FaceCascade | None = None,
+                        seed: int = 0, verbose=2, later_only: np.ndarray | None = None):
+    """Joint training of all three branches (Eq. 6).
+
+    ``later_only``: optional ``[N]`` bool over ``samples``, the samples whose
+    loss counts at x12-x24 and x12-x24-x48 only (e.g. the hard samples of
+    :func:`bootstrap_samples`: ``np.arange(len(merged)) >= len(samples)``):
+    x12's own loss skips them, they reach the later branches through its
+    threshold control as any sample does. Without it x12 learns to reject
+    the hard non-faces, and with them faces.
+    """
+    optimizer = optimizer or default_optimizer()
+    keras.utils.set_random_seed(seed)
+    if later_only is None:
+        model = FaceCascade(**{**config, "train_branches": ("x12", "x24", "x48")})
+    else:
+        model = _LaterOnlyFaceCascade(**{**config, "train_branches": ("x12", "x24", "x48")}, name="face_cascade")
+    if init_from is not None:
+        _copy_weights(model, init_from)
+    data = (samples_dataset(samples, batch_size=batch_size, seed=seed) if later_only is None else
+            _later_only_dataset(samples, later_only, batch_size=batch_size, seed=seed))
+    history = _fit(model, data, epochs=epochs, optimizer=optimizer, verbose=verbose)
+    return model, {"joint": {"model": model, "history": history}}
+
+
+def bootstrap_samples(config: Mapping, samples: FaceSamples, examples: Iterable[Mapping], *, epochs: int,
+                      depth: int = 1, batch_size: int = 128, optimizer: OptimizerFactory | None = None,
+                      seed: int = 0, verbose=2, progress: bool = False, **mining):
+    """Hard samples mined by a greedily trained first stage, merged with ``samples``.
+
+    Trains x12 alone on ``samples`` (``depth=2``: then x12-x24 on x12's
+    survivors, as :func:`train_cascade_separate`), slides its windows over
+    the training images ``examples`` (the images ``samples`` came from) and
+    keeps those it passes at the model's threshold control(s)
+    (:func:`kdet.data.face_mining.mine_hard_samples` with
+    :func:`~kdet.data.face_mining.cascade_window_scorer`).
+
+    Args:
+      config: :class:`FaceCascade` keyword arguments (``thresholds`` set the
+        pass thresholds).
+      samples: the sliding-window samples (:func:`~kdet.data.face_mining.mine_face_samples`).
+      examples: example dicts (``image [H, W, 3]``, ``boxes [N, 4]``,
+        optional ``is_crowd``).
+      epochs: per trained branch.
+      depth: 1 (mine with x12) or 2 (x12 then x12-x24).
+      **mining: forwarded to ``mine_hard_samples`` / ``mine_hard_image``
+        (``min_face_size``, ``negatives_per_image``, ``positives_per_face``, ...).
+
+    Returns:
+      ``(merged, steps)``: ``merged`` is ``samples`` followed by the hard
+      samples (``merged.take(np.arange(len(samples), len(merged)))``);
+      ``steps`` the mining model's training steps (``"x12"``, ``"x24"``),
+      each ``{"model", "history"}``.
+    """
+    if depth not in (1, 2):
+        raise ValueError(f"depth must be 1 or 2, got {depth}")
+    optimizer = optimizer or default_optimizer()
+    model, steps = None, {}
+    for branch in ("x12", "x24")[:depth]:
         keras.utils.set_random_seed(seed)
         step = FaceCascade(**{**config, "train_branches": (branch,)})
         if model is not None:
@@ -73,21 +196,11 @@ def train_cascade_separate(config: Mapping, samples: FaceSamples, *, epochs: int
         steps[branch] = {"model": step, "history": _fit(step, data, epochs=epochs, optimizer=optimizer,
                                                          verbose=verbose)}
         model = step
-    return model, steps
-
-
-def train_cascade_joint(config: Mapping, samples: FaceSamples, *, epochs: int, batch_size: int = 128,
-                        optimizer: OptimizerFactory | None = None, init_from: FaceCascade | None = None,
-                        seed: int = 0, verbose=2):
-    """Joint training of all three branches (Eq. 6)."""
-    optimizer = optimizer or default_optimizer()
-    keras.utils.set_random_seed(seed)
-    model = FaceCascade(**{**config, "train_branches": ("x12", "x24", "x48")})
-    if init_from is not None:
-        _copy_weights(model, init_from)
-    data = samples_dataset(samples, batch_size=batch_size, seed=seed)
-    history = _fit(model, data, epochs=epochs, optimizer=optimizer, verbose=verbose)
-    return model, {"joint": {"model": model, "history": history}}
+    thresholds = tuple(model.get_config()["thresholds"])
+    scorer = cascade_window_scorer(model, depth=depth, thresholds=thresholds)
+    hard = mine_hard_samples(examples, scorer, threshold=thresholds[depth - 1], seed=seed, progress=progress,
+                             **mining)
+    return samples.concatenate(hard), steps
 
 
 # --------------------------------------------------------------- RPN + Fast R-CNN

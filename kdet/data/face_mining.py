@@ -14,12 +14,23 @@ The regression target of a positive is Eq. 2-5 (``BoxCoder`` with unit
 weights, in kdet's ``(ty, tx, th, tw)`` order) of its face relative to the
 window; :func:`offset_statistics` gives the mean and standard deviation
 that normalise them ("zero mean and unit variance").
+
+Hard samples (bootstrapping, :func:`mine_hard_samples`): behind x12's
+threshold control the later branches learn only from the samples x12 lets
+through, and among random sliding windows x12 rejects almost every
+non-face, so x12-x24 and x12-x24-x48 would see mostly faces. Classical
+cascades (and MTCNN) mine the next stage's training set from the previous
+stage's detections instead: the same windows are scored by a trained stage
+(:func:`cascade_window_scorer`), and only those that pass its threshold
+are labelled and sampled. Merged with the sliding-window samples
+(``FaceSamples.concatenate``), they raise the share of every batch that
+reaches the later branches.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import tensorflow as tf
@@ -161,12 +172,20 @@ def _empty(window: int) -> FaceSamples:
                        np.zeros((0, 4), np.float32), np.zeros((0, 4), np.float32), np.zeros(0, np.int32))
 
 
-def _cut(image, gt_boxes, scales, index, corners, boxes, labels, matched, levels, *, window) -> FaceSamples:
+def _level_images(image: np.ndarray, scales) -> list[np.ndarray]:
+    """uint8 pyramid levels of one image, built as the test pipeline builds them."""
+    pyramid = build_pyramid(tf.convert_to_tensor(image[None]), scales)
+    return [np.clip(np.round(level[0].numpy()), 0, 255).astype(np.uint8) for level in pyramid]
+
+
+def _cut(image, gt_boxes, scales, index, corners, boxes, labels, matched, levels, *, window,
+         level_images=None) -> FaceSamples:
     patches = np.zeros((index.size, window, window, 3), np.uint8)
-    pyramid = build_pyramid(tf.convert_to_tensor(image[None]), scales)  # as the test pipeline builds it
+    if level_images is None:
+        level_images = _level_images(image, scales)
     for level in np.unique(levels[index]):
         picked = index[levels[index] == level]
-        level_image = np.clip(np.round(pyramid[level][0].numpy()), 0, 255).astype(np.uint8)
+        level_image = level_images[level]
         rows = np.searchsorted(index, picked)
         for row, (y, x) in zip(rows, corners[picked]):
             patches[row] = level_image[y:y + window, x:x + window]
@@ -226,6 +245,188 @@ def mine_face_samples(
     if flip:
         samples = samples.concatenate(flip_samples(samples))
     return samples
+
+
+#: ``score_windows(level_image uint8 [h, w, 3], corners int [W, 2]) -> [W] float``: a stage's score of the
+#: ``window``-pixel windows whose top-left level pixels are ``corners``.
+WindowScorer = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def mine_hard_image(
+    image: np.ndarray,
+    gt_boxes: np.ndarray,
+    score_windows: WindowScorer,
+    *,
+    threshold: float,
+    rng: np.random.Generator,
+    ignore: np.ndarray | None = None,
+    window: int = 48,
+    stride: int = 8,
+    levels_per_octave: int = 5,
+    min_face_size: float = 12.0,
+    positive_iou: float = 0.8,
+    negative_iou: float = 0.5,
+    positives_per_face: int = 2,
+    negatives_per_image: int = 64,
+) -> FaceSamples:
+    """The samples of one image that a trained stage lets through (before flipping).
+
+    The windows are :func:`mine_image`'s (same pyramid, window and stride);
+    each level's windows are scored by ``score_windows`` and only those
+    scoring at least ``threshold`` are labelled (:func:`label_windows`:
+    face above ``positive_iou``, non-face below ``negative_iou``, unused in
+    between or on an ignore region). Of those, up to ``positives_per_face``
+    random faces per ground-truth face and ``negatives_per_image`` random
+    non-faces are cut out.
+
+    Args:
+      image: ``[H, W, 3]`` uint8.
+      gt_boxes: ``[G, 4]`` yxyx faces.
+      score_windows: see :data:`WindowScorer` (e.g. :func:`cascade_window_scorer`).
+      threshold: a window passes when its score is at least this.
+      rng: samples the kept windows.
+
+    Returns:
+      :class:`FaceSamples` (``image_index`` 0), ``P + N`` samples.
+    """
+    image_size = image.shape[:2]
+    gt_boxes = np.asarray(gt_boxes, np.float32).reshape(-1, 4)
+    scales = pyramid_scales(image_size, min_face_size=min_face_size, window=window,
+                            levels_per_octave=levels_per_octave)
+    if not scales:
+        return _empty(window)
+    level_images = _level_images(image, scales)
+    per_level = []
+    for level, scale in enumerate(scales):
+        _, corners, boxes = _level_windows(image_size, scale, window=window, stride=stride)
+        if corners.shape[0] == 0:
+            continue
+        scores = np.asarray(score_windows(level_images[level], corners), np.float32).reshape(-1)
+        if scores.shape[0] != corners.shape[0]:
+            raise ValueError(f"score_windows returned {scores.shape[0]} scores for {corners.shape[0]} windows")
+        passed = scores >= threshold
+        corners, boxes = corners[passed], boxes[passed]
+        labels, matched, _ = label_windows(boxes, gt_boxes, positive_iou=positive_iou,
+                                           negative_iou=negative_iou, ignore=ignore)
+        per_level.append((corners, boxes, labels, matched, np.full(len(labels), level)))
+    if not per_level:
+        return _empty(window)
+    corners, boxes, labels, matched, levels = (np.concatenate([p[i] for p in per_level]) for i in range(5))
+    chosen = []
+    for g in range(gt_boxes.shape[0]):
+        candidates = np.flatnonzero(matched == g)
+        chosen.append(rng.choice(candidates, size=min(positives_per_face, candidates.size), replace=False))
+    negatives = np.flatnonzero(labels == 0)
+    chosen.append(rng.choice(negatives, size=min(negatives_per_image, negatives.size), replace=False))
+    index = np.sort(np.concatenate(chosen).astype(np.int64))
+    return _cut(image, gt_boxes, scales, index, corners, boxes, labels, matched, levels, window=window,
+                level_images=level_images)
+
+
+def mine_hard_samples(
+    examples: Iterable[Mapping],
+    score_windows: WindowScorer,
+    *,
+    threshold: float,
+    seed: int = 0,
+    flip: bool = True,
+    progress: bool = True,
+    **kwargs,
+) -> FaceSamples:
+    """Hard samples of every example: :func:`mine_hard_image`, then (``flip``) each mirrored too.
+
+    Args:
+      examples: example dicts (``image [H, W, 3]``, ``boxes [N, 4]``, optional ``is_crowd``).
+      score_windows: the stage that filters the windows (:data:`WindowScorer`).
+      threshold: its pass threshold.
+      seed: the sampling's seed.
+      flip: also add every sample mirrored.
+      progress: show a progress bar.
+      **kwargs: forwarded to :func:`mine_hard_image` (pyramid, IoUs, counts).
+
+    Returns:
+      :class:`FaceSamples` with ``image_index`` set; no positive fraction is
+      imposed (merge them with :func:`mine_face_samples`' samples through
+      ``FaceSamples.concatenate``).
+    """
+    rng = np.random.default_rng(seed)
+    window = kwargs.get("window", 48)
+    samples = _empty(window)
+    for i, example in enumerate(tqdm(examples, desc="mining hard face samples", disable=not progress, unit="img")):
+        crowd = example.get("is_crowd")
+        part = mine_hard_image(np.asarray(example["image"]), np.asarray(example["boxes"]), score_windows,
+                               threshold=threshold, rng=rng, ignore=None if crowd is None else np.asarray(crowd),
+                               **kwargs)
+        part.image_index[:] = i
+        samples = samples.concatenate(part)
+    if flip:
+        samples = samples.concatenate(flip_samples(samples))
+    return samples
+
+
+def cascade_window_scorer(model, *, depth: int = 1, thresholds: tuple[float, ...] | None = None,
+                          window: int = 48, batch_size: int = 512) -> WindowScorer:
+    """A :data:`WindowScorer` of a :class:`~kdet.detectors.face_cascade.FaceCascade`, as its training sees windows.
+
+    ``depth=1`` scores x12's face probability. x12 runs fully convolutionally
+    on the level average-pooled by ``window / 12``: with a window stride of
+    ``2 * window / 12`` level pixels (8 for 48) every window is one output
+    cell, and its score is x12's on the window's patch pooled to 12x12,
+    exactly what x12 sees of a training sample. Windows off that grid are
+    cut and run as patches. ``depth=2`` scores x12-x24's face probability
+    on the windows that reach ``thresholds[0]`` (default: the model's
+    training threshold control) at x12, and ``-1`` on the others; use it
+    with ``threshold = thresholds[1]`` for the samples that reach x12-x24-x48.
+
+    Args:
+      model: a built FaceCascade.
+      depth: 1 (x12) or 2 (x12 then x12-x24).
+      thresholds: ``(x12,)`` threshold for depth 2.
+      window: the sample size (48).
+      batch_size: patches per forward pass.
+    """
+    if depth not in (1, 2):
+        raise ValueError(f"depth must be 1 or 2, got {depth}")
+    if window % 12:
+        raise ValueError(f"window must be a multiple of 12, got {window}")
+    factor = window // 12
+    first = float((thresholds or model.get_config()["thresholds"])[0])
+
+    def pooled(x, size):
+        return x if size == window else tf.nn.avg_pool2d(x, window // size, window // size, "VALID")
+
+    def run(patches, depth_):
+        out = []
+        for i in range(0, patches.shape[0], batch_size):
+            x = model.preprocess(tf.constant(patches[i:i + batch_size]))
+            name = ("x12", "x24")[depth_ - 1]
+            logits = model.branches(pooled(x, 12 * depth_), depth=depth_)[f"{name}_logits"]
+            out.append(tf.nn.softmax(logits, axis=-1)[:, 1].numpy())
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+    def cut(level_image, corners):
+        return np.stack([level_image[y:y + window, x:x + window] for y, x in corners]) if len(corners) else \
+            np.zeros((0, window, window, 3), np.uint8)
+
+    def x12_scores(level_image, corners):
+        step = 2 * factor
+        if (corners % step).any():
+            return run(cut(level_image, corners), 1)
+        x = tf.nn.avg_pool2d(model.preprocess(tf.constant(level_image[None])), factor, factor, "VALID")
+        probs = tf.nn.softmax(model.x12(x)["logits"], axis=-1)[0, ..., 1].numpy()
+        return probs[corners[:, 0] // step, corners[:, 1] // step]
+
+    def score(level_image, corners):
+        corners = np.asarray(corners, np.int64).reshape(-1, 2)
+        scores = x12_scores(level_image, corners).astype(np.float32)
+        if depth == 1:
+            return scores
+        out = np.full(scores.shape, -1.0, np.float32)
+        passed = np.flatnonzero(scores >= first)
+        out[passed] = run(cut(level_image, corners[passed]), 2)
+        return out
+
+    return score
 
 
 def _limit_negatives(samples: FaceSamples, positive_fraction: float, rng) -> FaceSamples:
