@@ -118,7 +118,8 @@ def rpn_losses(
         n_cls = batch * float(num_samples)
         n_reg = batch * tf.cast(num_locations, tf.float32)
     else:
-        n_cls = n_reg = tf.maximum(tf.reduce_sum(sampled), 1.0)
+        # the whole batch's count over any number of replicas (losses.replica_mean)
+        n_cls = n_reg = tf.maximum(losses.replica_mean(tf.reduce_sum(sampled)), 1.0)
     return cls_sum / n_cls, reg_weight * box_sum / n_reg
 
 

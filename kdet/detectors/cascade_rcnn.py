@@ -226,13 +226,16 @@ class CascadeRCNN(keras.Model):
     def stage_loss(self, stage: int, features: dict, rois: tf.Tensor, gt, valid: tf.Tensor):
         """Stage ``stage``'s ``(cls_loss, box_loss, decoded boxes)`` on ``rois [B, R, 4]``.
 
-        Both terms are sums over the valid RoIs divided by their count. The
+        Both terms are sums over the valid RoIs divided by their count (over the whole batch, on any
+        number of replicas). The
         integral-loss stage's classification term is the sum of its
         classifiers' terms (Eq. 4), each logged as ``stage1_cls_loss_uNN``.
         """
         t = self.stage_targets(stage, rois, gt, rois_valid=valid)
         out = self.run_stage(stage, features, rois)
-        count = tf.maximum(tf.reduce_sum(tf.cast(valid, tf.float32)), 1.0)
+        # the whole batch's count, also under a distribution strategy (each replica's own count would
+        # weight its RoIs differently from one device)
+        count = tf.maximum(losses.replica_mean(tf.reduce_sum(tf.cast(valid, tf.float32))), 1.0)
         weights = tf.cast(valid, tf.float32)
         if "integral_classes" in t:
             terms = [losses.softmax_cross_entropy(c, logits, weights) / count

@@ -1,5 +1,9 @@
 """MirroredStrategy on 2 logical CPU devices: one fit step equals one device on the same global batch.
 
+Every detector and every loss: RetinaNet (focal, AP-loss across replicas, consistent optimization),
+Faster R-CNN (one stage), Cascade R-CNN (three stages), the RPN face detector's configuration
+family, and the joint face cascade.
+
 Runs ``tests/scripts/mirrored_step.py`` in a subprocess (logical devices must be set before TF starts).
 """
 
@@ -18,6 +22,12 @@ VARIANTS = [
     {"classification_loss": "ap", "rank_across_replicas": True},
     {"classification_loss": "ap", "rank_across_replicas": False},
     {"classification_loss": "focal", "consistent_cls_terms": 2, "consistent_reg_terms": 2},
+    {"detector": "cascade_rcnn", "stage_ious": [0.5], "stage_box_weights": [[10, 10, 5, 5]],
+     "stage_loss_weights": [1.0]},
+    {"detector": "cascade_rcnn", "rpn_overrides": {"loss_normalization": "sampled"}},
+    {"detector": "face_cascade"},
+    {"classification_loss": "ap", "rank_across_replicas": True, "consistent_cls_terms": 2,
+     "consistent_reg_terms": 2},
 ]
 
 
@@ -31,9 +41,14 @@ def results():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", [0, 1, 3])
+@pytest.mark.parametrize("index", [0, 1, 3, 4, 5, 6, 7])
 def test_two_replicas_match_one_device(results, index):
-    """Focal, AP-loss ranked across replicas, and consistent optimization: same loss, same update (1e-6)."""
+    """Same loss and same update (1e-6 of the largest update x 100) on two replicas as on one device.
+
+    Focal, AP-loss ranked across replicas, consistent optimization, both together, Faster R-CNN,
+    Cascade R-CNN (RPN normalised by its sampled count: the whole batch's, not each replica's) and the
+    face cascade.
+    """
     r = results[index]
     assert r["max_update"] > 1e-3, r
     assert r["max_update_diff"] <= 1e-6 * max(1.0, r["max_update"] * 100), r
