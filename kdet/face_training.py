@@ -93,31 +93,6 @@ def train_cascade_separate(config: Mapping, samples: FaceSamples, *, epochs: int
     return model, steps
 
 
-class _LaterOnlyFaceCascade(FaceCascade):
-    """FaceCascade whose x12 loss skips the samples flagged ``y["later_only"]`` ``[N]`` bool.
-
-    They still enter the threshold controls (x12 scores them), so the later
-    branches learn from those x12 passes, and x12 learns from them only
-    through the features the later branches concatenate. Same weights and
-    config as FaceCascade (rebuild one from ``get_config`` for inference).
-    """
-
-    _later_only = None
-
-    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        self._later_only = None if y is None else y.get("later_only")
-        try:
-            return super().compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-        finally:
-            self._later_only = None
-
-    def branch_masks(self, outputs, labels):
-        masks = super().branch_masks(outputs, labels)
-        if self._later_only is not None:
-            masks = {**masks, "x12": masks["x12"] * (1.0 - tf.cast(self._later_only, tf.float32))}
-        return masks
-
-
 def _later_only_dataset(samples: FaceSamples, later_only: np.ndarray, *, batch_size: int, seed: int):
     later_only = np.asarray(later_only, bool)
     if later_only.shape != (len(samples),):
@@ -142,10 +117,7 @@ def train_cascade_joint(config: Mapping, samples: FaceSamples, *, epochs: int, b
     """
     optimizer = optimizer or default_optimizer()
     keras.utils.set_random_seed(seed)
-    if later_only is None:
-        model = FaceCascade(**{**config, "train_branches": ("x12", "x24", "x48")})
-    else:
-        model = _LaterOnlyFaceCascade(**{**config, "train_branches": ("x12", "x24", "x48")}, name="face_cascade")
+    model = FaceCascade(**{**config, "train_branches": ("x12", "x24", "x48")})
     if init_from is not None:
         _copy_weights(model, init_from)
     data = (samples_dataset(samples, batch_size=batch_size, seed=seed) if later_only is None else

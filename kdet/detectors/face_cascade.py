@@ -192,18 +192,25 @@ class FaceCascade(keras.Model):
         return tf.cast(offsets, tf.float32) * tf.constant(self._config["offset_std"], tf.float32) + tf.constant(
             self._config["offset_mean"], tf.float32)
 
-    def branch_masks(self, outputs: dict, labels: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Which samples each branch's loss sees: valid for x12, then the threshold controls."""
+    def branch_masks(self, outputs: dict, labels: tf.Tensor, later_only: tf.Tensor | None = None
+                     ) -> dict[str, tf.Tensor]:
+        """Which samples each branch's loss sees: valid for x12, then the threshold controls.
+
+        ``later_only`` ``[N]`` bool marks samples that x12's own loss skips
+        (bootstrapped hard samples, :func:`kdet.face_training.bootstrap_samples`);
+        they still pass x12's threshold control to the later branches.
+        """
         valid = tf.cast(labels >= 0, tf.float32)
         m24 = self.control24(outputs["x12_logits"], valid)
         m48 = self.control48(outputs["x24_logits"], m24)
-        return {"x12": valid, "x24": m24, "x48": m48}
+        m12 = valid if later_only is None else valid * (1.0 - tf.cast(later_only, tf.float32))
+        return {"x12": m12, "x24": m24, "x48": m48}
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """Eq. 6 over the branches in ``train_branches``; every term logged.
 
         ``y`` is ``{"labels": [N] (1 face, 0 non-face, -1 unused), "offsets":
-        [N, 4] raw}``. Each branch's terms are averaged over the samples that
+        [N, 4] raw}``, optionally ``"later_only": [N]`` bool (see :meth:`branch_masks`). Each branch's terms are averaged over the samples that
         reach it (over all replicas); the returned loss is scaled by
         ``1 / num_replicas`` like every kdet detector's.
         """
@@ -213,7 +220,7 @@ class FaceCascade(keras.Model):
         cfg = self._config
         labels = tf.cast(y["labels"], tf.int32)
         targets = self.normalize_offsets(y["offsets"])
-        masks = self.branch_masks(y_pred, labels)
+        masks = self.branch_masks(y_pred, labels, y.get("later_only"))
         positive = tf.cast(labels == 1, tf.float32)
         total = 0.0
         for k, name in enumerate(BRANCHES):
