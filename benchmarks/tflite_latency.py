@@ -292,7 +292,7 @@ def latency_worker(spec: dict) -> dict:
     return {"cpus": cpus, "median_ms": float(np.median(wall)), "frames": len(frames)}
 
 
-def latency(args, paths: dict) -> dict:
+def latency(args, paths: dict, argv: list[str]) -> dict:
     names = []
     if "retinanet512" not in args.skip:
         names += ["retinanet512_keras"] + [f"retinanet512_{v}" for v in args.variants]
@@ -304,7 +304,6 @@ def latency(args, paths: dict) -> dict:
         status = face_peers.available_peers(args.peer_cache_dir)
         names += [peer for peer in ("mtcnn", "blazeface") if status.get(peer) is None]
     settings = [(name, threads) for name in names for threads in args.threads]
-    argv = [a for a in sys.argv[1:] if a != "--latency-worker"]
     runs: dict = {}
     for round_index in range(args.rounds):
         for name, threads in settings if round_index % 2 == 0 else settings[::-1]:
@@ -354,6 +353,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv=None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)  # the workers parse the same arguments
     args = parse_args(argv)
     if args.latency_worker:
         print(WORKER_TAG + json.dumps(latency_worker(json.loads(args.latency_worker))), flush=True)
@@ -376,7 +376,7 @@ def main(argv=None) -> dict:
     if "accuracy" in args.parts:
         result["accuracy"] = accuracy(args, paths)
     if "latency" in args.parts:
-        result["latency_ms"] = latency(args, paths)
+        result["latency_ms"] = latency(args, paths, argv)
         result["loadavg_after_latency"] = [round(v, 2) for v in os.getloadavg()]
     result.setdefault("accuracy", {})
     result.setdefault("latency_ms", {})

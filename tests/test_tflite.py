@@ -161,3 +161,20 @@ def test_face_cascade_without_survivors_returns_zero_detections():
     out = runner(np.zeros((48, 64, 3), np.uint8))
     assert int(out["num_detections"][0]) == 0
     assert int(model.detect(tf.zeros([1, 48, 64, 3]))["num_detections"][0]) == 0
+
+
+def test_consistent_retinanet_with_its_second_regression_matches_keras():
+    """ConRetinaNet's inference applies two regressions in turn (Table 3's 2/2): same detections in TFLite."""
+    import keras
+
+    keras.utils.set_random_seed(11)
+    model = RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16, head_convs=1, head_filters=16,
+                      prior_probability=0.3, pre_nms_top_k=20, max_detections=100, classification_loss="ap",
+                      consistent_cls_terms=2, consistent_reg_terms=2)  # K above the candidates: no near-tie cut
+    model.detect(tf.zeros((1,) + SIZE + (3,)))
+    flatbuffer = tflite.convert(model, input_size=SIZE)
+    assert tflite.flex_ops(flatbuffer) == []
+    image = _image(4)
+    expected = _keras(model, image)
+    assert expected["num_detections"][0] > 0
+    assert_same_detections(expected, tflite.LiteRTDetector(flatbuffer)(image), min_iou=0.99, score_tolerance=1e-4)
