@@ -7,6 +7,16 @@ import numpy as np
 from kdet.boxes import pairwise_iou_numpy
 
 
+def block_image(seed: int = 0, size=(128, 128)) -> np.ndarray:
+    """A uint8 ``[h, w, 3]`` image a detector finds something in: a flat background, a flat block, a noise block."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    image = np.full(tuple(size) + (3,), 90, np.uint8)
+    image[h // 6:h // 2, w // 4:3 * w // 4] = rng.integers(0, 255, 3)
+    image[h // 2:, : w // 3] = rng.integers(0, 255, (h - h // 2, w // 3, 3))
+    return image
+
+
 def valid_rows(detections: dict, index: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(boxes [n, 4], scores [n], classes [n])`` of image ``index`` of an output-contract dict."""
     n = int(np.asarray(detections["num_detections"])[index])

@@ -11,7 +11,7 @@ from kdet import serving
 from kdet.detectors.cascade_rcnn import CascadeRCNN
 from kdet.detectors.face_cascade import FaceCascade
 from kdet.detectors.retinanet import RetinaNet
-from tests.detection_parity import assert_same_detections
+from tests.detection_parity import assert_same_detections, block_image
 
 SIZE = (128, 128)
 RPN = dict(backbone="tiny", freeze_batchnorm=False, fpn_filters=16, head_filters=16, pre_nms_top_k_test=200,
@@ -30,15 +30,6 @@ def _cascade():
 
 def _faces():
     return FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
-
-
-def _image(seed=0, size=SIZE):
-    rng = np.random.default_rng(seed)
-    h, w = size
-    image = np.full(size + (3,), 90, np.uint8)
-    image[h // 6:h // 2, w // 4:3 * w // 4] = rng.integers(0, 255, 3)
-    image[h // 2:, : w // 3] = rng.integers(0, 255, (h - h // 2, w // 3, 3))
-    return image
 
 
 def _png(array) -> bytes:
@@ -69,7 +60,7 @@ def exported(request, tmp_path_factory):
 
 def test_both_signatures_match_keras(exported):
     name, model, _, loaded = exported
-    image = _image()
+    image = block_image()
     keras_out = {k: v.numpy() for k, v in model.detect(tf.constant(image[None], tf.float32)).items()}
     assert keras_out["num_detections"][0] > 0, "nothing detected: the comparison would be empty"
     assert set(loaded.signatures) == {"serving_default", "serving_bytes"}
@@ -88,7 +79,7 @@ def test_label_map_travels_as_an_asset(exported):
 
 def test_other_sizes_are_letterboxed_and_boxes_normalised_to_the_original(exported):
     _, model, _, loaded = exported
-    image = _image(1, (64, 100))  # scale 1.28 into 128x128, padded at the bottom
+    image = block_image(1, (64, 100))  # scale 1.28 into 128x128, padded at the bottom
     out = loaded.signatures["serving_default"](input_tensor=tf.constant(image[None]))
     canvas = np.zeros(SIZE + (3,), np.float32)
     canvas[:82, :128] = tf.image.resize(image[None].astype(np.float32), (82, 128))[0].numpy()
@@ -126,9 +117,9 @@ def test_bad_input_and_edge_cases():
     with pytest.raises(tf.errors.InvalidArgumentError, match="not an encoded JPEG, PNG"):
         from_bytes(tf.constant([b"definitely not an image"]))
     with pytest.raises(tf.errors.InvalidArgumentError, match="PNG"):
-        from_bytes(tf.constant([_png(_image())[:100]]))  # truncated
+        from_bytes(tf.constant([_png(block_image())[:100]]))  # truncated
     # grey and RGBA PNGs are converted to RGB: the same detections as the RGB image
-    grey = np.asarray(Image.fromarray(_image()).convert("L"))
+    grey = np.asarray(Image.fromarray(block_image()).convert("L"))
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     reference = default(tf.constant(rgb[None]))
     for encoded in (_png(grey), _png(np.concatenate([rgb, np.full(SIZE + (1,), 255, np.uint8)], -1))):

@@ -7,18 +7,9 @@ import tensorflow as tf
 from kdet import tflite
 from kdet.detectors.face_cascade import FaceCascade
 from kdet.detectors.retinanet import RetinaNet
-from tests.detection_parity import assert_same_detections, match_fraction
+from tests.detection_parity import assert_same_detections, block_image, match_fraction
 
 SIZE = (128, 128)
-
-
-def _image(seed=0, size=SIZE):
-    rng = np.random.default_rng(seed)
-    h, w = size
-    image = np.full(size + (3,), 90, np.uint8)
-    image[h // 6:h // 2, w // 4:3 * w // 4] = rng.integers(0, 255, 3)
-    image[h // 2:, : w // 3] = rng.integers(0, 255, (h - h // 2, w // 3, 3))
-    return image
 
 
 def _keras(model, image):
@@ -45,7 +36,7 @@ def test_retinanet_float32_matches_keras_and_is_builtins_only(retinanet, retinan
     assert tflite.flex_ops(retinanet_float32) == []
     runner = tflite.LiteRTDetector(retinanet_float32)
     for seed in range(3):
-        image = _image(seed)
+        image = block_image(seed)
         expected = _keras(retinanet, image)
         assert expected["num_detections"][0] > 0
         assert_same_detections(expected, runner(image), min_iou=0.99, score_tolerance=1e-4)
@@ -59,12 +50,12 @@ def test_retinanet_float32_matches_keras_and_is_builtins_only(retinanet, retinan
 
 def test_retinanet_float16_and_int8(retinanet, retinanet_float32):
     half = tflite.convert(retinanet, input_size=SIZE, quantization="float16")
-    calibration = [_image(seed) for seed in range(8)]
+    calibration = [block_image(seed) for seed in range(8)]
     int8 = tflite.convert(retinanet, input_size=SIZE, quantization="int8", representative_images=calibration)
     assert len(half) < 0.6 * len(retinanet_float32) and len(int8) < 0.4 * len(retinanet_float32)
     for flatbuffer in (half, int8):
         assert tflite.flex_ops(flatbuffer) == []
-    image = _image(0)
+    image = block_image(0)
     expected = _keras(retinanet, image)
     # float16 weights: boxes and scores move by ~1e-3; stated tolerance IoU >= 0.95, |dscore| <= 5e-3, 90% matched
     assert match_fraction(expected, tflite.LiteRTDetector(half)(image), min_iou=0.95, score_tolerance=5e-3) >= 0.9
@@ -87,7 +78,7 @@ def test_face_cascade_float32_matches_keras():
     assert tflite.flex_ops(flatbuffer) == []
     runner = tflite.LiteRTDetector(flatbuffer)
     for seed in range(2):
-        image = _image(seed, (96, 128))
+        image = block_image(seed, (96, 128))
         expected = _keras(model, image)  # the user's model: tf.image resize and crop_and_resize
         assert expected["num_detections"][0] > 0
         assert_same_detections(expected, runner(image), min_iou=0.99, score_tolerance=1e-4)
@@ -130,7 +121,7 @@ def test_face_cascade_three_models_and_host_loop_match_keras():
         expected = _keras(model, image)
         assert expected["num_detections"][0] > 0
         assert_same_detections(expected, loop(image), min_iou=0.99, score_tolerance=1e-4)
-    calibration = [_image(seed, (96, 128)) for seed in range(3)]
+    calibration = [block_image(seed, (96, 128)) for seed in range(3)]
     int8 = face_lite.convert_stages(model, input_size=(96, 128), quantization="int8",
                                     representative_images=calibration)
     out = face_lite.FaceCascadeLite(int8, model.get_config())(calibration[0])
@@ -174,7 +165,7 @@ def test_consistent_retinanet_with_its_second_regression_matches_keras():
     model.detect(tf.zeros((1,) + SIZE + (3,)))
     flatbuffer = tflite.convert(model, input_size=SIZE)
     assert tflite.flex_ops(flatbuffer) == []
-    image = _image(4)
+    image = block_image(4)
     expected = _keras(model, image)
     assert expected["num_detections"][0] > 0
     assert_same_detections(expected, tflite.LiteRTDetector(flatbuffer)(image), min_iou=0.99, score_tolerance=1e-4)
