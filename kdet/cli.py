@@ -1,8 +1,8 @@
 """The ``kdet`` command line.
 
 ``kdet demo`` is the main job (train RetinaNet on the embedded data, evaluate,
-draw). Further subcommands (train a recipe, evaluate, detect, export) build on
-the same pieces.
+draw); ``kdet train`` runs a recipe of ``recipes/``; ``kdet evaluate``,
+``kdet detect`` and ``kdet export`` work on the model directory it writes.
 """
 
 from __future__ import annotations
@@ -30,6 +30,41 @@ def demo_defaults() -> dict:
     return {k: p.default for k, p in inspect.signature(run_demo).parameters.items()}
 
 
+def _image_size(text: str) -> int:
+    value = _positive_int(text)
+    if value % 128:
+        raise argparse.ArgumentTypeError(f"image sizes must be multiples of 128 (the P7 stride), got {value}")
+    return value
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``kdet train`` and of a recipe file's command line."""
+    from kdet.training.loop import PRECISIONS, STRATEGIES
+
+    parser.add_argument("--data", help="training data: tfds:NAME:SPLIT, coco-json:PATH[:IMAGE_DIR] or "
+                                       "embedded:shapes|faces[:SPLIT] (default: the recipe's)")
+    parser.add_argument("--val-data", help="evaluation data, same forms (default: the recipe's)")
+    parser.add_argument("--model-dir", help="output model directory (default: runs/RECIPE_NAME)")
+    parser.add_argument("--epochs", type=_positive_int, help="Keras epochs of the recipe's steps_per_epoch "
+                                                              "(default: the whole schedule)")
+    parser.add_argument("--steps", type=_positive_int, help="total training steps (wins over --epochs)")
+    parser.add_argument("--batch-size", type=_positive_int,
+                        help="global batch; the schedule is rescaled by the linear rule (default: the recipe's)")
+    parser.add_argument("--backbone", choices=("resnet50", "resnet101", "tiny"), help="(default: the recipe's)")
+    parser.add_argument("--backbone-weights", help="local keras.applications ImageNet weights file (*_notop.h5)")
+    parser.add_argument("--image-size", type=_image_size, nargs=2, metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--smoke", action="store_true",
+                        help="a few steps on tiny inputs (tfds data is replaced by tfds.testing.mock_data)")
+    parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    parser.add_argument("--mixed-precision", choices=PRECISIONS, help="dtype policy (default: float32)")
+    parser.add_argument("--strategy", choices=STRATEGIES, default="auto",
+                        help="auto: MultiWorkerMirrored with a multi-worker TF_CONFIG, Mirrored over visible GPUs, "
+                             "else the default (default: %(default)s)")
+    parser.add_argument("--backup-every", type=_positive_int, help="steps between backups (default: min(epoch, 500))")
+    parser.add_argument("--no-eval", action="store_true", help="skip the per-epoch and final evaluation")
+    parser.add_argument("--data-dir", help="tfds data directory")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdet", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -43,6 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
                       ("--batch-size", "batch_size")]:
         demo.add_argument(flag, type=_positive_int, default=defaults[key], help="(default: %(default)s)")
     demo.add_argument("--seed", type=int, default=defaults["seed"], help="(default: %(default)s)")
+
+    train = sub.add_parser("train", help="train a recipe (recipes/NAME.py[:VARIANT] or a path) into a model directory")
+    train.add_argument("recipe", help="recipe name (e.g. retinanet, cascade_rcnn_fpn:voc) or path to a recipe file")
+    add_train_arguments(train)
+
+    evaluate = sub.add_parser("evaluate", help="COCO metrics (face metrics for face models) of a model directory")
+    evaluate.add_argument("--model-dir", required=True, help="a kdet model directory")
+    evaluate.add_argument("--data", help="evaluation data, e.g. tfds:coco/2017:validation (default: the model "
+                                         "directory's)")
+    evaluate.add_argument("--max-images", type=_positive_int, help="evaluate the first N images")
+    evaluate.add_argument("--batch-size", type=_positive_int, default=8, help="(default: %(default)s)")
+    evaluate.add_argument("--results-json", help="also write the detections in COCO result format here")
+    evaluate.add_argument("--data-dir", help="tfds data directory")
+
+    detect = sub.add_parser("detect", help="draw a model directory's detections on images into PNG files")
+    detect.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF)")
+    detect.add_argument("--model-dir", required=True, help="a kdet model directory")
+    detect.add_argument("--out", required=True, help="output folder (one IMAGE_NAME.png per image)")
+    detect.add_argument("--score-threshold", type=float, default=0.3, help="(default: %(default)s)")
 
     export = sub.add_parser("export", help="write a model directory as a SavedModel (TF Serving) or a TFLite file")
     export.add_argument("--model-dir", required=True, help="a kdet model directory (kdet_model.json + weights)")
@@ -74,6 +128,117 @@ def _export(args) -> int:
     return 0
 
 
+def resolve_recipe(spec: str):
+    """``(Recipe, variant name)`` for ``NAME[:VARIANT]`` or ``PATH.py[:VARIANT]``.
+
+    Names are looked up in ``./recipes`` and then in the ``recipes/`` folder
+    next to the installed ``kdet`` package (a source checkout).
+    """
+    import importlib.util
+    from pathlib import Path
+
+    import kdet
+
+    name, variant = spec.rsplit(":", 1) if ":" in spec and not spec.endswith(".py") else (spec, "")
+    folders = [Path("recipes"), Path(kdet.__file__).resolve().parent.parent / "recipes"]
+    candidates = [Path(name)] if name.endswith(".py") else [folder / f"{name}.py" for folder in folders]
+    path = next((c for c in candidates if c.is_file()), None)
+    if path is None:
+        known = sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.py")
+                        if not p.stem.startswith("_")})
+        raise ValueError(f"recipe {name!r} not found (looked for {', '.join(str(c) for c in candidates)}); "
+                         f"known recipes: {', '.join(known) or 'none'}")
+    module_spec = importlib.util.spec_from_file_location(f"kdet_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    recipes = getattr(module, "RECIPES", None)
+    if not recipes:
+        raise ValueError(f"{path} defines no RECIPES dict")
+    return _pick_variant(recipes, variant, where=str(path))
+
+
+def _pick_variant(recipes, variant: str, *, where: str):
+    variant = variant or next(iter(recipes))
+    if variant not in recipes:
+        raise ValueError(f"{where} has no variant {variant!r}; variants: {', '.join(recipes)}")
+    return recipes[variant], variant
+
+
+def _run_train(recipe, args) -> int:
+    import contextlib
+
+    from kdet.training import train
+
+    model_dir = args.model_dir or os.path.join("runs", recipe.name + ("_smoke" if args.smoke else ""))
+    mock = contextlib.nullcontext()
+    if args.smoke and any(s.startswith("tfds:") for s in (args.data or recipe.train_data,
+                                                           args.val_data or recipe.val_data)):
+        import tensorflow_datasets as tfds
+
+        mock = tfds.testing.mock_data(num_examples=8)  # a smoke run never reads real tfds data
+    with mock:
+        result = train(recipe, model_dir=model_dir, data=args.data, val_data=args.val_data, epochs=args.epochs,
+                       steps=args.steps, batch_size=args.batch_size, backbone=args.backbone,
+                       backbone_weights=args.backbone_weights,
+                       image_size=tuple(args.image_size) if args.image_size else None, smoke=args.smoke,
+                       seed=args.seed, mixed_precision=args.mixed_precision, strategy=args.strategy,
+                       backup_every=args.backup_every, evaluate=not args.no_eval, data_dir=args.data_dir)
+    if result.metrics:
+        print(_metrics_table(result.metrics))
+    print(f"kdet train: {recipe.name}: {result.steps} steps (from step {result.start_step}) in {result.seconds:.0f}s; "
+          f"model directory {model_dir}")
+    return 0
+
+
+def _metrics_table(metrics) -> str:
+    if "AP50" in metrics and "AP" not in metrics:
+        from kdet.evaluation.face import format_face_metrics_table
+
+        return format_face_metrics_table(metrics)
+    from kdet.evaluation.coco import format_metrics_table
+
+    return format_metrics_table(metrics)
+
+
+def train_main(recipes, argv: list[str] | None = None) -> int:
+    """The command line of one recipe file (``python recipes/NAME.py [--variant V] ...``)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = argparse.ArgumentParser(description="train this recipe (the options of `kdet train`)")
+    parser.add_argument("--variant", choices=list(recipes), default=next(iter(recipes)),
+                        help="dataset variant (default: %(default)s)")
+    add_train_arguments(parser)
+    args = parser.parse_args(argv)
+    recipe, _ = _pick_variant(recipes, args.variant, where="this recipe")
+    return _guard("train", lambda: _run_train(recipe, args))
+
+
+def _guard(command: str, action) -> int:
+    """Runs ``action``; a bad argument or missing file prints ``kdet COMMAND: error: ...`` and returns 2."""
+    try:
+        return action()
+    except (FileNotFoundError, ValueError) as error:
+        print(f"kdet {command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _evaluate(args) -> int:
+    from kdet.inference import evaluate_model_dir
+
+    metrics = evaluate_model_dir(args.model_dir, data=args.data, max_images=args.max_images,
+                                 batch_size=args.batch_size, results_json=args.results_json, data_dir=args.data_dir)
+    print(_metrics_table(metrics))
+    return 0
+
+
+def _detect(args) -> int:
+    from kdet.inference import detect_files
+
+    for path, count in detect_files(args.model_dir, args.images, out_dir=args.out,
+                                    score_threshold=args.score_threshold):
+        print(f"{path}: {count} detections")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
     args = build_parser().parse_args(argv)
@@ -84,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
             out_dir=args.out, epochs=args.epochs, train_images=args.train_images,
             val_images=args.val_images, batch_size=args.batch_size, seed=args.seed,
         )
+    elif args.command == "train":
+        return _guard("train", lambda: _run_train(resolve_recipe(args.recipe)[0], args))
+    elif args.command == "evaluate":
+        return _guard("evaluate", lambda: _evaluate(args))
+    elif args.command == "detect":
+        return _guard("detect", lambda: _detect(args))
     elif args.command == "export":
         return _export(args)
     return 0

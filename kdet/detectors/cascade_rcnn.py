@@ -149,7 +149,8 @@ class CascadeRCNN(keras.Model):
         self.num_stages = num_stages
         self.rpn = RegionProposalNetwork(**(rpn or {}), name="rpn")
         self.roi_align = RoIAlign(output_size=roi_size, sampling_ratio=sampling_ratio,
-                                  canonical_size=roi_canonical_size, use_gather=use_gather_roi_align, name="roi_align")
+                                  canonical_size=roi_canonical_size, use_gather=use_gather_roi_align, name="roi_align",
+                                  dtype="float32")  # pixel boxes stay float32 under mixed precision
         self.heads = [
             BoxHead(num_classes=num_classes, fc_dim=fc_dim, num_classifiers=max(1, len(self.integral_ious)) if s == 0 else 1,
                     name=f"stage{s + 1}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from kdet.heads import OUTPUT_DTYPE
+
 
 @keras.saving.register_keras_serializable(package="kdet")
 class BoxHead(keras.layers.Layer):
@@ -42,12 +44,13 @@ class BoxHead(keras.layers.Layer):
         self.fc2 = keras.layers.Dense(fc_dim, activation="relu", name="fc2")
         self.classifiers = [
             keras.layers.Dense(num_classes + 1, kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
-                               name="class_logits" if k == 0 else f"class_logits_{k + 1}")
+                               name="class_logits" if k == 0 else f"class_logits_{k + 1}", dtype=OUTPUT_DTYPE)
             for k in range(num_classifiers)
         ]
         self.classifier = self.classifiers[0]
         self.regressor = keras.layers.Dense(
-            4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="box_codes")
+            4, kernel_initializer=keras.initializers.RandomNormal(stddev=0.001), name="box_codes",
+            dtype=OUTPUT_DTYPE)
 
     def build(self, input_shape):
         """``input_shape`` ``(B, R, S, S, F)``: creates every weight (the head can be built before its first call)."""

@@ -20,12 +20,14 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from kdet.heads import OUTPUT_DTYPE
+
 
 def _outputs(prefix: str, dropout: float) -> tuple[keras.layers.Layer, ...]:
     return (
         keras.layers.Dropout(dropout, name=f"{prefix}_dropout"),
-        keras.layers.Dense(2, name=f"{prefix}_logits"),
-        keras.layers.Dense(4, name=f"{prefix}_offsets"),
+        keras.layers.Dense(2, name=f"{prefix}_logits", dtype=OUTPUT_DTYPE),
+        keras.layers.Dense(4, name=f"{prefix}_offsets", dtype=OUTPUT_DTYPE),
     )
 
 
@@ -56,8 +58,8 @@ class Face12Net(keras.layers.Layer):
         self.pool = keras.layers.MaxPooling2D(3, strides=2, name="pool1")
         self.conv2 = keras.layers.Conv2D(filters, 4, activation="relu", name="conv2")
         self.drop = keras.layers.Dropout(dropout, name="dropout")
-        self.logits = keras.layers.Conv2D(2, 1, name="logits")
-        self.offsets = keras.layers.Conv2D(4, 1, name="offsets")
+        self.logits = keras.layers.Conv2D(2, 1, name="logits", dtype=OUTPUT_DTYPE)
+        self.offsets = keras.layers.Conv2D(4, 1, name="offsets", dtype=OUTPUT_DTYPE)
 
     def build(self, input_shape):
         channels = input_shape[-1]

@@ -7,6 +7,8 @@ import math
 import keras
 import tensorflow as tf
 
+from kdet.heads import OUTPUT_DTYPE
+
 
 @keras.saving.register_keras_serializable(package="kdet")
 class RetinaNetHead(keras.layers.Layer):
@@ -65,11 +67,11 @@ class RetinaNetHead(keras.layers.Layer):
         bias = -math.log((1.0 - prior_probability) / prior_probability)
         self.class_out = keras.layers.Conv2D(
             num_anchors * num_classes, 3, padding="same", kernel_initializer=init,
-            bias_initializer=keras.initializers.Constant(bias), name="class_logits",
+            bias_initializer=keras.initializers.Constant(bias), name="class_logits", dtype=OUTPUT_DTYPE,
         )
         self.box_outs = [
             keras.layers.Conv2D(num_anchors * 4, 3, padding="same", kernel_initializer=init,
-                                name="box_codes" if i == 0 else f"box_codes_{i + 1}")
+                                name="box_codes" if i == 0 else f"box_codes_{i + 1}", dtype=OUTPUT_DTYPE)
             for i in range(num_box_outputs)
         ]
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from kdet.heads import OUTPUT_DTYPE
+
 
 @keras.saving.register_keras_serializable(package="kdet")
 class RPNHead(keras.layers.Layer):
@@ -32,8 +34,10 @@ class RPNHead(keras.layers.Layer):
         init = keras.initializers.RandomNormal(stddev=0.01)
         self.conv = keras.layers.Conv2D(filters, 3, padding="same", activation="relu", kernel_initializer=init,
                                         name="conv")
-        self.objectness = keras.layers.Conv2D(num_anchors, 1, kernel_initializer=init, name="objectness")
-        self.box = keras.layers.Conv2D(num_anchors * 4, 1, kernel_initializer=init, name="box_codes")
+        self.objectness = keras.layers.Conv2D(num_anchors, 1, kernel_initializer=init, name="objectness",
+                                             dtype=OUTPUT_DTYPE)
+        self.box = keras.layers.Conv2D(num_anchors * 4, 1, kernel_initializer=init, name="box_codes",
+                                       dtype=OUTPUT_DTYPE)
 
     def call(self, features):
         logits, codes = [], []

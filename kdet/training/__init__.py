@@ -1,0 +1,25 @@
+"""Training: recipes, the resumable training loop, distribution, callbacks.
+
+* :class:`Recipe`, :class:`StepSchedule` (:mod:`kdet.training.recipe`) --
+  a paper experiment as data; ``recipes/*.py`` define them.
+* :func:`train` (:mod:`kdet.training.loop`) -- runs one into a model directory.
+* :func:`recipe_main` -- the command line of a recipe file
+  (``python recipes/retinanet.py --smoke``), the same as ``kdet train``.
+"""
+
+from kdet.training.callbacks import DetectionImages, StepBackup, TerminateOnNaNTerm, backup_position
+from kdet.training.loop import Run, TrainResult, choose_strategy, set_precision, train
+from kdet.training.recipe import Recipe, StepSchedule, WarmupStepDecay
+from kdet.training.stream import training_stream
+
+
+def recipe_main(recipes, argv=None) -> int:
+    """``kdet train`` for one recipe file's ``RECIPES`` (its ``__main__``)."""
+    from kdet.cli import train_main
+
+    return train_main(recipes, argv)
+
+
+__all__ = ["DetectionImages", "Recipe", "Run", "StepBackup", "StepSchedule", "TerminateOnNaNTerm", "TrainResult",
+           "WarmupStepDecay", "backup_position", "choose_strategy", "recipe_main", "set_precision", "train",
+           "training_stream"]

@@ -1,0 +1,450 @@
+"""Runs a :class:`~kdet.training.recipe.Recipe`: data, strategy, fit, backups, logs, model directory.
+
+``train(recipe, model_dir=...)``:
+
+1. opens the recipe's data strings (or the caller's ``data``/``val_data``);
+2. picks the strategy (:func:`choose_strategy`): ``MultiWorkerMirroredStrategy``
+   when ``TF_CONFIG`` names a cluster of several workers, else
+   ``MirroredStrategy`` over the visible GPUs, else the default (CPU);
+3. builds the detector by the recipe's ``build_model`` inside the strategy
+   scope, with the schedule scaled to the global batch (linear rule);
+4. trains from the last backup in ``MODEL_DIR/backup`` (step-exact: the data
+   stream is a function of the global step, :mod:`kdet.training.stream`),
+   with ``model.fit`` on one worker and a custom ``strategy.run`` loop on
+   several (Keras 3's ``fit`` breaks under ``MultiWorkerMirroredStrategy``,
+   keras-team/keras#20585); both drive the same Keras callbacks;
+5. evaluates after every epoch (COCO or face metrics), keeps the best
+   weights by AP in ``best.weights.h5``, logs every loss term, the learning
+   rate, the metrics and a few drawn validation images to TensorBoard in
+   ``MODEL_DIR/logs``;
+6. writes the model directory (:mod:`kdet.model_dir`): config, weights,
+   data string and the recipe's settings, so ``kdet evaluate`` /
+   ``kdet detect`` / ``kdet export`` need nothing else; and
+   ``MODEL_DIR/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kdet.data.example import DetectionInfo
+from kdet.data.pipeline import make_pipeline
+from kdet.data.sources import open_source
+from kdet.model_dir import build_for, save_model_dir
+from kdet.training.callbacks import DetectionImages, StepBackup, TerminateOnNaNTerm, backup_position
+from kdet.training.recipe import Recipe
+from kdet.training.stream import training_stream
+
+STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+BACKUP_DIR = "backup"
+BEST_WEIGHTS = "best.weights.h5"
+
+
+@dataclass
+class Run:
+    """What a recipe's custom ``train(recipe, run)`` gets (the face recipes use it)."""
+
+    recipe: Recipe
+    model_dir: str
+    train_examples: tf.data.Dataset
+    train_info: DetectionInfo
+    val_examples: tf.data.Dataset
+    val_info: DetectionInfo
+    batch_size: int
+    strategy: tf.distribute.Strategy
+    callbacks: list
+    seed: int
+    verbose: int
+    smoke: bool
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    model: keras.Model
+    metrics: dict[str, float]
+    history: dict[str, list[float]] = field(default_factory=dict)
+    model_dir: str = ""
+    start_step: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+
+
+def _tf_config_workers() -> int:
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return 0
+    try:
+        cluster = json.loads(text).get("cluster", {})
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from None
+    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
+
+
+def choose_strategy(kind: str = "auto") -> tf.distribute.Strategy:
+    """The distribution strategy for ``kind`` (one of :data:`STRATEGIES`).
+
+    ``auto``: ``multi_worker`` when ``TF_CONFIG`` names more than one worker,
+    ``mirrored`` when GPUs are visible, otherwise the default strategy.
+    """
+    if kind not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {STRATEGIES}, got {kind!r}")
+    if kind == "auto":
+        kind = ("multi_worker" if _tf_config_workers() > 1 else
+                "mirrored" if tf.config.list_logical_devices("GPU") else "default")
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_multi_worker(strategy) -> bool:
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def is_chief(strategy) -> bool:
+    """True on the worker that writes the model directory and the logs."""
+    if not is_multi_worker(strategy):
+        return True
+    resolver = strategy.cluster_resolver
+    return resolver.task_type in (None, "chief") or (
+        resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs)
+
+
+def set_precision(policy: str | None) -> None:
+    """Sets Keras' global dtype policy (``mixed_float16`` also scales the loss: Keras wraps the optimiser)."""
+    policy = policy or "float32"
+    if policy not in PRECISIONS:
+        raise ValueError(f"mixed precision must be one of {PRECISIONS}, got {policy!r}")
+    keras.mixed_precision.set_dtype_policy(policy)
+
+
+def _evaluator(recipe: Recipe, info: DetectionInfo):
+    if recipe.evaluation == "face":
+        from kdet.evaluation.face import FaceEvaluator
+
+        return FaceEvaluator(min_face_size=recipe.extra.get("min_face_size"))
+    from kdet.evaluation.coco import CocoEvaluator
+
+    return CocoEvaluator(category_ids=info.category_ids, class_names=info.class_names)
+
+
+def _monitor(recipe: Recipe) -> str:
+    return "val_AP50" if recipe.evaluation == "face" else "val_AP"
+
+
+class EvaluationCallback(keras.callbacks.Callback):
+    """Evaluates ``dataset`` with ``evaluator`` after each epoch; metrics go into ``logs`` as ``val_*``."""
+
+    def __init__(self, dataset, evaluator, *, verbose: int = 1):
+        super().__init__()
+        self.dataset, self.evaluator, self.verbose = dataset, evaluator, verbose
+
+    def on_epoch_end(self, epoch, logs=None):
+        from kdet.evaluation import evaluate_model
+
+        self.evaluator.reset()
+        metrics = evaluate_model(self.model, self.dataset, self.evaluator, progress=self.verbose == 1)
+        if logs is not None:
+            logs.update({f"val_{k}": float(v) for k, v in metrics.items()})
+        if self.verbose:
+            shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items() if k.startswith(("AP", "recall")))
+            print(f"epoch {epoch + 1} evaluation: {shown}")
+
+
+def _verbose(verbose: int | None) -> int:
+    return (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
+
+
+def _apply_overrides(recipe: Recipe, *, smoke: bool, data, val_data, batch_size, backbone, backbone_weights,
+                     image_size) -> Recipe:
+    if smoke:
+        recipe = recipe.smoke_version()
+    changes = {k: v for k, v in dict(train_data=data, val_data=val_data, batch_size=batch_size, backbone=backbone,
+                                      backbone_weights=backbone_weights, image_size=image_size).items()
+               if v is not None}
+    return recipe.replace(**changes) if changes else recipe
+
+
+def _recipe_record(recipe: Recipe, **more) -> dict:
+    record = {"name": recipe.name, "paper": recipe.paper, "train_data": recipe.train_data,
+              "val_data": recipe.val_data, "image_size": list(recipe.image_size), "batch_size": recipe.batch_size,
+              "schedule": dataclasses.asdict(recipe.schedule), "backbone": recipe.backbone,
+              "backbone_weights": recipe.backbone_weights, "flip": recipe.flip,
+              "scale_jitter": recipe.scale_jitter, "steps_per_epoch": recipe.steps_per_epoch,
+              "evaluation": recipe.evaluation, "extra": dict(recipe.extra)}
+    record.update(more)
+    return record
+
+
+def _val_pipeline(recipe: Recipe, examples) -> tf.data.Dataset:
+    if recipe.val_images:
+        examples = examples.take(recipe.val_images)
+    return make_pipeline(examples, image_size=recipe.image_size, batch_size=max(1, min(8, recipe.batch_size)),
+                         training=False, max_boxes=recipe.max_boxes)
+
+
+def train(
+    recipe: Recipe,
+    *,
+    model_dir: str,
+    data: str | None = None,
+    val_data: str | None = None,
+    epochs: int | None = None,
+    steps: int | None = None,
+    batch_size: int | None = None,
+    backbone: str | None = None,
+    backbone_weights: str | None = None,
+    image_size: tuple[int, int] | None = None,
+    smoke: bool = False,
+    seed: int = 0,
+    mixed_precision: str | None = None,
+    strategy: str | tf.distribute.Strategy = "auto",
+    backup_every: int | None = None,
+    evaluate: bool = True,
+    tensorboard: bool = True,
+    data_dir: str | None = None,
+    verbose: int | None = None,
+) -> TrainResult:
+    """Trains ``recipe`` into ``model_dir`` (resuming from its backup); see the module docstring.
+
+    Args:
+      recipe: the experiment.
+      model_dir: output folder (model directory, backup, logs, metrics).
+      data, val_data: data strings replacing the recipe's.
+      epochs: Keras epochs of ``steps_per_epoch`` steps (default: the
+        schedule's total steps at this batch size).
+      steps: total steps instead (wins over ``epochs``).
+      batch_size: global batch (the schedule is rescaled by the linear rule).
+      backbone, backbone_weights, image_size: replace the recipe's.
+      smoke: apply the recipe's ``smoke`` overrides (a few tiny steps).
+      seed: seeds weights, data order and augmentation.
+      mixed_precision: one of :data:`PRECISIONS` (None: float32).
+      strategy: one of :data:`STRATEGIES` or a strategy object.
+      backup_every: steps between backups (default: ``min(steps_per_epoch, 500)``).
+      evaluate: evaluate after each epoch and at the end.
+      tensorboard: write TensorBoard logs.
+      data_dir: tfds data directory.
+      verbose: Keras verbosity (default: progress bar on a terminal).
+
+    Returns:
+      :class:`TrainResult` with the trained model and the final metrics.
+    """
+    previous_policy = keras.config.dtype_policy()
+    try:
+        return _train(recipe, model_dir=model_dir, data=data, val_data=val_data, epochs=epochs, steps=steps,
+                      batch_size=batch_size, backbone=backbone, backbone_weights=backbone_weights,
+                      image_size=image_size, smoke=smoke, seed=seed, mixed_precision=mixed_precision,
+                      strategy=strategy, backup_every=backup_every, evaluate=evaluate, tensorboard=tensorboard,
+                      data_dir=data_dir, verbose=verbose)
+    finally:
+        keras.config.set_dtype_policy(previous_policy)  # the policy is global: do not leak it to later models
+
+
+def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, backbone, backbone_weights, image_size,
+           smoke, seed, mixed_precision, strategy, backup_every, evaluate, tensorboard, data_dir, verbose):
+    started = time.time()
+    recipe = _apply_overrides(recipe, smoke=smoke, data=data, val_data=val_data, batch_size=batch_size,
+                              backbone=backbone, backbone_weights=backbone_weights, image_size=image_size)
+    verbose = _verbose(verbose)
+    keras.utils.set_random_seed(seed)
+    set_precision(mixed_precision)
+    strategy = choose_strategy(strategy) if isinstance(strategy, str) else strategy
+    chief = is_chief(strategy)
+    os.makedirs(model_dir, exist_ok=True)
+    train_examples, train_info = open_source(recipe.train_data, seed=seed, data_dir=data_dir)
+    val_examples, val_info = open_source(recipe.val_data, seed=seed, data_dir=data_dir)
+    val = _val_pipeline(recipe, val_examples)
+    callbacks = [TerminateOnNaNTerm()]
+    if tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(_log_dir(model_dir, strategy), update_freq=max(
+            1, min(100, recipe.steps_per_epoch // 10))))
+    if recipe.train is not None:
+        run = Run(recipe=recipe, model_dir=model_dir, train_examples=train_examples, train_info=train_info,
+                  val_examples=val_examples, val_info=val_info, batch_size=recipe.batch_size, strategy=strategy,
+                  callbacks=callbacks, seed=seed, verbose=verbose, smoke=smoke)
+        model = recipe.train(recipe, run)
+        history, start_step, total = {}, 0, 0
+    else:
+        model, history, start_step, total = _train_steps(
+            recipe, model_dir=model_dir, train_examples=train_examples, info=train_info, val=val,
+            epochs=epochs, steps=steps, seed=seed, strategy=strategy, backup_every=backup_every,
+            evaluate=evaluate, callbacks=callbacks, verbose=verbose)
+    metrics = {}
+    if evaluate:
+        from kdet.evaluation import evaluate_model
+
+        metrics = evaluate_model(model, val, _evaluator(recipe, val_info), progress=verbose == 1)
+    result = TrainResult(model=model, metrics={k: float(v) for k, v in metrics.items()}, history=history,
+                         model_dir=model_dir, start_step=start_step, steps=total,
+                         seconds=round(time.time() - started, 1))
+    if chief:
+        _write_outputs(result, recipe, val_info, seed=seed, mixed_precision=mixed_precision)
+    return result
+
+
+def _log_dir(model_dir: str, strategy) -> str:
+    if is_chief(strategy):
+        return os.path.join(model_dir, "logs")
+    return os.path.join(model_dir, "logs", f"worker{strategy.cluster_resolver.task_id}")
+
+
+def _write_outputs(result: TrainResult, recipe: Recipe, info: DetectionInfo, *, seed, mixed_precision) -> None:
+    save_model_dir(result.model, result.model_dir, input_size=recipe.image_size, class_names=info.class_names,
+                   data=recipe.val_data, recipe=_recipe_record(recipe, seed=seed, mixed_precision=mixed_precision,
+                                                               steps=result.steps))
+    summary = {"recipe": recipe.name, "metrics": result.metrics, "steps": result.steps,
+               "resumed_from_step": result.start_step, "seconds": result.seconds,
+               "final_logs": {k: v[-1] for k, v in result.history.items() if v}}
+    with open(os.path.join(result.model_dir, "metrics.json"), "w") as f:
+        json.dump(summary, f, indent=2, default=float)
+
+
+def _total_steps(recipe: Recipe, *, epochs, steps) -> tuple[int, int]:
+    """``(total steps, steps per epoch)`` at the recipe's batch size."""
+    if steps is None:
+        steps = (epochs * recipe.steps_per_epoch if epochs is not None
+                 else recipe.schedule.for_batch(recipe.batch_size).total_steps)
+    if steps < 1:
+        raise ValueError(f"need at least one training step, got {steps}")
+    return int(steps), int(min(recipe.steps_per_epoch, steps))
+
+
+def _build(recipe: Recipe, info: DetectionInfo, strategy) -> keras.Model:
+    schedule = recipe.schedule.for_batch(recipe.batch_size)
+    with strategy.scope():
+        model = recipe.build_model(info.num_classes, backbone=recipe.backbone,
+                                   backbone_weights=recipe.backbone_weights)
+        build_for(model, recipe.image_size)
+        model.compile(optimizer=schedule.make_optimizer())
+        model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _segments(start: int, total: int, per_epoch: int) -> list[tuple[int, int, int, int]]:
+    """``(first epoch, first step, epochs, steps per epoch)`` of the ``fit`` calls from ``start`` to ``total``.
+
+    At most three: the rest of a part-done epoch (a resumed run), the full
+    epochs, and a last shorter epoch when ``total`` is not a multiple.
+    """
+    segments, step = [], start
+    if step % per_epoch and step < total:
+        length = min(per_epoch - step % per_epoch, total - step)
+        segments.append((step // per_epoch, step, 1, length))
+        step += length
+    full = (total - step) // per_epoch
+    if full:
+        segments.append((step // per_epoch, step, full, per_epoch))
+        step += full * per_epoch
+    if step < total:
+        segments.append((step // per_epoch, step, 1, total - step))
+    return segments
+
+
+def _train_steps(recipe: Recipe, *, model_dir, train_examples, info, val, epochs, steps, seed, strategy,
+                 backup_every, evaluate, callbacks, verbose):
+    total, per_epoch = _total_steps(recipe, epochs=epochs, steps=steps)
+    backup_dir = os.path.join(model_dir, BACKUP_DIR)
+    if is_multi_worker(strategy) and not is_chief(strategy):
+        backup_dir = os.path.join(model_dir, BACKUP_DIR, f"worker{strategy.cluster_resolver.task_id}")
+    start = min(backup_position(backup_dir), total)
+    model = _build(recipe, info, strategy)
+    if start:
+        print(f"kdet train: resuming {recipe.name} from the backup in {backup_dir} at step {start} of {total}")
+    backup_every = int(backup_every or min(per_epoch, 500))
+    stream_args = dict(image_size=recipe.image_size, max_boxes=recipe.max_boxes, flip=recipe.flip,
+                       scale_jitter=recipe.scale_jitter, seed=seed)
+    common = list(callbacks)
+    if evaluate:
+        monitor = _monitor(recipe)
+        common = [EvaluationCallback(val, _evaluator(recipe, info), verbose=verbose),
+                  keras.callbacks.ModelCheckpoint(os.path.join(model_dir, BEST_WEIGHTS), monitor=monitor,
+                                                  mode="max", save_best_only=True, save_weights_only=True,
+                                                  verbose=0)] + common
+        images, targets = next(iter(val))
+        if any(isinstance(c, keras.callbacks.TensorBoard) for c in callbacks):
+            common.append(DetectionImages(_log_dir(model_dir, strategy), images.numpy()[:4],
+                                          ground_truth={k: v.numpy()[:4] for k, v in targets.items()},
+                                          class_names=info.class_names))
+    history: dict[str, list[float]] = {}
+    step = start
+    for epoch, first_step, length, epoch_steps in _segments(start, total, per_epoch):
+        backup = StepBackup(backup_dir, save_freq=backup_every, steps_per_epoch=per_epoch, step_offset=step)
+        fit_callbacks = [backup] + common
+        if is_multi_worker(strategy):
+            logs = _custom_loop(model, strategy, train_examples, fit_callbacks, epoch=epoch, epochs=length,
+                                steps=epoch_steps, start_step=step, batch_size=recipe.batch_size, verbose=verbose,
+                                **stream_args)
+        else:
+            stream = training_stream(train_examples, batch_size=recipe.batch_size, start_step=step,
+                                     num_steps=length * epoch_steps, **stream_args)
+            logs = model.fit(stream, initial_epoch=epoch, epochs=epoch + length, steps_per_epoch=epoch_steps,
+                             callbacks=fit_callbacks, verbose=verbose, shuffle=False).history
+        for key, values in logs.items():
+            history.setdefault(key, []).extend(float(np.asarray(v)) for v in values)
+        if model.stop_training:
+            break
+        step += length * epoch_steps
+    return model, history, start, step
+
+
+def _custom_loop(model, strategy, examples, callbacks, *, epoch, epochs, steps, start_step, batch_size, verbose,
+                 **stream_args) -> dict[str, list[float]]:
+    """``epochs`` epochs of ``steps`` steps with ``strategy.run`` over ``model.train_step``, driving Keras callbacks.
+
+    The multi-worker path: ``model.fit`` fails under
+    ``MultiWorkerMirroredStrategy`` in Keras 3 (keras-team/keras#20585), while
+    ``strategy.run`` of the same ``train_step`` works. Each worker reads its
+    shard of the global stream; gradients are all-reduced by the optimiser.
+    """
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise ValueError(f"the global batch {batch_size} must be a multiple of the {replicas} replicas")
+
+    def dataset_fn(context: tf.distribute.InputContext):
+        return training_stream(examples, batch_size=context.get_per_replica_batch_size(batch_size),
+                               start_step=start_step, num_steps=epochs * steps,
+                               num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id,
+                               **stream_args)
+
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+
+    @tf.function
+    def train_step(iterator):
+        logs = strategy.run(model.train_step, args=(next(iterator),))
+        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
+
+    callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0,
+                                                 model=model, verbose=verbose, epochs=epoch + epochs, steps=steps)
+    model.stop_training = False
+    callback_list.on_train_begin()
+    logs: dict[str, Any] = {}
+    for current in range(epoch, epoch + epochs):
+        model.reset_metrics()
+        callback_list.on_epoch_begin(current)
+        for batch in range(steps):
+            callback_list.on_train_batch_begin(batch)
+            logs = {k: float(v) for k, v in train_step(iterator).items()}
+            callback_list.on_train_batch_end(batch, logs)
+            if model.stop_training:
+                break
+        epoch_logs = dict(logs)
+        callback_list.on_epoch_end(current, epoch_logs)
+        if model.stop_training:
+            break
+    callback_list.on_train_end(logs)
+    return model.history.history
