@@ -28,6 +28,8 @@ because each step builds a model with different training switches and
 copies the previous step's weights into it. Optimisers come from a factory
 so every step starts fresh. Each function returns ``(final_model, steps)``
 with ``steps[name] = {"model": ..., "history": ...}`` for every step.
+``callbacks`` (optional) are Keras callbacks passed to every ``fit`` of the
+procedure (TensorBoard, TerminateOnNaN, a learning-rate schedule by epoch).
 """
 
 from __future__ import annotations
@@ -50,9 +52,10 @@ def default_optimizer(learning_rate: float = 1e-3) -> OptimizerFactory:
     return lambda: keras.optimizers.Adam(learning_rate)
 
 
-def _fit(model, data, *, epochs: int, optimizer: OptimizerFactory, verbose, **kwargs):
+def _fit(model, data, *, epochs: int, optimizer: OptimizerFactory, verbose, callbacks=None, **kwargs):
     model.compile(optimizer=optimizer())
-    return model.fit(data, epochs=epochs, verbose=verbose, shuffle=False, **kwargs).history  # data is shuffled
+    return model.fit(data, epochs=epochs, verbose=verbose, shuffle=False, callbacks=list(callbacks or []),
+                     **kwargs).history  # data is shuffled
 
 
 def _copy_weights(model, source):
@@ -66,7 +69,7 @@ def _copy_weights(model, source):
 # ------------------------------------------------------------------ cascade
 def train_cascade_separate(config: Mapping, samples: FaceSamples, *, epochs: int, batch_size: int = 128,
                            optimizer: OptimizerFactory | None = None, seed: int = 0, verbose=2,
-                           branch_samples: Mapping[str, FaceSamples] | None = None):
+                           branch_samples: Mapping[str, FaceSamples] | None = None, callbacks=None):
     """Greedy training: each branch in turn, earlier ones frozen.
 
     ``branch_samples`` optionally gives a branch's step its own samples
@@ -88,7 +91,7 @@ def train_cascade_separate(config: Mapping, samples: FaceSamples, *, epochs: int
             _copy_weights(step, model)
         data = samples_dataset(branch_samples.get(branch, samples), batch_size=batch_size, seed=seed)
         steps[branch] = {"model": step, "history": _fit(step, data, epochs=epochs, optimizer=optimizer,
-                                                         verbose=verbose)}
+                                                         verbose=verbose, callbacks=callbacks)}
         model = step
     return model, steps
 
@@ -105,7 +108,7 @@ def _later_only_dataset(samples: FaceSamples, later_only: np.ndarray, *, batch_s
 
 def train_cascade_joint(config: Mapping, samples: FaceSamples, *, epochs: int, batch_size: int = 128,
                         optimizer: OptimizerFactory | None = None, init_from: FaceCascade | None = None,
-                        seed: int = 0, verbose=2, later_only: np.ndarray | None = None):
+                        seed: int = 0, verbose=2, later_only: np.ndarray | None = None, callbacks=None):
     """Joint training of all three branches (Eq. 6).
 
     ``later_only``: optional ``[N]`` bool over ``samples``, the samples whose
@@ -122,13 +125,13 @@ def train_cascade_joint(config: Mapping, samples: FaceSamples, *, epochs: int, b
         _copy_weights(model, init_from)
     data = (samples_dataset(samples, batch_size=batch_size, seed=seed) if later_only is None else
             _later_only_dataset(samples, later_only, batch_size=batch_size, seed=seed))
-    history = _fit(model, data, epochs=epochs, optimizer=optimizer, verbose=verbose)
+    history = _fit(model, data, epochs=epochs, optimizer=optimizer, verbose=verbose, callbacks=callbacks)
     return model, {"joint": {"model": model, "history": history}}
 
 
 def bootstrap_samples(config: Mapping, samples: FaceSamples, examples: Iterable[Mapping], *, epochs: int,
                       depth: int = 1, batch_size: int = 128, optimizer: OptimizerFactory | None = None,
-                      seed: int = 0, verbose=2, progress: bool = False, **mining):
+                      seed: int = 0, verbose=2, progress: bool = False, callbacks=None, **mining):
     """Hard samples mined by a greedily trained first stage, merged with ``samples``.
 
     Trains x12 alone on ``samples`` (``depth=2``: then x12-x24 on x12's
@@ -166,7 +169,7 @@ def bootstrap_samples(config: Mapping, samples: FaceSamples, examples: Iterable[
             _copy_weights(step, model)
         data = samples_dataset(samples, batch_size=batch_size, seed=seed)
         steps[branch] = {"model": step, "history": _fit(step, data, epochs=epochs, optimizer=optimizer,
-                                                         verbose=verbose)}
+                                                         verbose=verbose, callbacks=callbacks)}
         model = step
     thresholds = tuple(model.get_config()["thresholds"])
     scorer = cascade_window_scorer(model, depth=depth, thresholds=thresholds)
@@ -191,7 +194,7 @@ def rpn_proposals(model: CascadeRCNN, images: np.ndarray, *, batch_size: int = 8
 
 
 def _rcnn_step(config, images, targets, *, epochs, batch_size, optimizer, seed, verbose, source=None,
-               frozen=(), proposals=None, **switches):
+               frozen=(), proposals=None, callbacks=None, **switches):
     keras.utils.set_random_seed(seed)
     model = CascadeRCNN(**{**config, **switches})
     if source is not None:
@@ -204,12 +207,13 @@ def _rcnn_step(config, images, targets, *, epochs, batch_size, optimizer, seed, 
     y = dict(targets) if proposals is None else {**targets, "proposals": proposals}
     data = tf.data.Dataset.from_tensor_slices((images, y)).shuffle(len(images), seed=seed).batch(
         batch_size, drop_remainder=True).prefetch(2)
-    return model, {"model": model, "history": _fit(model, data, epochs=epochs, optimizer=optimizer, verbose=verbose)}
+    return model, {"model": model, "history": _fit(model, data, epochs=epochs, optimizer=optimizer, verbose=verbose,
+                                                   callbacks=callbacks)}
 
 
 def train_rcnn_joint(config: Mapping, images: np.ndarray, targets: Mapping[str, np.ndarray], *, rpn_epochs: int,
                      joint_epochs: int, batch_size: int = 4, optimizer: OptimizerFactory | None = None,
-                     seed: int = 0, verbose=2):
+                     seed: int = 0, verbose=2, callbacks=None):
     """The two-step joint training (Sec. 5.2).
 
     Args:
@@ -220,7 +224,7 @@ def train_rcnn_joint(config: Mapping, images: np.ndarray, targets: Mapping[str, 
         optional ``is_crowd``.
     """
     optimizer = optimizer or default_optimizer()
-    common = dict(batch_size=batch_size, optimizer=optimizer, seed=seed, verbose=verbose)
+    common = dict(batch_size=batch_size, optimizer=optimizer, seed=seed, verbose=verbose, callbacks=callbacks)
     rpn_model, s1 = _rcnn_step(config, images, targets, epochs=rpn_epochs, stage_loss_weights=(0.0,), **common)
     proposals = rpn_proposals(rpn_model, images)
     joint, s2 = _rcnn_step(config, images, targets, epochs=joint_epochs, source=rpn_model, proposals=proposals,
@@ -230,10 +234,11 @@ def train_rcnn_joint(config: Mapping, images: np.ndarray, targets: Mapping[str, 
 
 def train_rcnn_alternating(config: Mapping, images: np.ndarray, targets: Mapping[str, np.ndarray], *,
                            rpn_epochs: int, rcnn_epochs: int, batch_size: int = 4,
-                           optimizer: OptimizerFactory | None = None, seed: int = 0, verbose=2):
+                           optimizer: OptimizerFactory | None = None, seed: int = 0, verbose=2,
+                           callbacks=None):
     """Faster R-CNN's four-step alternating training (the separate baseline)."""
     optimizer = optimizer or default_optimizer()
-    common = dict(batch_size=batch_size, optimizer=optimizer, seed=seed, verbose=verbose)
+    common = dict(batch_size=batch_size, optimizer=optimizer, seed=seed, verbose=verbose, callbacks=callbacks)
     shared = ("rpn.backbone", "rpn.fpn")
     rpn1, s1 = _rcnn_step(config, images, targets, epochs=rpn_epochs, stage_loss_weights=(0.0,), **common)
     rcnn2, s2 = _rcnn_step(config, images, targets, epochs=rcnn_epochs, proposals=rpn_proposals(rpn1, images),

@@ -1,0 +1,212 @@
+"""The face recipes' training procedures (Qin et al., "Joint Training of Cascaded CNN for Face Detection").
+
+Both are :attr:`Recipe.train <kdet.training.recipe.Recipe.train>`
+procedures ``train(recipe, run) -> model``: these detectors do not train by
+``fit`` on whole images with one optimiser, so :func:`kdet.training.train`
+hands them its :class:`~kdet.training.loop.Run` (data, batch, strategy,
+callbacks) and evaluates what they return.
+
+* :func:`train_face_cascade` -- Sec. 4.2: 48x48 samples mined by sliding
+  windows over the training images' pyramids
+  (:func:`~kdet.data.face_mining.mine_face_samples`), optionally hard samples
+  mined by a first greedily trained x12 (:func:`~kdet.face_training.bootstrap_samples`),
+  the three branches trained separately (greedy), then the joint network
+  initialised from them, as the paper does "to make it converge easily".
+  The same procedure as ``benchmarks/face_benchmark.py``'s
+  ``cascade_joint_from_separate``.
+* :func:`train_face_rcnn` -- Sec. 5.2: the RPN + Fast R-CNN detector's
+  two-step joint training (:func:`~kdet.face_training.train_rcnn_joint`: the
+  RPN, then the joint network fine-tuned from it on that RPN's proposals of
+  the training images).
+
+Schedules count epochs, not steps. The paper sizes its training in epochs of
+its samples ("5 to 10 epochs", Sec. 4.2), whose number is known only after
+mining, so here ``recipe.schedule.total_steps`` is the number of *epochs* of
+every training step (each greedy branch, the joint cascade, the RPN, the joint
+RPN + Fast R-CNN) and ``recipe.schedule.boundaries`` the epochs where the rate
+is multiplied by ``decay_factor`` (a ``LearningRateScheduler`` callback; each
+step starts a fresh optimiser at the base rate). The rate follows the linear
+scaling rule from ``reference_batch`` to the run's batch; epoch counts do not
+depend on the batch. ``--smoke``'s ``"steps"`` therefore sets the epochs.
+
+Recipe ``extra`` settings read here (all optional):
+
+* ``max_train_images``: train on at most this many training images, spread
+  evenly over the split (``Dataset.shard``: WIDER FACE is ordered by event,
+  its first images are all "Parade"); None uses all of them;
+* cascade: ``mining`` (keyword arguments of the sliding-window pyramid and
+  labels: ``stride``, ``levels_per_octave``, ``positive_iou``,
+  ``negative_iou``), ``positive_fraction``, ``max_positives_per_face``,
+  ``negatives_per_image`` and ``bootstrap`` (None, or ``{"depth",
+  "negatives_per_image", "positives_per_face"}``);
+* ``min_face_size``: read by the evaluation (faces below it are ignored).
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any, Mapping
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from kdet import face_training
+from kdet.data import face_mining
+from kdet.data.pipeline import make_pipeline
+
+#: Keys of an example dict the cascade's mining reads.
+_MINING_KEYS = ("image", "boxes", "is_crowd")
+
+
+# ----------------------------------------------------------------------------- schedule
+def learning_rate(recipe, batch_size: int) -> float:
+    """The base rate at ``batch_size`` (linear scaling from ``recipe.schedule.reference_batch``)."""
+    schedule = recipe.schedule
+    return schedule.base_lr * batch_size / schedule.reference_batch
+
+
+def optimizer_factory(recipe, batch_size: int) -> face_training.OptimizerFactory:
+    """Fresh optimisers of ``recipe.schedule``'s kind at a constant (callback-settable) rate.
+
+    A float rate, not :meth:`StepSchedule.make_optimizer`'s schedule object:
+    the epoch-wise decay is a callback that assigns the rate.
+    """
+    schedule, rate = recipe.schedule, learning_rate(recipe, batch_size)
+
+    def make() -> keras.optimizers.Optimizer:
+        common = dict(learning_rate=rate, clipnorm=schedule.clipnorm)
+        if schedule.optimizer == "sgd":
+            return keras.optimizers.SGD(momentum=schedule.momentum, weight_decay=schedule.weight_decay, **common)
+        if schedule.optimizer == "adam":
+            return keras.optimizers.Adam(weight_decay=schedule.weight_decay, **common)
+        return keras.optimizers.AdamW(weight_decay=schedule.weight_decay or 0.0, **common)
+
+    return make
+
+
+def epoch_decay(recipe, batch_size: int) -> keras.callbacks.Callback:
+    """Multiplies the rate by ``decay_factor`` at each epoch of ``recipe.schedule.boundaries``."""
+    schedule, rate = recipe.schedule, learning_rate(recipe, batch_size)
+    boundaries = sorted(schedule.boundaries)
+    return keras.callbacks.LearningRateScheduler(
+        lambda epoch, lr: rate * schedule.decay_factor ** bisect.bisect_right(boundaries, epoch))
+
+
+def _fit_settings(recipe, run) -> dict[str, Any]:
+    """Keyword arguments common to the :mod:`kdet.face_training` procedures."""
+    return dict(batch_size=run.batch_size, optimizer=optimizer_factory(recipe, run.batch_size), seed=run.seed,
+                verbose=run.verbose, callbacks=list(run.callbacks) + [epoch_decay(recipe, run.batch_size)])
+
+
+# ----------------------------------------------------------------------------- data
+def _spread(examples: tf.data.Dataset, limit: int | None) -> tf.data.Dataset:
+    """At most ``limit`` examples, every k-th one when the split's size is known (else the first ones)."""
+    if not limit:
+        return examples
+    count = int(examples.cardinality())
+    if count > limit:
+        examples = examples.shard(count // limit, 0)
+    return examples.take(limit)
+
+
+def numpy_examples(examples: tf.data.Dataset, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+    """Example dicts as NumPy (``image``, ``boxes``, ``is_crowd``) for mining, at their own resolution."""
+    return [{k: e[k] for k in _MINING_KEYS} for e in _spread(examples, limit).as_numpy_iterator()]
+
+
+def padded_arrays(examples: tf.data.Dataset, *, image_size, max_boxes: int, limit: int | None = None,
+                  flip: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The training images resized and padded to ``image_size`` as arrays, with padded targets.
+
+    Images are the evaluation pipeline's (:func:`kdet.data.pipeline.make_pipeline`,
+    aspect kept, zero padding bottom/right) stored as uint8 (a quarter of
+    float32's memory; the detectors cast their input). ``flip`` appends every
+    image mirrored across the padded width, as Faster R-CNN's training does.
+
+    Returns:
+      ``(images uint8 [N, H, W, 3], {"boxes" [N, M, 4], "classes" [N, M] (-1 padding), "is_crowd" [N, M]})``.
+    """
+    batches = make_pipeline(_spread(examples, limit), image_size=image_size, batch_size=16, training=False,
+                            max_boxes=max_boxes)
+    images, boxes, classes, crowd = [], [], [], []
+    for x, y in batches.as_numpy_iterator():
+        images.append(np.clip(np.round(x), 0, 255).astype(np.uint8))
+        boxes.append(y["boxes"])
+        classes.append(y["classes"])
+        crowd.append(y["is_crowd"])
+    if not images:
+        raise ValueError("the face R-CNN recipe got no training images")
+    images, boxes = np.concatenate(images), np.concatenate(boxes).astype(np.float32)
+    classes, crowd = np.concatenate(classes).astype(np.int32), np.concatenate(crowd)
+    if flip:
+        width = images.shape[2]
+        mirrored = np.stack([boxes[..., 0], width - boxes[..., 3], boxes[..., 2], width - boxes[..., 1]], axis=-1)
+        mirrored = np.where((classes >= 0)[..., None], mirrored, 0.0)
+        images = np.concatenate([images, images[:, :, ::-1]])
+        boxes, classes, crowd = (np.concatenate([boxes, mirrored]), np.concatenate([classes, classes]),
+                                 np.concatenate([crowd, crowd]))
+    return images, {"boxes": boxes, "classes": classes, "is_crowd": crowd}
+
+
+# ----------------------------------------------------------------------------- procedures
+def _model_config(recipe) -> dict:
+    """The recipe's detector keyword arguments (``build_model``'s constructor call, then ``get_config``)."""
+    return recipe.build_model(1, backbone=recipe.backbone, backbone_weights=recipe.backbone_weights).get_config()
+
+
+def mine_cascade_samples(recipe, run, examples: list, config: Mapping) -> tuple[face_mining.FaceSamples, dict]:
+    """Sliding-window samples of ``examples`` (Sec. 4.2) and the config with their offset statistics."""
+    settings: Mapping[str, Any] = recipe.extra
+    window_settings = dict(settings.get("mining", {}))
+    samples = face_mining.mine_face_samples(
+        examples, seed=run.seed, flip=recipe.flip, positive_fraction=settings.get("positive_fraction", 0.05),
+        progress=run.verbose == 1, min_face_size=config["min_face_size"],
+        max_positives_per_face=settings.get("max_positives_per_face", 4),
+        negatives_per_image=settings.get("negatives_per_image", 80), **window_settings)
+    mean, std = face_mining.offset_statistics(samples)
+    if run.verbose:
+        print(f"face cascade: {len(samples)} samples ({int((samples.labels == 1).sum())} faces) mined from "
+              f"{len(examples)} images")
+    return samples, {**config, "offset_mean": mean, "offset_std": std}
+
+
+def train_face_cascade(recipe, run) -> keras.Model:
+    """Sec. 4.2: mine, optionally bootstrap, train the branches separately, then jointly from them."""
+    settings: Mapping[str, Any] = recipe.extra
+    examples = numpy_examples(run.train_examples, settings.get("max_train_images"))
+    samples, config = mine_cascade_samples(recipe, run, examples, _model_config(recipe))
+    epochs, common = recipe.schedule.total_steps, _fit_settings(recipe, run)
+    merged, later_only, branch_samples = samples, None, None
+    with run.strategy.scope():
+        if settings.get("bootstrap"):
+            boot = dict(settings["bootstrap"])
+            merged, _ = face_training.bootstrap_samples(
+                config, samples, examples, epochs=epochs, depth=boot.get("depth", 1), progress=run.verbose == 1,
+                min_face_size=config["min_face_size"], negatives_per_image=boot.get("negatives_per_image", 64),
+                positives_per_face=boot.get("positives_per_face", 2), **dict(settings.get("mining", {})), **common)
+            # x12 trains on the sliding windows; the later branches also on the hard samples x12 lets through,
+            # which x12's own loss skips in the joint network (see face_training.train_cascade_joint)
+            later_only = np.arange(len(merged)) >= len(samples)
+            branch_samples = {"x24": merged, "x48": merged}
+            if run.verbose:
+                print(f"face cascade: {len(merged) - len(samples)} hard samples added by bootstrapping")
+        separate, _ = face_training.train_cascade_separate(config, samples, epochs=epochs,
+                                                           branch_samples=branch_samples, **common)
+        joint, _ = face_training.train_cascade_joint(config, merged, epochs=epochs, init_from=separate,
+                                                     later_only=later_only, **common)
+    return joint
+
+
+def train_face_rcnn(recipe, run) -> keras.Model:
+    """Sec. 5.2: the RPN alone, then the joint RPN + Fast R-CNN fine-tuned from it on its proposals."""
+    images, targets = padded_arrays(run.train_examples, image_size=recipe.image_size, max_boxes=recipe.max_boxes,
+                                    limit=recipe.extra.get("max_train_images"), flip=recipe.flip)
+    if len(images) < run.batch_size:
+        raise ValueError(f"the face R-CNN recipe needs at least batch_size={run.batch_size} training images, "
+                         f"got {len(images)}")
+    epochs = recipe.schedule.total_steps
+    with run.strategy.scope():
+        model, _ = face_training.train_rcnn_joint(_model_config(recipe), images, targets, rpn_epochs=epochs,
+                                                  joint_epochs=epochs, **_fit_settings(recipe, run))
+    return model

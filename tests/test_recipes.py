@@ -1,0 +1,174 @@
+"""The paper recipes of ``recipes/``: every file imports and its settings are consistent (no training here).
+
+Each ``recipes/*.py`` is found by globbing, so a new recipe file is covered
+without editing this test. The checks read the configuration only (building a
+ResNet-50 detector per variant would be slow); the smoke runs of the recipes
+are the training tests' business.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import inspect
+import re
+from pathlib import Path
+
+import pytest
+
+from kdet.data.pipeline import check_image_size
+from kdet.data.sources import EMBEDDED, KINDS
+from kdet.data.tfds_readers import FACE_TFDS_NAMES, SUPPORTED_TFDS_NAMES
+from kdet.training import Recipe, StepSchedule
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPE_FILES = sorted(RECIPES_DIR.glob("*.py"))
+#: Split names of the tfds sets the recipes read (the readers' datasets; tfds names them so).
+TFDS_SPLITS = {"coco/2017": {"train", "validation", "test"}, "voc/2007": {"train", "validation", "test"},
+               "voc/2012": {"train", "validation", "test"}, "wider_face": {"train", "validation", "test"}}
+#: Foreground classes of each data set: the recipes' models are built for them.
+NUM_CLASSES = {"coco/2017": 80, "voc/2007": 20, "voc/2012": 20, "wider_face": 1, "faces": 1, "shapes": 3}
+SMOKE_EXTRA_KEYS = {"steps"}
+LARGEST_STRIDE = 128  # FPN P7 (the pipeline requires it of every model)
+
+
+def load_recipe_module(path: Path):
+    """Imports ``recipes/NAME.py`` by path (as ``kdet train NAME`` does): the module."""
+    spec = importlib.util.spec_from_file_location(f"kdet_recipe_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse_data_string(spec: str) -> tuple[str, str, str | None]:
+    """``(kind, dataset name, split)`` of a :mod:`kdet.data.sources` string, checked without reading data."""
+    import tensorflow_datasets as tfds
+
+    kind, _, rest = spec.partition(":")
+    assert kind in KINDS and rest, f"{spec!r}: unknown kind (valid: {KINDS})"
+    if kind == "tfds":
+        name, _, split = rest.partition(":")
+        assert name in SUPPORTED_TFDS_NAMES + FACE_TFDS_NAMES, f"{spec!r}: kdet does not read tfds {name!r}"
+        instruction = tfds.core.ReadInstruction.from_spec(split)  # raises on a malformed split
+        used = {re.sub(r"\[.*\]$", "", part) for part in split.split("+")}
+        assert used <= TFDS_SPLITS[name], f"{spec!r}: {name} has splits {sorted(TFDS_SPLITS[name])}"
+        assert instruction is not None
+        return kind, name, split
+    assert kind == "embedded", f"{spec!r}: the recipes use tfds or embedded data"
+    name, _, split = rest.partition(":")
+    assert name in EMBEDDED, f"{spec!r}: embedded sets are {EMBEDDED}"
+    if split:
+        assert re.fullmatch(r"\w+(\[:\d+\])?", split), f"{spec!r}: embedded split must be SPLIT or SPLIT[:N]"
+    return kind, name, split or None
+
+
+def all_recipes():
+    """``(file stem, variant, Recipe)`` of every recipe file."""
+    return [(path.stem, variant, recipe) for path in RECIPE_FILES
+            for variant, recipe in load_recipe_module(path).RECIPES.items()]
+
+
+def recipe_id(item) -> str:
+    return f"{item[0]}:{item[1]}"
+
+
+RECIPES = all_recipes() if RECIPE_FILES else []
+
+
+def test_the_paper_recipes_are_there():
+    names = {path.stem for path in RECIPE_FILES}
+    assert {"faster_rcnn_fpn", "cascade_rcnn_fpn", "retinanet", "con_retinanet", "ap_loss_retinanet",
+            "face_cascade", "face_rcnn"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=[p.stem for p in RECIPE_FILES])
+def test_recipe_file_imports_and_defines_its_recipes(path):
+    module = load_recipe_module(path)
+    assert module.__doc__ and "Run::" in module.__doc__, "the docstring names the paper and the command to run it"
+    recipes = module.RECIPES
+    assert isinstance(recipes, dict) and recipes
+    assert all(isinstance(r, Recipe) for r in recipes.values())
+    assert next(iter(recipes)) in ("coco", "wider_face"), "the default (first) variant is COCO (faces: WIDER FACE)"
+    parameters = inspect.signature(module.build_model).parameters
+    for name in ("backbone", "backbone_weights"):
+        assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
+    assert "num_classes" in parameters
+    assert "raise SystemExit(recipe_main(RECIPES))" in path.read_text(), "runnable as python recipes/NAME.py"
+
+
+@pytest.mark.parametrize("item", RECIPES, ids=recipe_id)
+def test_data_strings_parse(item):
+    _, variant, recipe = item
+    _, train_name, _ = parse_data_string(recipe.train_data)
+    _, val_name, val_split = parse_data_string(recipe.val_data)
+    assert NUM_CLASSES[train_name] == NUM_CLASSES[val_name], "train and evaluate on the same classes"
+    if variant.startswith("voc"):
+        assert (val_name, val_split) == ("voc/2007", "test"), "VOC is evaluated on VOC 2007 test"
+    if variant.startswith("coco"):
+        assert (train_name, val_name) == ("coco/2017", "coco/2017")
+    for key in ("train_data", "val_data"):
+        if key in recipe.smoke:
+            parse_data_string(recipe.smoke[key])
+
+
+@pytest.mark.parametrize("item", RECIPES, ids=recipe_id)
+def test_image_sizes_fit_the_models_strides(item):
+    recipe = item[2]
+    assert check_image_size(recipe.image_size, stride=LARGEST_STRIDE) == tuple(recipe.image_size)
+    check_image_size(recipe.smoke_version().image_size, stride=LARGEST_STRIDE)
+
+
+@pytest.mark.parametrize("item", RECIPES, ids=recipe_id)
+def test_schedule_is_written_at_the_paper_batch_and_consistent(item):
+    recipe = item[2]
+    schedule = recipe.schedule
+    assert isinstance(schedule, StepSchedule)
+    assert schedule.reference_batch == recipe.batch_size or recipe.train is not None, (
+        "a fit-trained recipe states its schedule at its own (the paper's) batch")
+    assert list(schedule.boundaries) == sorted(set(schedule.boundaries))
+    assert all(0 < b < schedule.total_steps for b in schedule.boundaries)
+    assert schedule.warmup_steps < (schedule.boundaries[0] if schedule.boundaries else schedule.total_steps)
+    if recipe.train is None:
+        assert recipe.steps_per_epoch <= schedule.total_steps
+        assert recipe.epochs_for(recipe.batch_size) >= 1
+
+
+@pytest.mark.parametrize("item", RECIPES, ids=recipe_id)
+def test_smoke_overrides_are_recipe_fields(item):
+    recipe = item[2]
+    fields = {f.name for f in dataclasses.fields(Recipe)}
+    assert recipe.smoke, "every recipe has a smoke setting"
+    assert set(recipe.smoke) <= fields | SMOKE_EXTRA_KEYS
+    smoke = recipe.smoke_version()
+    assert smoke.schedule.total_steps <= 4 and smoke.batch_size <= 64
+    assert max(smoke.image_size) <= 256 and smoke.val_images is not None and smoke.val_images <= 4
+
+
+@pytest.mark.parametrize("item", RECIPES, ids=recipe_id)
+def test_face_recipes_train_their_own_way(item):
+    stem, variant, recipe = item
+    is_face = NUM_CLASSES[parse_data_string(recipe.train_data)[1]] == 1
+    assert (recipe.evaluation == "face") == is_face
+    if is_face:
+        assert callable(recipe.train) and variant == "wider_face"
+        assert recipe.extra.get("min_face_size"), "face metrics ignore faces below the detector's smallest"
+
+
+def test_recipe_names_are_unique():
+    names = [recipe.name for _, _, recipe in RECIPES]
+    assert len(names) == len(set(names)), "model directories and logs are named after the recipe"
+
+
+def test_face_schedules_count_epochs():
+    """kdet.training.face: the rate scales with the batch, decays at the boundary epochs."""
+    from kdet.training.face import epoch_decay, learning_rate, optimizer_factory
+
+    recipe = load_recipe_module(RECIPES_DIR / "face_cascade.py").RECIPES["wider_face"]
+    recipe = recipe.replace(schedule=dataclasses.replace(recipe.schedule, base_lr=0.001, reference_batch=128,
+                                                         total_steps=8, boundaries=(6,), decay_factor=0.1))
+    assert learning_rate(recipe, 64) == pytest.approx(0.0005)
+    callback = epoch_decay(recipe, 64)
+    assert [callback.schedule(epoch, None) for epoch in (0, 5, 6, 7)] == pytest.approx([5e-4, 5e-4, 5e-5, 5e-5])
+    optimizer = optimizer_factory(recipe, 64)()
+    assert float(optimizer.learning_rate) == pytest.approx(5e-4)
+    assert optimizer_factory(recipe, 64)() is not optimizer, "every training step gets a fresh optimiser"
