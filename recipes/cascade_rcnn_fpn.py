@@ -158,9 +158,8 @@ RECIPES = {
         name="cascade_rcnn_fpn_voc",
         paper=PAPER + "; VOC 07+12, Sec. 5.7 (Table 7 protocol, COCO metrics)",
         build_model=build_model,
-        # The paper trains on VOC 2007 + 2012 trainval. A data string names one tfds dataset, so this is
-        # VOC 2007 trainval only; pass the union with --data once kdet.data.sources can concatenate.
-        train_data="tfds:voc/2007:train+validation",
+        # VOC 2007 + 2012 trainval (the two tfds datasets read one after the other)
+        train_data="tfds:voc/2007:train+validation,tfds:voc/2012:train+validation",
         val_data="tfds:voc/2007:test",
         # shorter side 600 / longer <= 1000 (Faster R-CNN's VOC scale): a 768 x 768 square (0.59 Mpx,
         # as 600 x 1000; a 4:3 image gets 576 x 768)

@@ -60,6 +60,22 @@ def test_data_strings():
         open_source("coco-json:/nowhere/instances.json")
 
 
+def test_data_strings_with_slices_and_joined_sets():
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=6):  # (mock data gives 6 examples per load, slices or not)
+        sliced, info = open_source("tfds:voc/2007:validation[:2]")  # a ":" inside the split's slice
+        assert info.name == "voc/2007" and len(list(sliced)) == 6
+        joined, info = open_source("tfds:voc/2007:train+validation,tfds:voc/2012:train[:3]")
+        assert len(list(joined)) == 6 + 6 and info.num_classes == 20
+    shapes, _ = open_source("embedded:shapes:validation[:2], embedded:shapes:train[:3]")
+    assert len(list(shapes)) == 5
+    with pytest.raises(ValueError, match="joined sets need the same"):
+        open_source("embedded:shapes:validation[:2],embedded:faces:validation[:2]")
+    with pytest.raises(ValueError, match="empty part"):
+        open_source("embedded:shapes,")
+
+
 def test_kdet_export_savedmodel_and_tflite(model_dir, tmp_path, capsys):
     path, model = model_dir
     saved = str(tmp_path / "serving" / "1")

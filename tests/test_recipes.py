@@ -44,6 +44,10 @@ def parse_data_string(spec: str) -> tuple[str, str, str | None]:
     """``(kind, dataset name, split)`` of a :mod:`kdet.data.sources` string, checked without reading data."""
     import tensorflow_datasets as tfds
 
+    if "," in spec:  # joined sets: each part parses, all have the same classes
+        parsed = [parse_data_string(part.strip()) for part in spec.split(",")]
+        assert len({NUM_CLASSES[name] for _, name, _ in parsed}) == 1, f"{spec!r}: joined sets differ in classes"
+        return parsed[0]
     kind, _, rest = spec.partition(":")
     assert kind in KINDS and rest, f"{spec!r}: unknown kind (valid: {KINDS})"
     if kind == "tfds":

@@ -1,5 +1,6 @@
 """kdet.training: schedules, recipes, the resumable stream, callbacks, mixed precision, the loop."""
 
+import dataclasses
 import json
 import math
 import os
@@ -37,6 +38,25 @@ def test_schedule_linear_scaling_rule():
         StepSchedule(base_lr=0.1, reference_batch=1, total_steps=10, boundaries=(10,))
     with pytest.raises(ValueError, match="optimizer"):
         StepSchedule(base_lr=0.1, reference_batch=1, total_steps=10, optimizer="lion")
+
+
+def test_sgd_l2_weight_decay_goes_through_momentum():
+    """Caffe's rule by hand: v = m v + (g + wd w); w -= lr v (Keras SGD: v = m v - lr g'; w += v)."""
+    schedule = StepSchedule(base_lr=0.1, reference_batch=1, total_steps=10, momentum=0.9, weight_decay=0.01)
+    optimizer = schedule.make_optimizer()
+    assert type(optimizer).__name__ == "SGDWithL2" and optimizer.l2 == 0.01
+    w = keras.Variable(np.array([1.0, -2.0], np.float32))
+    grads = [np.array([0.5, 0.5], np.float32), np.array([-1.0, 0.25], np.float32)]
+    expected, velocity = np.array([1.0, -2.0]), np.zeros(2)
+    for g in grads:
+        optimizer.apply([tf.constant(g)], [w])
+        velocity = 0.9 * velocity + (g + 0.01 * expected)
+        expected = expected - 0.1 * velocity
+    np.testing.assert_allclose(w.numpy(), expected, rtol=1e-6)
+    decoupled = dataclasses.replace(schedule, weight_decay_type="decoupled").make_optimizer()
+    assert type(decoupled) is keras.optimizers.SGD and decoupled.weight_decay == 0.01
+    with pytest.raises(ValueError, match="'l2' is for SGD"):
+        dataclasses.replace(schedule, optimizer="adam", weight_decay_type="l2")
 
 
 def test_recipe_replace_names_valid_fields_and_smoke_version():

@@ -12,6 +12,10 @@
 
 ``SPLIT`` may carry a tfds slice (``validation[:100]``) for tfds; the embedded
 sets take ``SPLIT[:N]`` for their first N images.
+
+Several data strings joined by commas are one dataset, read one after the
+other; they must have the same classes. VOC 2007 + 2012 trainval is
+``tfds:voc/2007:train+validation,tfds:voc/2012:train+validation``.
 """
 
 from __future__ import annotations
@@ -50,12 +54,14 @@ def open_source(spec: str, *, seed: int = 0, data_dir: str | None = None) -> tup
       ValueError: a malformed string, naming the part that is wrong and what is valid.
       FileNotFoundError: a coco-json file or image folder that does not exist.
     """
+    if "," in spec:
+        return _joined(spec, seed=seed, data_dir=data_dir)
     kind, _, rest = spec.partition(":")
     if kind not in KINDS or not rest:
         raise ValueError(f"--data {spec!r}: expected one of tfds:NAME:SPLIT, coco-json:PATH[:IMAGE_DIR], "
                          f"embedded:{{{','.join(EMBEDDED)}}}[:SPLIT]")
     if kind == "tfds":
-        name, _, split = rest.rpartition(":")
+        name, _, split = rest.partition(":")  # names have no ":"; slices may (validation[:10])
         if not name or not split:
             raise ValueError(f"--data {spec!r}: tfds needs a name and a split, e.g. tfds:coco/2017:validation")
         from kdet.data.tfds_readers import load_tfds
@@ -75,3 +81,19 @@ def open_source(spec: str, *, seed: int = 0, data_dir: str | None = None) -> tup
     if name not in EMBEDDED:
         raise ValueError(f"--data {spec!r}: embedded sets are {EMBEDDED}, got {name!r}")
     return _embedded(name, split or None, seed)
+
+
+def _joined(spec: str, *, seed: int, data_dir: str | None):
+    parts = [part.strip() for part in spec.split(",")]
+    if not all(parts):
+        raise ValueError(f"--data {spec!r}: an empty part between commas")
+    opened = [open_source(part, seed=seed, data_dir=data_dir) for part in parts]
+    first_info = opened[0][1]
+    for part, (_, info) in zip(parts[1:], opened[1:]):
+        if info.class_names != first_info.class_names:
+            raise ValueError(f"--data {spec!r}: {part!r} has classes {list(info.class_names)[:5]}..., "
+                             f"{parts[0]!r} has {list(first_info.class_names)[:5]}...; joined sets need the same")
+    dataset = opened[0][0]
+    for other, _ in opened[1:]:
+        dataset = dataset.concatenate(other)
+    return dataset, first_info

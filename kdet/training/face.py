@@ -69,20 +69,11 @@ def learning_rate(recipe, batch_size: int) -> float:
 def optimizer_factory(recipe, batch_size: int) -> face_training.OptimizerFactory:
     """Fresh optimisers of ``recipe.schedule``'s kind at a constant (callback-settable) rate.
 
-    A float rate, not :meth:`StepSchedule.make_optimizer`'s schedule object:
-    the epoch-wise decay is a callback that assigns the rate.
+    A float rate, not the schedule object: the epoch-wise decay is a callback
+    that assigns the rate.
     """
     schedule, rate = recipe.schedule, learning_rate(recipe, batch_size)
-
-    def make() -> keras.optimizers.Optimizer:
-        common = dict(learning_rate=rate, clipnorm=schedule.clipnorm)
-        if schedule.optimizer == "sgd":
-            return keras.optimizers.SGD(momentum=schedule.momentum, weight_decay=schedule.weight_decay, **common)
-        if schedule.optimizer == "adam":
-            return keras.optimizers.Adam(weight_decay=schedule.weight_decay, **common)
-        return keras.optimizers.AdamW(weight_decay=schedule.weight_decay or 0.0, **common)
-
-    return make
+    return lambda: schedule.make_optimizer(learning_rate=rate)
 
 
 def epoch_decay(recipe, batch_size: int) -> keras.callbacks.Callback:

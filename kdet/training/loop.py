@@ -153,12 +153,15 @@ class EvaluationCallback(keras.callbacks.Callback):
     def __init__(self, dataset, evaluator, *, verbose: int = 1):
         super().__init__()
         self.dataset, self.evaluator, self.verbose = dataset, evaluator, verbose
+        self.last_metrics: dict[str, float] | None = None
+        self.last_step = -1  # optimiser step of the last evaluation
 
     def on_epoch_end(self, epoch, logs=None):
         from kdet.evaluation import evaluate_model
 
         self.evaluator.reset()
         metrics = evaluate_model(self.model, self.dataset, self.evaluator, progress=self.verbose == 1)
+        self.last_metrics, self.last_step = metrics, int(self.model.optimizer.iterations.numpy())
         if logs is not None:
             logs.update({f"val_{k}": float(v) for k, v in metrics.items()})
         if self.verbose:
@@ -278,14 +281,16 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
                   val_examples=val_examples, val_info=val_info, batch_size=recipe.batch_size, strategy=strategy,
                   callbacks=callbacks, seed=seed, verbose=verbose, smoke=smoke)
         model = recipe.train(recipe, run)
-        history, start_step, total = {}, 0, 0
+        history, start_step, total, evaluated = {}, 0, 0, None
     else:
-        model, history, start_step, total = _train_steps(
+        model, history, start_step, total, evaluated = _train_steps(
             recipe, model_dir=model_dir, train_examples=train_examples, info=train_info, val=val,
             epochs=epochs, steps=steps, seed=seed, strategy=strategy, backup_every=backup_every,
             evaluate=evaluate, callbacks=callbacks, verbose=verbose)
     metrics = {}
-    if evaluate:
+    if evaluated is not None and evaluated.last_step == int(model.optimizer.iterations.numpy()):
+        metrics = evaluated.last_metrics  # the last epoch ended with the final weights: no second pass
+    elif evaluate:
         from kdet.evaluation import evaluate_model
 
         metrics = evaluate_model(model, val, _evaluator(recipe, val_info), progress=verbose == 1)
@@ -368,10 +373,11 @@ def _train_steps(recipe: Recipe, *, model_dir, train_examples, info, val, epochs
     backup_every = int(backup_every or min(per_epoch, 500))
     stream_args = dict(image_size=recipe.image_size, max_boxes=recipe.max_boxes, flip=recipe.flip,
                        scale_jitter=recipe.scale_jitter, seed=seed)
-    common = list(callbacks)
+    common, evaluation = list(callbacks), None
     if evaluate:
         monitor = _monitor(recipe)
-        common = [EvaluationCallback(val, _evaluator(recipe, info), verbose=verbose),
+        evaluation = EvaluationCallback(val, _evaluator(recipe, info), verbose=verbose)
+        common = [evaluation,
                   keras.callbacks.ModelCheckpoint(os.path.join(model_dir, BEST_WEIGHTS), monitor=monitor,
                                                   mode="max", save_best_only=True, save_weights_only=True,
                                                   verbose=0)] + common
@@ -399,7 +405,7 @@ def _train_steps(recipe: Recipe, *, model_dir, train_examples, info, val, epochs
         if model.stop_training:
             break
         step += length * epoch_steps
-    return model, history, start, step
+    return model, history, start, step, evaluation
 
 
 def _custom_loop(model, strategy, examples, callbacks, *, epoch, epochs, steps, start_step, batch_size, verbose,
