@@ -270,8 +270,10 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     chief = is_chief(strategy)
     os.makedirs(model_dir, exist_ok=True)
     train_examples, train_info = open_source(recipe.train_data, seed=seed, data_dir=data_dir)
-    val_examples, val_info = open_source(recipe.val_data, seed=seed, data_dir=data_dir)
-    val = _val_pipeline(recipe, val_examples)
+    val_examples, val_info, val = None, train_info, None  # evaluate=False never reads the validation data
+    if evaluate or recipe.train is not None:
+        val_examples, val_info = open_source(recipe.val_data, seed=seed, data_dir=data_dir)
+        val = _val_pipeline(recipe, val_examples)
     callbacks = [TerminateOnNaNTerm()]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(_log_dir(model_dir, strategy), update_freq=max(
