@@ -29,3 +29,7 @@ def test_recipe_trains_in_smoke_mode(path, tmp_path, capsys):
         assert f"{smoke.schedule.total_steps} steps (from step 0)" in out
         assert (model_dir / "backup" / "training_metadata.json").is_file()
     assert ("AP50" in out) and ("AR100" in out or "recall" in out), out[-2000:]
+    if recipe.evaluation == "face":  # kdet evaluate picks the face metrics for a face model directory
+        assert cli.main(["evaluate", "--model-dir", str(model_dir), "--data", "embedded:faces:validation[:2]"]) == 0
+        table = capsys.readouterr().out
+        assert "AP30_afw" in table and "recall_at_10fp" in table and "AP  AP50" not in table, table
