@@ -78,8 +78,11 @@ def test_detect_writes_pngs_and_refuses_bad_files(trained, tmp_path, capsys):
     (["train", RECIPE + ":coco"], "no variant 'coco'; variants: shapes"),
     (["train", RECIPE, "--data", "imagenet:train"], "expected one of tfds:NAME:SPLIT"),
     (["evaluate", "--model-dir", "/nonexistent/dir"], "not a kdet model directory"),
+    (["train", "face_rcnn", "--smoke", "--steps", "3", "--no-eval"], "use --epochs instead of --steps"),
 ])
-def test_errors_name_the_bad_argument(argv, message, capsys):
+def test_errors_name_the_bad_argument(argv, message, capsys, tmp_path):
+    if argv[0] == "train":
+        argv = argv + ["--model-dir", str(tmp_path / "model")]
     assert cli.main(argv) == 2
     assert message in capsys.readouterr().err
 

@@ -84,6 +84,14 @@ def epoch_decay(recipe, batch_size: int) -> keras.callbacks.Callback:
         lambda epoch, lr: rate * schedule.decay_factor ** bisect.bisect_right(boundaries, epoch))
 
 
+def _epochs(recipe, run) -> int:
+    """Epochs of each training step: ``--epochs`` or the schedule's (counted in epochs here)."""
+    if run.steps is not None:
+        raise ValueError(f"recipe {recipe.name!r} counts its schedule in epochs of mined samples: "
+                         f"use --epochs instead of --steps")
+    return int(run.epochs or recipe.schedule.total_steps)
+
+
 def _fit_settings(recipe, run) -> dict[str, Any]:
     """Keyword arguments common to the :mod:`kdet.face_training` procedures."""
     return dict(batch_size=run.batch_size, optimizer=optimizer_factory(recipe, run.batch_size), seed=run.seed,
@@ -167,7 +175,7 @@ def train_face_cascade(recipe, run) -> keras.Model:
     settings: Mapping[str, Any] = recipe.extra
     examples = numpy_examples(run.train_examples, settings.get("max_train_images"))
     samples, config = mine_cascade_samples(recipe, run, examples, _model_config(recipe))
-    epochs, common = recipe.schedule.total_steps, _fit_settings(recipe, run)
+    epochs, common = _epochs(recipe, run), _fit_settings(recipe, run)
     merged, later_only, branch_samples = samples, None, None
     with run.strategy.scope():
         if settings.get("bootstrap"):
@@ -196,7 +204,7 @@ def train_face_rcnn(recipe, run) -> keras.Model:
     if len(images) < run.batch_size:
         raise ValueError(f"the face R-CNN recipe needs at least batch_size={run.batch_size} training images, "
                          f"got {len(images)}")
-    epochs = recipe.schedule.total_steps
+    epochs = _epochs(recipe, run)
     with run.strategy.scope():
         model, _ = face_training.train_rcnn_joint(_model_config(recipe), images, targets, rpn_epochs=epochs,
                                                   joint_epochs=epochs, **_fit_settings(recipe, run))

@@ -68,6 +68,8 @@ class Run:
     seed: int
     verbose: int
     smoke: bool
+    epochs: int | None = None  # --epochs / --steps as given (None: the recipe's schedule)
+    steps: int | None = None
 
 
 @dataclass
@@ -281,7 +283,7 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     if recipe.train is not None:
         run = Run(recipe=recipe, model_dir=model_dir, train_examples=train_examples, train_info=train_info,
                   val_examples=val_examples, val_info=val_info, batch_size=recipe.batch_size, strategy=strategy,
-                  callbacks=callbacks, seed=seed, verbose=verbose, smoke=smoke)
+                  callbacks=callbacks, seed=seed, verbose=verbose, smoke=smoke, epochs=epochs, steps=steps)
         model = recipe.train(recipe, run)
         history, start_step, total, evaluated = {}, 0, 0, None
     else:
