@@ -41,6 +41,15 @@ def test_resnet50_levels_and_frozen_batchnorm():
     assert model.get_layer("conv3_block1_1_conv").trainable
 
 
+def test_resnet101_levels():
+    """ResNet-101 differs from 50 only in conv4's 23 blocks: same level widths and strides."""
+    model = resnet_backbone(101)
+    out = model(tf.zeros([1, 64, 64, 3]))
+    assert {k: (v.shape[1], v.shape[-1]) for k, v in out.items()} == {
+        "C2": (16, 256), "C3": (8, 512), "C4": (4, 1024), "C5": (2, 2048)}
+    assert model.get_layer("conv4_block23_3_conv") is not None
+
+
 @pytest.fixture(scope="module")
 def resnet50_weight_files(tmp_path_factory):
     """A plain keras.applications ResNet-50 (random) saved in both weight formats users have."""
