@@ -370,6 +370,7 @@ def _train_steps(recipe: Recipe, *, model_dir, train_examples, info, val, epochs
     backup_dir = os.path.join(model_dir, BACKUP_DIR)
     if is_multi_worker(strategy) and not is_chief(strategy):
         backup_dir = os.path.join(model_dir, BACKUP_DIR, f"worker{strategy.cluster_resolver.task_id}")
+    os.makedirs(backup_dir, exist_ok=True)  # before fit: Keras' makedirs races between workers sharing model_dir
     start = min(backup_position(backup_dir), total)
     model = _build(recipe, info, strategy)
     if start:
