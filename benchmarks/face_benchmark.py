@@ -64,21 +64,35 @@ Two settings differ from the kdet defaults, for reasons measured here:
   3 / 6 / 12 epochs, and 5% / 10% / 62% in inference mode (which
   ``detect`` and ``rpn_proposals`` use); pretrained with frozen BatchNorm,
   5% / 55% / 98% in both modes.
-* ``--cascade-test-thresholds 0.05 0.001 0.5`` (default), chosen on the
+* ``--cascade-test-thresholds 0.1 0.001 0.5`` (default) and the rest of the
+  cascades' test pipeline, ``--cascade-test-config`` (``CASCADE_TEST_CONFIG``:
+  pyramid "octave", crops "nearest", 300 windows to x12-x24 after NMS at
+  IoU 0.8, 48 to x12-x24-x48 after NMS at 0.7) and ``--cascade-compute-dtype
+  auto`` (bfloat16 branches where the CPU has bfloat16 units), chosen on the
   validation split (200 images, faces >= 20 px, bootstrapped joint cascade
-  from separate): AP50 / recall / precision at the operating point were
-  92.5 / 92.8 / 90.8 at FaceCascade's 0.1 / 0.003 / 0.7, 93.3 / 93.7 / 86.8
-  at 0.1 / 0.003 / 0.5, 94.3 / 94.6 / 86.0 at 0.05 / 0.001 / 0.5 and
-  94.4 / 94.8 / 78.8 at 0.05 / 0.001 / 0.3: the third, nearly the best AP
-  at 7 points more precision than the fourth. Thresholds near the training
-  threshold controls (0.1 / 0.003) keep what those layers passed in
-  training (the paper: "as high as possible while keeping the recall"; the
-  later branches learned on exactly that population). 0.5 after x12 is above the
-  x12 face probability of almost every face after training at 5%
-  positives: in a 100-image run the separately trained cascade output no
-  detection at all (mean x12 probability 0.32 on test faces), and the joint
-  ones lost half their recall (AP50 >= 20 px 0 / 31 / 37 against 51 / 59 / 67
-  with these thresholds). Pass ``0.5 0.5 0.7`` for the kdet defaults.
+  from separate) with ``face_speed_sweep.py`` (every threshold / budget /
+  stage-NMS combination replayed from one pass) and ``face_speed_profile.py``
+  (per-step ms on one core): the cheapest setting that keeps at least the
+  previous pipeline's validation recall with a margin. AP50 / recall /
+  precision / one-core CPU ms (low load, same run): 94.3 / 94.6 / 86.0 / 53
+  before (0.05 / 0.001 / 0.5, antialiased pyramid, bilinear crops, float32,
+  budgets 300 / 60, no stage NMS); 95.2 / 95.6 / 82.8 / 39 with the octave
+  pyramid, nearest crops (the paper's no-resize crop from the 2x level,
+  Sec. 6.5) and bfloat16; 94.6 / 95.0 / 84.7 / 34 with also these
+  thresholds, budgets and stage NMS (the default); 94.2 / 94.6 / 84.7 / 34
+  with a budget of 32 after x12-x24. Earlier, at the old pipeline: 92.5 /
+  92.8 / 90.8 at FaceCascade's 0.1 / 0.003 / 0.7, 93.3 / 93.7 / 86.8 at
+  0.1 / 0.003 / 0.5 and 94.4 / 94.8 / 78.8 at 0.05 / 0.001 / 0.3.
+  Thresholds near the training threshold controls (0.1 / 0.003) keep what
+  those layers passed in training (the paper: "as high as possible while
+  keeping the recall"; the later branches learned on exactly that
+  population). 0.5 after x12 is above the x12 face probability of almost
+  every face after training at 5% positives: in a 100-image run the
+  separately trained cascade output no detection at all (mean x12
+  probability 0.32 on test faces), and the joint ones lost half their
+  recall (AP50 >= 20 px 0 / 31 / 37 against 51 / 59 / 67 with lower
+  thresholds). Pass ``0.5 0.5 0.7`` for the kdet defaults, ``--cascade-test-config
+  '{}' --cascade-compute-dtype float32`` for the trained config's pipeline.
 
 Fairness of joint against separate:
 
@@ -100,8 +114,10 @@ detector's own operating point (every detection it outputs at its defaults).
 
 Latency at 640x480 on one core and on two: one subprocess per (detector,
 cores) setting (``limit_cores`` pinning; TensorFlow intra-op threads = cores,
-inter-op 1 for kdet; each peer's own ``set_threads``), warm-up, then the
-median over ``--latency-frames`` different test images of the whole call
+inter-op 1 for kdet; each peer's own ``set_threads``), warm-up (by default
+one untimed pass over the frames, so that every batch size the cascades'
+later stages and MTCNN's R- and O-nets meet is set up: a stream's steady
+state), then the median over ``--latency-frames`` different test images of the whole call
 (uint8 image in, boxes out). Settings alternate (detector by detector, both
 core counts), ``--latency-rounds`` times (odd rounds reversed); the reported
 figure is the lowest round median (the least disturbed by other processes;
@@ -183,6 +199,10 @@ LABELS = {
     "blazeface": "BlazeFace short-range",
 }
 WORKER_TAG = "FACE_BENCHMARK_LATENCY "
+#: The cascades' test pipeline besides the thresholds (FaceCascade keyword arguments), chosen on the
+#: validation split with face_speed_sweep.py and face_speed_profile.py (see the module docstring).
+CASCADE_TEST_CONFIG = {"pyramid": "octave", "crop_method": "nearest", "stage1_max_boxes": 300,
+                       "stage1_nms_iou": 0.8, "stage2_max_boxes": 48, "stage2_nms_iou": 0.7}
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -205,10 +225,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrained-dir", default="benchmarks/results/pretrained",
                         help="the ablations' pretrained tiny backbone cache (pretrained there if missing, ~5 min)")
     parser.add_argument("--pretrain-steps", type=int, default=3000)
-    parser.add_argument("--cascade-test-thresholds", type=float, nargs=3, default=[0.05, 0.001, 0.5],
+    parser.add_argument("--cascade-test-thresholds", type=float, nargs=3, default=[0.1, 0.001, 0.5],
                         metavar=("X12", "X24", "X48"),
                         help="face probability kept after each branch at test (chosen on the validation split; "
                              "FaceCascade's defaults: 0.1 0.003 0.7)")
+    parser.add_argument("--cascade-test-config", type=json.loads, default=dict(CASCADE_TEST_CONFIG),
+                        metavar="JSON", help="the cascades' other test-time FaceCascade settings (chosen on the "
+                                             "validation split, see CASCADE_TEST_CONFIG; '{}' for the trained config's)")
+    parser.add_argument("--cascade-compute-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                        help="FaceCascade compute_dtype at test; auto: bfloat16 where the CPU has bfloat16 units")
     parser.add_argument("--fast-thresholds", type=float, nargs=3, default=[0.5, 0.5, 0.7],
                         metavar=("X12", "X24", "X48"),
                         help="the target cascade is also evaluated and timed at these thresholds (FaceCascade's "
@@ -226,7 +251,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--target-cascade", default="cascade_joint_from_separate", choices=list(CASCADES),
                         help="the cascade that is timed and held to the targets")
     parser.add_argument("--latency-frames", type=int, default=30)
-    parser.add_argument("--latency-warmup", type=int, default=3)
+    parser.add_argument("--latency-warmup", type=int, default=30,
+                        help="untimed calls first (default one pass over the frames: every batch size the later "
+                             "stages meet is set up before timing, a stream's steady state; MTCNN's too)")
     parser.add_argument("--latency-rounds", type=int, default=2)
     parser.add_argument("--cores", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--no-latency", action="store_true")
@@ -251,6 +278,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.json is None:
         args.json = (os.path.join(args.out_dir, "face_benchmark.json") if args.quick
                      else "benchmarks/results/face_benchmark.json")
+    if args.cascade_compute_dtype == "auto":
+        args.cascade_compute_dtype = "bfloat16" if cpu_has_bfloat16() else "float32"
     if args.train_images < args.rcnn_batch_size:
         parser.error("--train-images must be at least --rcnn-batch-size")
     return args
@@ -340,11 +369,26 @@ def build_model(kind: str, config: dict):
     return model
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX; Linux ``/proc/cpuinfo``)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def inference_config(name: str, config: dict, args) -> dict:
-    """A trained model's config with the benchmark's test-time settings (the cascade's stage thresholds)."""
+    """A trained model's config with the benchmark's test-time settings.
+
+    Cascades: ``--cascade-test-config`` (pyramid, crops, stage budgets and NMS),
+    ``--cascade-compute-dtype`` and the stage thresholds (``--fast-thresholds``
+    for the fast row, ``--cascade-test-thresholds`` otherwise).
+    """
     if kind_of(name) == "cascade":
-        return {**config, "test_thresholds": list(args.fast_thresholds if name == FAST else
-                                                  args.cascade_test_thresholds)}
+        return {**config, **args.cascade_test_config, "compute_dtype": args.cascade_compute_dtype,
+                "test_thresholds": list(args.fast_thresholds if name == FAST else args.cascade_test_thresholds)}
     return dict(config)
 
 

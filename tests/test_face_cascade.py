@@ -14,6 +14,7 @@ from kdet.face_pyramid import (
     crop_boxes_for,
     gather_crops,
     pyramid_scales,
+    pyramid_sources,
     resize_level,
     resize_level_gather,
     response_map_max_pool,
@@ -297,17 +298,135 @@ def test_gather_crops_match_per_level_crop_and_resize():
     np.testing.assert_allclose(got.numpy(), reference.numpy(), atol=1e-3, rtol=0)
 
 
-def test_use_gather_detects_the_same_faces():
-    common = dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+def _gather_twin_of(common: dict, images) -> FaceCascade:
+    """A FaceCascade built with ``common``; asserts its ``use_gather`` twin detects the same faces on ``images``."""
     model = FaceCascade(**common)
     model.build(None)
     twin = FaceCascade(**common, use_gather=True)
     twin.build(None)
     twin.set_weights(model.get_weights())
-    images = tf.constant(np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3)).astype(np.uint8))
     a, b = model.detect(images), twin.detect(images)
     np.testing.assert_array_equal(a["num_detections"].numpy(), b["num_detections"].numpy())
     np.testing.assert_allclose(b["scores"].numpy(), a["scores"].numpy(), atol=1e-5)
     np.testing.assert_allclose(b["boxes"].numpy(), a["boxes"].numpy(), atol=1e-2)
+    return model
+
+
+def test_use_gather_detects_the_same_faces():
+    common = dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    _gather_twin_of(common, tf.constant(np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3)).astype(np.uint8)))
     with pytest.raises(ValueError, match="bilinear"):
         FaceCascade(use_gather=True, crop_method="nearest")
+
+
+# ------------------------------------------------------------ test-time speed settings
+def test_octave_pyramid_averages_exact_halvings_and_its_gather_twin_agrees():
+    images = tf.random.stateless_uniform([1, 96, 128, 3], (5, 6), 0, 255)
+    scales = pyramid_scales((96, 128), min_face_size=16, window=12, levels_per_octave=2)
+    reference = build_pyramid(images, scales)
+    octave = build_pyramid(images, scales, method="octave")
+    pooled = 0
+    for level, ref, source in zip(octave, reference, pyramid_sources(scales)):
+        assert level.shape == ref.shape
+        if source >= 0 and octave[source].shape[1:3] == (2 * level.shape[1], 2 * level.shape[2]):
+            # an exact halving of the level an octave up: its 2x2 mean
+            np.testing.assert_allclose(level.numpy(), tf.nn.avg_pool2d(octave[source], 2, 2, "VALID").numpy(),
+                                       atol=1e-4)
+            pooled += 1
+        else:
+            np.testing.assert_allclose(level.numpy(), ref.numpy(), atol=1e-4)
+    assert pooled >= 2
+    twin = build_pyramid(images, scales, method="octave", use_gather=True)
+    for a, b in zip(twin, octave):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=0.02, rtol=0)
+    with pytest.raises(ValueError, match="method"):
+        build_pyramid(images, scales, method="lanczos")
+
+
+def _run_steps(model, images):
+    return {name: outputs for name, outputs in model.detect_steps(images)}
+
+
+def test_detect_steps_in_order_and_detect_is_their_last():
+    model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    images = tf.constant(np.random.default_rng(1).integers(0, 255, (1, 96, 128, 3)).astype(np.uint8))
+    steps = list(model.detect_steps(images))
+    assert [name for name, _ in steps] == ["pyramid", "x12", "x24", "x48", "nms"]
+    out = dict(steps)
+    assert out["x12"]["scores"].shape == (1, 40) and out["x24"]["boxes"].shape == (1, 10, 4)
+    detected = model.detect(images)
+    for key in detected:
+        np.testing.assert_allclose(detected[key].numpy(), out["nms"][key].numpy(), atol=1e-6)
+    assert [name for name, _ in model.detect_steps(tf.zeros([1, 8, 8, 3], tf.uint8))] == ["nms"]
+
+
+def test_stage_nms_passes_on_boxes_that_overlap_at_most_the_threshold():
+    common = dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=30, stage2_max_boxes=8)
+    model = FaceCascade(**common, stage1_nms_iou=0.5, stage2_nms_iou=0.3)
+    model.build(None)
+    plain = FaceCascade(**common)
+    plain.build(None)
+    plain.set_weights(model.get_weights())
+    images = tf.constant(np.random.default_rng(2).integers(0, 255, (2, 96, 128, 3)).astype(np.uint8))
+    steps, plain_steps = _run_steps(model, images), _run_steps(plain, images)
+    for name, iou in (("x12", 0.5), ("x24", 0.3)):
+        for b in range(2):
+            scores, boxes = steps[name]["scores"][b].numpy(), steps[name]["boxes"][b].numpy()
+            kept = boxes[scores > 0]
+            assert 0 < len(kept) <= {"x12": 30, "x24": 8}[name]
+            overlap = box_ops.pairwise_iou_numpy(kept, kept) - np.eye(len(kept))
+            assert overlap.max() <= iou + 1e-5
+            assert (np.diff(scores[scores > 0]) <= 1e-7).all()  # best first, as top-k passes them
+    # NMS only drops boxes: the best x12 window is passed on either way
+    np.testing.assert_allclose(steps["x12"]["scores"][:, 0].numpy(), plain_steps["x12"]["scores"][:, 0].numpy())
+    out = model.detect(images)
+    assert out["boxes"].shape == (2, 100, 4) and (out["num_detections"].numpy() > 0).all()
+
+
+def test_bfloat16_compute_keeps_float32_weights_and_close_scores():
+    common = dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    model = FaceCascade(**common)
+    model.build(None)
+    half = FaceCascade(**common, compute_dtype="bfloat16")
+    half.build(None)
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    assert half.x48.convs[0].compute_dtype == "bfloat16" and half.x48.logits.compute_dtype == "float32"
+    assert all(w.dtype == "float32" for w in half.weights)
+    half.set_weights(model.get_weights())
+    patches = tf.random.stateless_uniform([16, 48, 48, 3], (7, 8), 0, 255)
+    a, b = model(patches), half(patches)
+    for key in ("x12_logits", "x24_logits", "x48_logits", "x48_offsets"):
+        assert b[key].dtype == tf.float32
+        np.testing.assert_allclose(b[key].numpy(), a[key].numpy(), atol=0.05 + 0.02 * np.abs(a[key].numpy()).max())
+    images = tf.constant(np.random.default_rng(3).integers(0, 255, (1, 96, 128, 3)).astype(np.uint8))
+    out = half.detect(images)
+    assert out["boxes"].dtype == tf.float32 and int(out["num_detections"][0]) > 0
+    assert FaceCascade.from_config(half.get_config()).get_config()["compute_dtype"] == "bfloat16"
+    with pytest.raises(ValueError, match="compute_dtype"):
+        FaceCascade(compute_dtype="float16")
+    with pytest.raises(ValueError, match="float32"):
+        FaceCascade(compute_dtype="bfloat16", use_gather=True)
+    with pytest.raises(ValueError, match="pyramid"):
+        FaceCascade(pyramid="gaussian")
+
+
+def test_detect_traces_once_per_image_shape():
+    model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10,
+                        pyramid="octave", stage2_nms_iou=0.5)
+    model.build(None)  # a first call that creates the variables would trace twice
+    graph = tf.function(model.detect)
+    rng = np.random.default_rng(4)
+    for _ in range(3):  # other pixels, other survivor counts: the same graph
+        graph(tf.constant(rng.integers(0, 255, (1, 96, 128, 3)).astype(np.uint8)))
+    assert graph.experimental_get_tracing_count() == 1
+
+
+def test_speed_settings_keep_the_gather_twin_and_tflite_builtins():
+    from kdet import tflite
+
+    common = dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7,
+                  pyramid="octave", stage1_nms_iou=0.8, stage2_nms_iou=0.5)
+    images = tf.constant(np.random.default_rng(5).integers(0, 255, (1, 96, 128, 3)).astype(np.uint8))
+    model = _gather_twin_of(common, images)
+    flatbuffer = tflite.convert(tflite.export_variant(model, (96, 128)), input_size=(96, 128))
+    assert tflite.flex_ops(flatbuffer) == []

@@ -35,6 +35,7 @@ import tensorflow as tf
 from kdet import boxes as box_ops
 from kdet import losses, postprocess
 from kdet.face_pyramid import (
+    PYRAMID_METHODS,
     best_levels,
     build_pyramid,
     crop_boxes_for,
@@ -48,9 +49,15 @@ from kdet.heads.face import Face12Net, Face24Net, Face48Net, ThresholdControl
 
 BRANCHES = ("x12", "x24", "x48")
 CROP_SOURCES = ("pyramid", "image")
+#: compute_dtype -> the branches' Keras dtype policy (variables float32 in both).
+COMPUTE_DTYPES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 #: ImageNet RGB mean and a common scale: "patches are mean removed" (Sec. 4.2).
 PIXEL_MEAN = (123.68, 116.78, 103.94)
 PIXEL_SCALE = 1.0 / 64.0
+#: The later stages run on their survivors padded to a multiple of this. Their cost is linear in the
+#: batch (x12-x24-x48: ~0.37 ms a patch on one core); 8 pads ~4 patches on average where 32 padded
+#: ~16 (x12-x24-x48 sees 30-40 survivors a VGA frame), with at most 8 batch sizes under a budget of 60.
+PATCH_BATCH_MULTIPLE = 8
 
 
 @keras.saving.register_keras_serializable(package="kdet")
@@ -69,6 +76,11 @@ class FaceCascade(keras.Model):
       train_branches: branches whose weights learn and whose losses count.
       min_face_size: smallest face found at test, pixels.
       levels_per_octave: test pyramid levels per halving (2 ~ factor 0.71).
+      pyramid: how the test pyramid is built, see
+        :func:`kdet.face_pyramid.build_pyramid`: "antialias" (every level
+        an antialiased resize, as training-sample mining builds it) or
+        "octave" (a level half the size of the one an octave up is its 2x2
+        average: ~1 ms less at VGA, the same recall on the embedded set).
       test_thresholds: face probability kept after x12, x12-x24, x12-x24-x48.
         The first two default to the training threshold controls: trained
         at 5% positives, the early branches give faces probabilities well
@@ -77,6 +89,11 @@ class FaceCascade(keras.Model):
       pool_size: response-map max pooling block (1 disables it).
       stage1_max_boxes: windows passed from x12 to x12-x24, per image.
       stage2_max_boxes: boxes passed from x12-x24 to x12-x24-x48, per image.
+      stage1_nms_iou: greedy NMS at this IoU over x12's windows of all
+        levels before the ``stage1_max_boxes`` budget (None: the best by
+        score, response-map pooling being the only suppression, Sec. 4.3).
+      stage2_nms_iou: the same over x12-x24's regressed boxes before the
+        ``stage2_max_boxes`` budget (MTCNN suppresses after every stage).
       crop_source: "pyramid" crops later patches from the pyramid level
         closest to the patch size (Sec. 6.5), "image" from the image.
       crop_method: "bilinear" or "nearest" (nearest from the pyramid is the
@@ -89,6 +106,13 @@ class FaceCascade(keras.Model):
         resize / ``crop_and_resize``: the same values to float rounding,
         and TFLite builtins only (what :mod:`kdet.tflite` converts).
         Bilinear crops only.
+      compute_dtype: "float32", or "bfloat16" to run the three branches'
+        convolutions and fully-connected layers in bfloat16 (Keras
+        ``mixed_bfloat16``: the weights stay float32, the output layers,
+        box and score arithmetic float32). A test-time switch for CPUs with
+        bfloat16 units (AVX512-BF16 / AMX; oneDNN): about 1.5x faster
+        branches there, slower where bfloat16 is emulated; train in float32.
+        Not with ``use_gather`` (TFLite export computes float32).
     """
 
     def __init__(
@@ -104,15 +128,19 @@ class FaceCascade(keras.Model):
         train_branches: Sequence[str] = BRANCHES,
         min_face_size: float = 20.0,
         levels_per_octave: int = 2,
+        pyramid: str = "antialias",
         test_thresholds: Sequence[float] = (0.1, 0.003, 0.7),
         pool_size: int = 2,
         stage1_max_boxes: int = 300,
         stage2_max_boxes: int = 60,
+        stage1_nms_iou: float | None = None,
+        stage2_nms_iou: float | None = None,
         crop_source: str = "pyramid",
         crop_method: str = "bilinear",
         nms_iou_threshold: float = 0.3,
         max_detections: int = 100,
         use_gather: bool = False,
+        compute_dtype: str = "float32",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -126,14 +154,27 @@ class FaceCascade(keras.Model):
             raise ValueError(f"crop_method must be 'bilinear' or 'nearest', got {crop_method!r}")
         if use_gather and crop_method != "bilinear":
             raise ValueError("use_gather=True crops bilinearly only: pass crop_method='bilinear'")
+        if pyramid not in PYRAMID_METHODS:
+            raise ValueError(f"pyramid must be one of {PYRAMID_METHODS}, got {pyramid!r}")
+        if compute_dtype not in COMPUTE_DTYPES:
+            raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {compute_dtype!r}")
+        if use_gather and compute_dtype != "float32":
+            raise ValueError("use_gather=True (the TFLite twin) computes float32: pass compute_dtype='float32'")
         for name, value, size in (("thresholds", thresholds, 2), ("loss_weights", loss_weights, 3),
                                   ("test_thresholds", test_thresholds, 3), ("offset_mean", offset_mean, 4),
                                   ("offset_std", offset_std, 4)):
             if len(value) != size:
                 raise ValueError(f"{name} needs {size} values, got {list(value)}")
-        self.x12 = Face12Net(dropout=dropout, name="x12")
-        self.x24 = Face24Net(dropout=dropout, name="x24")
-        self.x48 = Face48Net(dropout=dropout, name="x48")
+        # Keras gives a layer's sublayers the global dtype policy, not the layer's own: set it while the
+        # branches are built (the output layers are float32 whatever it is, see kdet.heads.face).
+        previous = keras.config.dtype_policy()
+        keras.config.set_dtype_policy(COMPUTE_DTYPES[compute_dtype])
+        try:
+            self.x12 = Face12Net(dropout=dropout, name="x12")
+            self.x24 = Face24Net(dropout=dropout, name="x24")
+            self.x48 = Face48Net(dropout=dropout, name="x48")
+        finally:
+            keras.config.set_dtype_policy(previous)
         self.control24 = ThresholdControl(threshold=thresholds[0], name="threshold_control_24")
         self.control48 = ThresholdControl(threshold=thresholds[1], name="threshold_control_48")
         for name in BRANCHES:
@@ -265,21 +306,39 @@ class FaceCascade(keras.Model):
                                                   tf.gather(box_index, where), (crop, crop), method))
         return tf.dynamic_stitch(positions, parts)
 
+    def test_scales(self, image_size) -> list[float]:
+        """The test pyramid's scales for ``(height, width)`` images (empty: smaller than one window)."""
+        return pyramid_scales(image_size, min_face_size=self._config["min_face_size"], window=12,
+                              levels_per_octave=self._config["levels_per_octave"])
+
+    def crop_sources(self, x, levels, scales):
+        """``(maps, their scales)`` the later stages crop from: the image, and the levels below it (Sec. 6.5)."""
+        if self._config["crop_source"] == "pyramid" and scales[0] < 1.0:
+            return [x] + list(levels), [1.0] + list(scales)
+        return [x], [1.0]
+
     def _stage1(self, levels, image_size):
-        """x12 over every level: ``(scores [B, T], boxes [B, T, 4])`` after response-map pooling."""
-        scores, boxes = [], []
+        """x12 over every level: ``(scores [B, T], boxes [B, T, 4])`` after response-map pooling.
+
+        Per level only what must see the level's 2-D layout (x12 and the
+        pooling); the box decoding runs once on all levels' windows.
+        """
+        scores, codes, windows = [], [], []
         for level in levels:
             out = self.x12(level)
-            grid = tf.shape(out["logits"])[1:3]
-            probs = response_map_max_pool(tf.nn.softmax(out["logits"], axis=-1)[..., 1], self._config["pool_size"])
+            logits = out["logits"]
+            # the softmax's face probability, two classes: one op instead of softmax + slice
+            face = tf.sigmoid(logits[..., 1] - logits[..., 0])
+            probs = response_map_max_pool(face, self._config["pool_size"])
             level_hw = level.shape[1:3]
-            windows = window_boxes(grid, stride=2, window=12,
-                                   scale_yx=(level_hw[0] / image_size[0], level_hw[1] / image_size[1]))
+            grid = logits.shape[1:3] if logits.shape[1:3].is_fully_defined() else tf.shape(logits)[1:3]
+            windows.append(window_boxes(grid, stride=2, window=12,
+                                        scale_yx=(level_hw[0] / image_size[0], level_hw[1] / image_size[1])))
             batch = tf.shape(probs)[0]
-            codes = self.denormalize_offsets(tf.reshape(out["offsets"], [batch, -1, 4]))
-            boxes.append(self.box_coder.decode(codes, windows[None]))
+            codes.append(tf.reshape(out["offsets"], [batch, -1, 4]))
             scores.append(tf.reshape(probs, [batch, -1]))
-        return tf.concat(scores, axis=1), tf.concat(boxes, axis=1)
+        codes = self.denormalize_offsets(tf.concat(codes, axis=1))
+        return tf.concat(scores, axis=1), self.box_coder.decode(codes, tf.concat(windows, axis=0)[None])
 
     def _refine(self, sources, boxes, scores, *, depth: int, threshold: float, image_size):
         """One later stage on the boxes still scored above 0: ``(scores, boxes)``, same shapes.
@@ -292,12 +351,13 @@ class FaceCascade(keras.Model):
         keep = tf.cast(tf.where(tf.reshape(scores, [-1]) > 0)[:, 0], tf.int32)  # int32: TFLite has no int64 FloorDiv
         total = batch * k
 
-        # Pad the survivors to a multiple of 32 (at least 32) by repeating the first (or row 0): the CPU
-        # kernels cache their set-up per batch size, a new size every frame costs more than the padding,
-        # and TF's CPU Conv2D mishandles an empty batch. No tf.cond: TFLite keeps variables read inside
-        # an IF branch as resource variables instead of constants.
+        # Pad the survivors to a multiple of PATCH_BATCH_MULTIPLE (at least that) by repeating the first
+        # (or row 0): the CPU kernels set themselves up once per batch size (1.5-3 ms, then cached), so
+        # a few sizes beat a new one every frame, and TF's CPU Conv2D mishandles an empty batch. No
+        # tf.cond: TFLite keeps variables read inside an IF branch as resource variables, not constants.
         count = tf.size(keep)
-        padded = tf.maximum((count + 31) // 32 * 32, 32)
+        multiple = PATCH_BATCH_MULTIPLE
+        padded = tf.maximum((count + multiple - 1) // multiple * multiple, multiple)
         rows = tf.concat([keep, tf.fill([padded - count], tf.concat([keep, [0]], axis=0)[0])], axis=0)
         kept = tf.gather(squares, rows)
         crop = {2: 24, 3: 48}[depth]
@@ -317,35 +377,58 @@ class FaceCascade(keras.Model):
         top, index = tf.math.top_k(scores, k=tf.minimum(keep, tf.shape(scores)[1]))
         return top, tf.gather(boxes, index, batch_dims=1)
 
-    def detect(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Detects faces in ``[B, H, W, 3]`` images (uint8 or float in [0, 255]; static H, W).
+    def _nms_budget(self, scores, boxes, keep: int, iou_threshold: float | None):
+        """The best ``keep`` boxes: top-k, or greedy NMS at ``iou_threshold`` (zero scores are padding)."""
+        if iou_threshold is None:
+            return self._top(scores, boxes, keep)
+        out = postprocess.class_aware_nms(boxes, scores, tf.zeros_like(scores, tf.int32),
+                                          iou_threshold=iou_threshold, max_detections=keep)
+        return out["scores"], out["boxes"]
 
-        Returns the output contract with boxes in pixels of ``images``.
+    def detect_steps(self, images: tf.Tensor):
+        """:meth:`detect` one step at a time: yields ``(step, outputs)`` after each.
+
+        Steps ``"pyramid"`` (``{"image": preprocessed, "levels": [...]}``), ``"x12"``, ``"x24"``,
+        ``"x48"`` (``{"scores": [B, K], "boxes": [B, K, 4]}``: the boxes
+        passed on, score 0 on padding) and ``"nms"`` (the output contract).
+        ``detect`` runs them all; a profiler stops early to time a prefix.
+        An image smaller than one window at ``min_face_size`` yields only ``"nms"``.
         """
         cfg = self._config
         if images.shape.rank != 4 or images.shape[-1] != 3 or images.shape[1] is None or images.shape[2] is None:
             raise ValueError(f"FaceCascade.detect needs [B, H, W, 3] images with static H, W; got {images.shape}")
         image_size = (int(images.shape[1]), int(images.shape[2]))
-        scales = pyramid_scales(image_size, min_face_size=cfg["min_face_size"], window=12,
-                                levels_per_octave=cfg["levels_per_octave"])
+        scales = self.test_scales(image_size)
         if not scales:
-            return postprocess.empty_detections(tf.shape(images)[0], cfg["max_detections"])
+            yield "nms", postprocess.empty_detections(tf.shape(images)[0], cfg["max_detections"])
+            return
         x = self.preprocess(images)
-        levels = build_pyramid(x, scales, use_gather=cfg["use_gather"])
+        levels = build_pyramid(x, scales, use_gather=cfg["use_gather"], method=cfg["pyramid"])
+        yield "pyramid", {"image": x, "levels": levels}
         t1, t2, t3 = cfg["test_thresholds"]
         scores, boxes = self._stage1(levels, image_size)
-        scores, boxes = self._top(tf.where(scores >= t1, scores, 0.0), boxes, cfg["stage1_max_boxes"])
-        if cfg["crop_source"] == "pyramid" and scales[0] < 1.0:
-            sources = ([x] + levels, [1.0] + list(scales))
-        else:
-            sources = ([x], [1.0])
+        scores, boxes = self._nms_budget(tf.where(scores >= t1, scores, 0.0), boxes, cfg["stage1_max_boxes"],
+                                         cfg["stage1_nms_iou"])
+        yield "x12", {"scores": scores, "boxes": boxes}
+        sources = self.crop_sources(x, levels, scales)
         scores, boxes = self._refine(sources, boxes, scores, depth=2, threshold=t2, image_size=image_size)
-        scores, boxes = self._top(scores, boxes, cfg["stage2_max_boxes"])
+        scores, boxes = self._nms_budget(scores, boxes, cfg["stage2_max_boxes"], cfg["stage2_nms_iou"])
+        yield "x24", {"scores": scores, "boxes": boxes}
         scores, boxes = self._refine(sources, boxes, scores, depth=3, threshold=t3, image_size=image_size)
+        yield "x48", {"scores": scores, "boxes": boxes}
         boxes = box_ops.clip_boxes(boxes, image_size)
-        return postprocess.class_aware_nms(boxes, scores, tf.zeros_like(scores, tf.int32),
-                                           iou_threshold=cfg["nms_iou_threshold"],
-                                           max_detections=cfg["max_detections"])
+        yield "nms", postprocess.class_aware_nms(boxes, scores, tf.zeros_like(scores, tf.int32),
+                                                 iou_threshold=cfg["nms_iou_threshold"],
+                                                 max_detections=cfg["max_detections"])
+
+    def detect(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Detects faces in ``[B, H, W, 3]`` images (uint8 or float in [0, 255]; static H, W).
+
+        Returns the output contract with boxes in pixels of ``images``.
+        """
+        for _, outputs in self.detect_steps(images):
+            pass
+        return outputs
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
