@@ -61,6 +61,10 @@ BEFORE = {"test_thresholds": [0.05, 0.001, 0.5], "pyramid": "antialias", "crop_m
           "compute_dtype": "float32", "stage1_max_boxes": 300, "stage2_max_boxes": 60, "stage1_nms_iou": None,
           "stage2_nms_iou": None}
 _BF16 = "bfloat16" if face_benchmark.cpu_has_bfloat16() else "float32"
+#: The previous choice (octave pyramid), for comparison.
+OCTAVE = {"test_thresholds": [0.1, 0.001, 0.5], "pyramid": "octave", "crop_method": "nearest",
+          "compute_dtype": _BF16, "stage1_max_boxes": 300, "stage1_nms_iou": 0.8, "stage2_max_boxes": 48,
+          "stage2_nms_iou": 0.7}
 #: Test-time settings: FaceCascade overrides of the trained config (at the benchmark's test thresholds unless
 #: they say otherwise).
 SETTINGS = {
@@ -68,8 +72,8 @@ SETTINGS = {
     "bfloat16": {**BEFORE, "compute_dtype": _BF16},
     "octave_nearest": {**BEFORE, "pyramid": "octave", "crop_method": "nearest"},
     "octave_nearest_bf16": {**BEFORE, "pyramid": "octave", "crop_method": "nearest", "compute_dtype": _BF16},
-    "octave_nearest_bf16_budgets": {**face_benchmark.CASCADE_TEST_CONFIG, "compute_dtype": _BF16,
-                                    "test_thresholds": [0.05, 0.001, 0.5]},
+    "octave_budgets": OCTAVE,
+    "area_budgets": {**OCTAVE, "pyramid": "area"},
     "benchmark": {**face_benchmark.CASCADE_TEST_CONFIG, "compute_dtype": _BF16},  # at the benchmark's thresholds
     "benchmark_fast_thresholds": {**face_benchmark.CASCADE_TEST_CONFIG, "compute_dtype": _BF16,
                                   "test_thresholds": [0.5, 0.5, 0.7]},

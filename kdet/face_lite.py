@@ -41,10 +41,9 @@ def _stage1(model, images, image_size):
         raise ValueError(f"images of {image_size} are smaller than one window at min_face_size "
                          f"{cfg['min_face_size']}")
     levels = build_pyramid(model.preprocess(images), scales, use_gather=True)
-    scores, boxes = model._stage1(levels, image_size)
-    top, index = tf.math.top_k(tf.where(scores >= cfg["test_thresholds"][0], scores, 0.0),
-                               k=min(cfg["stage1_max_boxes"], int(scores.shape[1])))
-    return {"scores": top, "boxes": tf.gather(boxes, index, batch_dims=1)}
+    scores, boxes = model._stage1(levels, image_size, threshold=cfg["test_thresholds"][0],
+                                  keep=cfg["stage1_max_boxes"])
+    return {"scores": scores, "boxes": boxes}
 
 
 def _later_stage(model, depth: int, patches, boxes):

@@ -10,6 +10,7 @@ from kdet.data import face_mining
 from kdet.detectors.face_cascade import FaceCascade
 from kdet.face_pyramid import (
     best_levels,
+    block_maxima,
     build_pyramid,
     crop_boxes_for,
     gather_crops,
@@ -17,6 +18,7 @@ from kdet.face_pyramid import (
     pyramid_sources,
     resize_level,
     resize_level_gather,
+    resize_taps,
     response_map_max_pool,
     square_boxes,
     window_boxes,
@@ -90,6 +92,20 @@ def test_response_map_max_pool_keeps_exactly_the_block_maxima(shape, k):
     if k > 1:
         blocks = -(-shape[1] // k) * -(-shape[2] // k) * shape[0]
         assert np.count_nonzero(kept) == blocks
+    # block_maxima: the same points, as (score, row * w + col) per block
+    best, cells = (t.numpy() for t in block_maxima(tf.constant(scores), k))
+    assert best.shape == cells.shape == (shape[0], -(-shape[1] // k), -(-shape[2] // k))
+    rebuilt = np.zeros_like(scores)
+    for b in range(shape[0]):
+        rebuilt[b].flat[cells[b].ravel()] = best[b].ravel()
+    np.testing.assert_array_equal(rebuilt, kept)
+
+
+def test_x12_merged_output_convs_equal_its_two_layers():
+    net = Face12Net()
+    out = net(tf.random.stateless_normal([2, 30, 41, 3], (1, 1)))
+    np.testing.assert_allclose(out["logits"].numpy(), net.logits(out["feature"]).numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(out["offsets"].numpy(), net.offsets(out["feature"]).numpy(), rtol=1e-6, atol=1e-6)
 
 
 # ------------------------------------------------------------------ mining
@@ -282,6 +298,40 @@ def test_gather_resize_matches_antialiased_tf_resize(size):
     images = tf.random.stateless_uniform([2, 480, 640, 3], (1, 2), 0, 255)
     np.testing.assert_allclose(resize_level_gather(images, size).numpy(), resize_level(images, size).numpy(),
                                atol=0.02, rtol=0)
+
+
+@pytest.mark.parametrize("size", [(288, 384), (204, 272), (13, 17), (240, 320)])
+def test_area_resize_taps_and_gather_twin_match_tf_area_resize(size):
+    images = tf.random.stateless_uniform([1, 480, 640, 3], (3, 1), 0, 255)
+    reference = tf.image.resize(images, size, method="area").numpy()
+    np.testing.assert_allclose(resize_level(tf.cast(images, tf.uint8), size, method="area").numpy(),
+                               tf.image.resize(tf.cast(images, tf.uint8), size, method="area").numpy())
+    np.testing.assert_allclose(resize_level_gather(images, size, method="area").numpy(), reference,
+                               atol=0.02, rtol=0)
+    indices, weights = resize_taps(480, size[0], method="area")
+    np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-6)
+    assert indices.min() >= 0 and indices.max() < 480
+    # a 5 -> 3 shrink by hand: spans [0, 5/3), [5/3, 10/3), [10/3, 5)
+    indices, weights = resize_taps(5, 3, method="area")
+    np.testing.assert_allclose(weights, [[0.6, 0.4, 0.0], [0.2, 0.6, 0.2], [0.4, 0.6, 0.0]], atol=1e-6)
+    np.testing.assert_array_equal(indices, [[0, 1, 1], [1, 2, 3], [3, 4, 4]])
+    with pytest.raises(ValueError, match="shrink"):
+        resize_taps(3, 5, method="area")
+    with pytest.raises(ValueError, match="method"):
+        resize_level(images, size, method="bicubic")
+
+
+def test_area_pyramid_is_area_resizes_of_each_source():
+    images = tf.random.stateless_uniform([1, 96, 128, 3], (7, 7), 0, 255)
+    scales = pyramid_scales((96, 128), min_face_size=16, window=12, levels_per_octave=2)
+    area = build_pyramid(images, scales, method="area")
+    for level, scale, source in zip(area, scales, pyramid_sources(scales)):
+        origin = images if source < 0 else area[source]
+        np.testing.assert_allclose(level.numpy(), tf.image.resize(origin, level.shape[1:3], method="area").numpy(),
+                                   atol=1e-3)
+    twin = build_pyramid(images, scales, method="area", use_gather=True)
+    for a, b in zip(twin, area):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=0.02, rtol=0)
 
 
 def test_gather_crops_match_per_level_crop_and_resize():
