@@ -101,13 +101,6 @@ def test_response_map_max_pool_keeps_exactly_the_block_maxima(shape, k):
     np.testing.assert_array_equal(rebuilt, kept)
 
 
-def test_x12_merged_output_convs_equal_its_two_layers():
-    net = Face12Net()
-    out = net(tf.random.stateless_normal([2, 30, 41, 3], (1, 1)))
-    np.testing.assert_allclose(out["logits"].numpy(), net.logits(out["feature"]).numpy(), rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(out["offsets"].numpy(), net.offsets(out["feature"]).numpy(), rtol=1e-6, atol=1e-6)
-
-
 # ------------------------------------------------------------------ mining
 def test_label_windows_hand_built():
     gt = np.array([[0, 0, 10, 10], [50, 50, 60, 60]], np.float32)
@@ -458,6 +451,24 @@ def test_bfloat16_compute_keeps_float32_weights_and_close_scores():
         FaceCascade(compute_dtype="bfloat16", use_gather=True)
     with pytest.raises(ValueError, match="pyramid"):
         FaceCascade(pyramid="gaussian")
+
+
+def test_x24_rnet_trunk_is_leaner_and_round_trips():
+    from kdet.heads.face import Face24Net
+
+    li, rnet = FaceCascade(), FaceCascade(x24_trunk="rnet")
+    li.build(None)
+    rnet.build(None)
+    assert [c.kernel.shape[:2] for c in rnet.x24.convs] == [(3, 3), (3, 3), (2, 2)]
+    assert rnet.x24.count_params() < li.x24.count_params() / 5
+    out = rnet.branches(tf.random.stateless_uniform([3, 48, 48, 3], (2, 2), -2, 2))
+    assert out["x24_feature"].shape == (3, 144) and out["x48_logits"].shape == (3, 2)
+    again = FaceCascade.from_config(rnet.get_config())
+    again.build(None)
+    again.set_weights(rnet.get_weights())
+    assert Face24Net.from_config(rnet.x24.get_config()).trunk_name == "rnet"
+    with pytest.raises(ValueError, match="trunk"):
+        FaceCascade(x24_trunk="vgg")
 
 
 def test_detect_traces_once_per_image_shape():

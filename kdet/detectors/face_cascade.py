@@ -117,6 +117,9 @@ class FaceCascade(keras.Model):
         bfloat16 units (AVX512-BF16 / AMX; oneDNN): about 1.5x faster
         branches there, slower where bfloat16 is emulated; train in float32.
         Not with ``use_gather`` (TFLite export computes float32).
+      x24_trunk: x12-x24's conv trunk, "li" (Li et al.'s 24-net) or
+        "rnet" (MTCNN's R-net trunk, ~0.55x the time per patch), see
+        :data:`kdet.heads.face.X24_TRUNKS`. Changes the weights: train with it.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class FaceCascade(keras.Model):
         max_detections: int = 100,
         use_gather: bool = False,
         compute_dtype: str = "float32",
+        x24_trunk: str = "li",
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -175,7 +179,7 @@ class FaceCascade(keras.Model):
         keras.config.set_dtype_policy(COMPUTE_DTYPES[compute_dtype])
         try:
             self.x12 = Face12Net(dropout=dropout, name="x12")
-            self.x24 = Face24Net(dropout=dropout, name="x24")
+            self.x24 = Face24Net(dropout=dropout, trunk=x24_trunk, name="x24")
             self.x48 = Face48Net(dropout=dropout, name="x48")
         finally:
             keras.config.set_dtype_policy(previous)
@@ -266,7 +270,8 @@ class FaceCascade(keras.Model):
         """Eq. 6 over the branches in ``train_branches``; every term logged.
 
         ``y`` is ``{"labels": [N] (1 face, 0 non-face, -1 unused), "offsets":
-        [N, 4] raw}``, optionally ``"later_only": [N]`` bool (see :meth:`branch_masks`). Each branch's terms are averaged over the samples that
+        [N, 4] raw}``, optionally ``"later_only": [N]`` bool (see
+        :meth:`branch_masks`). Each branch's terms are averaged over the samples that
         reach it (over all replicas); the returned loss is scaled by
         ``1 / num_replicas`` like every kdet detector's.
         """
