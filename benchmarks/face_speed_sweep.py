@@ -13,8 +13,9 @@ replays each setting in NumPy (thresholds, stable top-k as
 the face benchmark (faces >= 20 px; AP50, recall and precision at the
 operating point). ``--check`` runs ``FaceCascade.detect`` itself (the
 benchmark's thresholds, the trained budgets) and compares, so the replay
-is known to be exact (it was: the same detections, score differences 0, on
-200 validation images in float32 and in bfloat16).
+is known to be exact (it was, for the octave pipeline before stage 1 ran on
+block winners: the same detections, score differences 0, on 200 validation
+images in float32 and in bfloat16).
 
 The cost of a setting is the windows it sends to each branch: x12-x24 and
 x12-x24-x48 run on the survivors padded to a multiple of
