@@ -318,7 +318,7 @@ def test_area_pyramid_is_area_resizes_of_each_source():
     images = tf.random.stateless_uniform([1, 96, 128, 3], (7, 7), 0, 255)
     scales = pyramid_scales((96, 128), min_face_size=16, window=12, levels_per_octave=2)
     area = build_pyramid(images, scales, method="area")
-    for level, scale, source in zip(area, scales, pyramid_sources(scales)):
+    for level, source in zip(area, pyramid_sources(scales)):
         origin = images if source < 0 else area[source]
         np.testing.assert_allclose(level.numpy(), tf.image.resize(origin, level.shape[1:3], method="area").numpy(),
                                    atol=1e-3)
