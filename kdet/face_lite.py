@@ -28,15 +28,14 @@ import tensorflow as tf
 
 from kdet.boxes import pairwise_iou_numpy
 from kdet.detectors.face_cascade import PIXEL_MEAN
-from kdet.face_pyramid import build_pyramid, pyramid_scales
+from kdet.face_pyramid import build_pyramid
 
 STAGES = ("x12", "x24", "x48")
 
 
 def _stage1(model, images, image_size):
     cfg = model.get_config()
-    scales = pyramid_scales(image_size, min_face_size=cfg["min_face_size"], window=12,
-                            levels_per_octave=cfg["levels_per_octave"])
+    scales = model.test_scales(image_size)
     if not scales:
         raise ValueError(f"images of {image_size} are smaller than one window at min_face_size "
                          f"{cfg['min_face_size']}")

@@ -282,14 +282,24 @@ def response_map_max_pool(scores: tf.Tensor, k: int = 2) -> tf.Tensor:
     """
     if k == 1:
         return scores
-    shape = tf.shape(scores)
-    h, w = shape[1], shape[2]
-    pad_h, pad_w = (-h) % k, (-w) % k
-    padded = tf.pad(scores, [[0, 0], [0, pad_h], [0, pad_w]], constant_values=-1.0)
-    blocks = tf.nn.space_to_depth(padded[..., None], k)  # [B, h/k, w/k, k*k]
-    winner = tf.one_hot(tf.argmax(blocks, axis=-1, output_type=tf.int32), k * k, dtype=scores.dtype)
-    keep = tf.nn.depth_to_space(winner, k)[..., 0][:, :h, :w]
+    (h, w), _, winner = _block_winners(scores, k)
+    keep = tf.nn.depth_to_space(tf.one_hot(winner, k * k, dtype=scores.dtype), k)[..., 0][:, :h, :w]
     return scores * keep
+
+
+def _block_winners(scores: tf.Tensor, k: int):
+    """``((h, w), blocks, winner)``: ``scores [B, h, w]`` padded with -1 to whole ``k x k`` blocks.
+
+    ``blocks`` is ``[B, ceil(h / k), ceil(w / k), k * k]`` (depth in (dy, dx)
+    row-major order), ``winner`` the int32 depth of each block's first
+    maximum. ``h, w`` are python ints where static, else scalar tensors.
+    """
+    h, w = scores.shape[1], scores.shape[2]
+    if h is None or w is None:
+        h, w = tf.shape(scores)[1], tf.shape(scores)[2]
+    padded = tf.pad(scores, [[0, 0], [0, (-h) % k], [0, (-w) % k]], constant_values=-1.0)
+    blocks = tf.nn.space_to_depth(padded[..., None], k)
+    return (h, w), blocks, tf.argmax(blocks, axis=-1, output_type=tf.int32)
 
 
 def block_maxima(scores: tf.Tensor, k: int = 2) -> tuple[tf.Tensor, tf.Tensor]:
@@ -309,12 +319,9 @@ def block_maxima(scores: tf.Tensor, k: int = 2) -> tuple[tf.Tensor, tf.Tensor]:
     if k == 1:
         cells = tf.reshape(tf.range(h * w, dtype=tf.int32), [1, h, w])
         return scores, tf.broadcast_to(cells, tf.shape(scores))
-    pad_h, pad_w = (-h) % k, (-w) % k
-    padded = tf.pad(scores, [[0, 0], [0, pad_h], [0, pad_w]], constant_values=-1.0)
-    blocks = tf.nn.space_to_depth(padded[..., None], k)  # [B, h/k, w/k, k*k], depth (dy, dx) row-major
-    winner = tf.argmax(blocks, axis=-1, output_type=tf.int32)
-    rows = tf.range(0, h + pad_h, k, dtype=tf.int32)[None, :, None] + winner // k
-    cols = tf.range(0, w + pad_w, k, dtype=tf.int32)[None, None, :] + winner % k
+    _, blocks, winner = _block_winners(scores, k)
+    rows = tf.range(0, h, k, dtype=tf.int32)[None, :, None] + winner // k
+    cols = tf.range(0, w, k, dtype=tf.int32)[None, None, :] + winner % k
     return tf.reduce_max(blocks, axis=-1), rows * w + cols
 
 

@@ -443,7 +443,8 @@ class FaceCascade(keras.Model):
         budget, iou = cfg["stage1_max_boxes"], cfg["stage1_nms_iou"]
         scores, boxes = self._stage1(levels, image_size, threshold=t1,
                                      keep=budget if iou is None else STAGE1_NMS_CANDIDATES * budget)
-        scores, boxes = self._nms_budget(scores, boxes, budget, iou)
+        if iou is not None:  # without it _stage1's top-k already is the budget
+            scores, boxes = self._nms_budget(scores, boxes, budget, iou)
         yield "x12", {"scores": scores, "boxes": boxes}
         sources = self.crop_sources(x, levels, scales)
         scores, boxes = self._refine(sources, boxes, scores, depth=2, threshold=t2, image_size=image_size)
