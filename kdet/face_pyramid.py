@@ -333,7 +333,7 @@ def square_boxes(boxes: tf.Tensor) -> tf.Tensor:
     return tf.stack([cy - half, cx - half, cy + half, cx + half], axis=-1)
 
 
-def crop_boxes_for(boxes: tf.Tensor, *, image_size, crop: int) -> tf.Tensor:
+def crop_boxes_for(boxes: tf.Tensor, *, image_size, crop: int, samples: int | None = None) -> tf.Tensor:
     """Pixel boxes -> ``crop_and_resize`` boxes that sample pixel centres.
 
     A ``crop``-sample patch of a box of side ``S`` takes its samples at
@@ -345,19 +345,23 @@ def crop_boxes_for(boxes: tf.Tensor, *, image_size, crop: int) -> tf.Tensor:
     Args:
       boxes: ``[..., 4]`` yxyx pixels.
       image_size: ``(H, W)`` of the image cropped (python or tensor).
-      crop: output side.
+      crop: the patch side the box is sampled at.
+      samples: keep only the first ``samples`` rows and columns of that
+        ``crop x crop`` grid (crop at ``(samples, samples)``; the same
+        sample positions); None: all ``crop``.
 
     Returns:
       ``[..., 4]`` normalised boxes for ``tf.image.crop_and_resize``.
     """
+    samples = crop if samples is None else samples
     height = tf.cast(image_size[0], tf.float32)
     width = tf.cast(image_size[1], tf.float32)
     step_y = (boxes[..., 2] - boxes[..., 0]) / crop
     step_x = (boxes[..., 3] - boxes[..., 1]) / crop
     y1 = boxes[..., 0] + 0.5 * step_y - 0.5
     x1 = boxes[..., 1] + 0.5 * step_x - 0.5
-    y2 = boxes[..., 2] - 0.5 * step_y - 0.5
-    x2 = boxes[..., 3] - 0.5 * step_x - 0.5
+    y2 = y1 + (samples - 1) * step_y
+    x2 = x1 + (samples - 1) * step_x
     return tf.stack([y1 / tf.maximum(height - 1.0, 1.0), x1 / tf.maximum(width - 1.0, 1.0),
                      y2 / tf.maximum(height - 1.0, 1.0), x2 / tf.maximum(width - 1.0, 1.0)], axis=-1)
 
@@ -392,6 +396,7 @@ def gather_crops(
     *,
     image_size: Sequence[int],
     crop: int,
+    samples: int | None = None,
 ) -> tf.Tensor:
     """Bilinear ``crop x crop`` patches of ``boxes``, each from its :func:`best_levels` level, with gathers.
 
@@ -408,10 +413,13 @@ def gather_crops(
       box_index: ``[N]`` int32 image of each box.
       image_size: ``(H, W)`` python ints.
       crop: patch side.
+      samples: only the first ``samples`` rows and columns of each patch
+        (see :func:`crop_boxes_for`); None: all ``crop``.
 
     Returns:
-      ``[N, crop, crop, C]`` float32.
+      ``[N, samples, samples, C]`` float32.
     """
+    side = crop if samples is None else samples
     sizes = [(int(level.shape[1]), int(level.shape[2])) for level in levels]
     lengths = [h * w for h, w in sizes]
     starts = np.cumsum([0] + lengths[:-1]).astype(np.int32)
@@ -422,8 +430,8 @@ def gather_crops(
     box_sizes = tf.gather(tf.constant(sizes, tf.int32), chosen)  # [N, 2]
     ratio = tf.cast(box_sizes, tf.float32) / tf.constant(image_size, tf.float32)
     scaled = boxes * tf.concat([ratio, ratio], axis=1)
-    normalised = crop_boxes_for(scaled, image_size=(box_sizes[:, 0], box_sizes[:, 1]), crop=crop)
+    normalised = crop_boxes_for(scaled, image_size=(box_sizes[:, 0], box_sizes[:, 1]), crop=crop, samples=samples)
     offsets = tf.cast(box_index, tf.int32) * sum(lengths) + tf.gather(tf.constant(starts), chosen)
     crops = bilinear_gather(tf.reshape(table, [-1, channels]), offsets, box_sizes[:, 0], box_sizes[:, 1],
-                            normalised, (crop, crop), 0.0)
-    return tf.ensure_shape(crops, [None, crop, crop, channels])
+                            normalised, (side, side), 0.0)
+    return tf.ensure_shape(crops, [None, side, side, channels])

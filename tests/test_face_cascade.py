@@ -7,7 +7,7 @@ import keras
 
 from kdet import boxes as box_ops
 from kdet.data import face_mining
-from kdet.detectors.face_cascade import FaceCascade
+from kdet.detectors.face_cascade import BRANCHES, FaceCascade
 from kdet.face_pyramid import (
     best_levels,
     block_maxima,
@@ -23,7 +23,7 @@ from kdet.face_pyramid import (
     square_boxes,
     window_boxes,
 )
-from kdet.heads.face import Face12Net, ThresholdControl
+from kdet.heads.face import Face12Net, ThresholdControl, trunk_extent
 
 
 # ------------------------------------------------------------------ pyramid maths
@@ -339,6 +339,48 @@ def test_gather_crops_match_per_level_crop_and_resize():
     got = gather_crops(levels, level_scales, boxes, index, image_size=(120, 160), crop=24)
     assert got.shape == (5, 24, 24, 3)
     np.testing.assert_allclose(got.numpy(), reference.numpy(), atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["bilinear", "nearest"])
+def test_crops_of_the_first_samples_are_the_top_left_of_the_full_crops(method):
+    images = tf.random.stateless_uniform([2, 120, 160, 3], (5, 6), 0, 255)
+    scales = pyramid_scales((120, 160), min_face_size=16, window=12, levels_per_octave=2)
+    levels, level_scales = [images] + build_pyramid(images, scales), [1.0] + list(scales)
+    boxes = tf.constant([[10, 10, 58, 58], [-7, 3, 41, 51], [50, 60, 118, 128], [30, 30, 33, 33]], tf.float32)
+    index = tf.constant([0, 1, 0, 1], tf.int32)
+    model = FaceCascade(crop_method=method)
+    full = model.crop_patches(levels, level_scales, boxes, index, (120, 160), 48).numpy()
+    part = model.crop_patches(levels, level_scales, boxes, index, (120, 160), 48, samples=41).numpy()
+    assert part.shape == (4, 41, 41, 3)
+    np.testing.assert_allclose(part, full[:, :41, :41], atol=1e-3, rtol=0)
+    twin = gather_crops(levels, level_scales, boxes, index, image_size=(120, 160), crop=48, samples=41)
+    if method == "bilinear":
+        np.testing.assert_allclose(twin.numpy(), part, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("x24_trunk, samples", [("li", (23, 46)), ("rnet", (22, 44))])
+def test_branches_read_only_their_input_extent(x24_trunk, samples):
+    """Valid convs and floor pooling leave the last rows unread: outputs on the top-left crop are the same."""
+    assert trunk_extent(((16, 3, (3, 2)), (16, 4, None)), 12) == 11
+    model = FaceCascade(x24_trunk=x24_trunk, dropout=0.0)
+    model.build(None)
+    assert (model.x12.input_extent, model.x48.input_extent) == (11, 41)
+    assert (model.patch_samples(2), model.patch_samples(3)) == samples
+    patches = tf.random.stateless_uniform([3, 48, 48, 3], (7, 8), -2, 2)
+    for depth, size in ((2, 24), (3, 48)):
+        patch = tf.image.resize(patches, (size, size)) if size != 48 else patches
+        extent = model.patch_samples(depth)
+        full = model.branches(patch, depth=depth)
+        part = model.branches(patch[:, :extent, :extent], depth=depth)
+        for key in full:
+            np.testing.assert_allclose(part[key].numpy(), full[key].numpy(), atol=1e-5, err_msg=key)
+        # and one row fewer does change them: the extent is the least that works
+        short = model.branches(tf.pad(patch[:, :extent - 1, :extent - 1], [[0, 0], [0, 1], [0, 1], [0, 0]]),
+                               depth=depth)
+        assert not np.allclose(short[f"{BRANCHES[depth - 1]}_logits"].numpy(),
+                               full[f"{BRANCHES[depth - 1]}_logits"].numpy(), atol=1e-5)
+    with pytest.raises(ValueError, match="too small"):
+        trunk_extent(((8, 5, (3, 2)),), 6)
 
 
 def _gather_twin_of(common: dict, images) -> FaceCascade:

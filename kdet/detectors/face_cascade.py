@@ -301,8 +301,24 @@ class FaceCascade(keras.Model):
         return losses.scale_for_replicas(total)
 
     # ---------------------------------------------------------------- inference
-    def crop_patches(self, levels, level_scales, boxes, box_index, image_size, crop: int) -> tf.Tensor:
+    def patch_samples(self, depth: int) -> int:
+        """Rows (and columns) of a ``depth`` patch (24 or 48 pixels) that :meth:`branches` reads.
+
+        Every branch sees the patch average-pooled to its own size and reads
+        only its top-left ``input_extent`` (:func:`kdet.heads.face.trunk_extent`):
+        23 of x12-x24's 24 and 46 of x12-x24-x48's 48 (x12-x24 needs 23 of
+        the 24 it pools the 48 to); the test pipeline crops only these.
+        """
+        size = {1: 12, 2: 24, 3: 48}[depth]
+        branches = (self.x12, self.x24, self.x48)[:depth]
+        return max(branch.input_extent * (size // side) for branch, side in zip(branches, (12, 24, 48)))
+
+    def crop_patches(self, levels, level_scales, boxes, box_index, image_size, crop: int,
+                     samples: int | None = None) -> tf.Tensor:
         """``[n, crop, crop, 3]`` patches of ``boxes [n, 4]`` (image pixels) of images ``box_index [n]``.
+
+        With ``samples``, only the first ``samples`` rows and columns of
+        each (``[n, samples, samples, 3]``, see :func:`kdet.face_pyramid.crop_boxes_for`).
 
         Each box is cut from one source: the level of ``levels`` (scales
         ``level_scales``, decreasing, the image first at 1.0) where it is
@@ -312,11 +328,14 @@ class FaceCascade(keras.Model):
         boxes only.
         """
         method = self._config["crop_method"]
+        side = crop if samples is None else samples
         if self._config["use_gather"]:
-            return gather_crops(levels, level_scales, boxes, box_index, image_size=image_size, crop=crop)
+            return gather_crops(levels, level_scales, boxes, box_index, image_size=image_size, crop=crop,
+                                samples=samples)
         if len(levels) == 1:
-            return tf.image.crop_and_resize(levels[0], crop_boxes_for(boxes, image_size=image_size, crop=crop),
-                                            box_index, (crop, crop), method)
+            return tf.image.crop_and_resize(
+                levels[0], crop_boxes_for(boxes, image_size=image_size, crop=crop, samples=samples),
+                box_index, (side, side), method)
         chosen = best_levels(boxes, level_scales, crop=crop)
         positions = tf.dynamic_partition(tf.range(tf.shape(boxes)[0]), chosen, len(levels))
         parts = []
@@ -324,8 +343,9 @@ class FaceCascade(keras.Model):
             size = tf.shape(level)[1:3]
             ratio = tf.cast(size, tf.float32) / tf.constant(image_size, tf.float32)
             scaled = tf.gather(boxes, where) * tf.concat([ratio, ratio], axis=0)
-            parts.append(tf.image.crop_and_resize(level, crop_boxes_for(scaled, image_size=size, crop=crop),
-                                                  tf.gather(box_index, where), (crop, crop), method))
+            parts.append(tf.image.crop_and_resize(
+                level, crop_boxes_for(scaled, image_size=size, crop=crop, samples=samples),
+                tf.gather(box_index, where), (side, side), method))
         return tf.dynamic_stitch(positions, parts)
 
     def test_scales(self, image_size) -> list[float]:
@@ -395,7 +415,8 @@ class FaceCascade(keras.Model):
         rows = tf.concat([keep, tf.fill([padded - count], tf.concat([keep, [0]], axis=0)[0])], axis=0)
         kept = tf.gather(squares, rows)
         crop = {2: 24, 3: 48}[depth]
-        out = self.branches(self.crop_patches(*sources, kept, rows // k, image_size, crop), depth=depth)
+        patches = self.crop_patches(*sources, kept, rows // k, image_size, crop, self.patch_samples(depth))
+        out = self.branches(patches, depth=depth)
         name = BRANCHES[depth - 1]
         probs = tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:, 1]
         refined = self.box_coder.decode(self.denormalize_offsets(out[f"{name}_offsets"]), kept)

@@ -70,6 +70,11 @@ class Face12Net(keras.layers.Layer):
         self.offsets.build((None, None, None, self.filters))
         self.built = True
 
+    @property
+    def input_extent(self) -> int:
+        """Input rows one output reads: 11 of the 12-pixel window (see :func:`trunk_extent`)."""
+        return trunk_extent(((self.filters, 3, (3, 2)), (self.filters, 4, None)), 12)
+
     def call(self, images, training=False):
         feature = self.conv2(self.pool(self.conv1(images)))
         x = self.drop(feature, training=training)
@@ -77,6 +82,27 @@ class Face12Net(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters, "dropout": self.dropout}
+
+
+def trunk_extent(trunk, size: int) -> int:
+    """The top-left rows of a ``size`` input that a conv trunk's outputs read.
+
+    ``trunk`` is ``(filters, kernel, pool)`` per valid conv (``pool`` a
+    ``(size, stride)`` valid max pooling or None), as :class:`_PatchNet`'s.
+    """
+    sizes = [size]
+    for _, kernel, pool in trunk:
+        size = size - kernel + 1
+        if pool:
+            size = (size - pool[0]) // pool[1] + 1
+        sizes.append(size)
+    if size < 1:
+        raise ValueError(f"a {sizes[0]}-pixel input is too small for trunk {trunk}")
+    for _, kernel, pool in reversed(trunk):  # rows of each input that the last output rows read
+        if pool:
+            size = (size - 1) * pool[1] + pool[0]
+        size = size + kernel - 1
+    return size
 
 
 class _PatchNet(keras.layers.Layer):
@@ -116,8 +142,23 @@ class _PatchNet(keras.layers.Layer):
         self.offsets.build((None, joined))
         self.built = True
 
+    @property
+    def input_extent(self) -> int:
+        """Rows (and columns) of a patch that the outputs depend on, from the top left.
+
+        Valid convolutions and pooling that drops an incomplete last window
+        can leave the last rows of a patch unread: x12-x24-x48 reads 41 of
+        its 48 (``46 -> pool -> 22`` uses 45 rows of conv1's 46, and so
+        on), Li's x12-x24 trunk 23 of its 24. :meth:`call` slices larger
+        patches to this; cropping only these samples saves the rest.
+        """
+        return trunk_extent(self.trunk, self.patch_size)
+
     def call(self, inputs, training=False):
         patches, previous = inputs
+        extent = self.input_extent
+        if patches.shape[1] is not None and patches.shape[1] > extent:  # the same outputs, less work
+            patches = patches[:, :extent, :extent]
         x = patches
         for conv, pool in zip(self.convs, self.pools):
             x = conv(x)
