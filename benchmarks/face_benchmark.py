@@ -249,7 +249,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         metavar=("X12", "X24", "X48"),
                         help="face probability kept after each branch at test (chosen on the validation split; "
                              "FaceCascade's defaults: 0.1 0.003 0.7)")
-    parser.add_argument("--cascade-x24-trunk", choices=("li", "rnet"), default="li",
+    parser.add_argument("--cascade-x24-trunk", choices=("li", "li32", "rnet"), default="li",
                         help="x12-x24's conv trunk (kdet.heads.face.X24_TRUNKS; FaceCascade's default is li)")
     parser.add_argument("--cascade-test-config", type=json.loads, default=dict(CASCADE_TEST_CONFIG),
                         metavar="JSON", help="the cascades' other test-time FaceCascade settings (chosen on the "

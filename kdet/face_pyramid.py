@@ -302,23 +302,30 @@ def _block_winners(scores: tf.Tensor, k: int):
     return (h, w), blocks, tf.argmax(blocks, axis=-1, output_type=tf.int32)
 
 
-def block_maxima(scores: tf.Tensor, k: int = 2) -> tuple[tf.Tensor, tf.Tensor]:
+def block_maxima(scores: tf.Tensor, k: int = 2, *, builtins_only: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
     """The points :func:`response_map_max_pool` keeps, one per ``k x k`` block: ``(score, cell)``.
 
     Args:
       scores: ``[B, h, w]`` non-negative scores with static ``h, w``.
       k: block side (1: every point is its own block).
+      builtins_only: build it from SPACE_TO_DEPTH, REDUCE_MAX and ARG_MAX
+        (TFLite builtins); False with ``k = 2``: one
+        ``tf.nn.max_pool_with_argmax`` (the same outputs, fewer ops on a
+        CPU, not a TFLite builtin; its "SAME" padding would split a longer
+        one between both ends, so other ``k`` keep the builtins).
 
     Returns:
       ``(best [B, ceil(h / k), ceil(w / k)], cells [B, ceil(h / k), ceil(w / k)] int32)``:
       each block's maximum and its point as ``row * w + col`` (the first
-      maximum in row-major order on ties). Built from SPACE_TO_DEPTH,
-      REDUCE_MAX and ARG_MAX (TFLite builtins).
+      maximum in row-major order on ties).
     """
     h, w = int(scores.shape[1]), int(scores.shape[2])
     if k == 1:
         cells = tf.reshape(tf.range(h * w, dtype=tf.int32), [1, h, w])
         return scores, tf.broadcast_to(cells, tf.shape(scores))
+    if not builtins_only and k == 2:  # "SAME" pads odd sides by one after the map, as _block_winners does
+        best, cells = tf.nn.max_pool_with_argmax(scores[..., None], k, k, "SAME", output_dtype=tf.int32)
+        return best[..., 0], cells[..., 0]
     _, blocks, winner = _block_winners(scores, k)
     rows = tf.range(0, h, k, dtype=tf.int32)[None, :, None] + winner // k
     cols = tf.range(0, w, k, dtype=tf.int32)[None, None, :] + winner % k

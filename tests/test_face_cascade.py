@@ -99,6 +99,10 @@ def test_response_map_max_pool_keeps_exactly_the_block_maxima(shape, k):
     for b in range(shape[0]):
         rebuilt[b].flat[cells[b].ravel()] = best[b].ravel()
     np.testing.assert_array_equal(rebuilt, kept)
+    # the one-op form (max_pool_with_argmax): the same scores and cells, ties included
+    fast_best, fast_cells = (t.numpy() for t in block_maxima(tf.constant(scores), k, builtins_only=False))
+    np.testing.assert_array_equal(fast_best, best)
+    np.testing.assert_array_equal(fast_cells, cells)
 
 
 # ------------------------------------------------------------------ mining
@@ -511,6 +515,9 @@ def test_x24_rnet_trunk_is_leaner_and_round_trips():
     assert Face24Net.from_config(rnet.x24.get_config()).trunk_name == "rnet"
     with pytest.raises(ValueError, match="trunk"):
         FaceCascade(x24_trunk="vgg")
+    li32 = FaceCascade(x24_trunk="li32")
+    li32.build(None)
+    assert li32.x24.convs[0].kernel.shape == (5, 5, 3, 32) and li32.x24.input_extent == 23
 
 
 def test_detect_traces_once_per_image_shape():

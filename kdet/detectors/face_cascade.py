@@ -56,9 +56,11 @@ COMPUTE_DTYPES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 PIXEL_MEAN = (123.68, 116.78, 103.94)
 PIXEL_SCALE = 1.0 / 64.0
 #: The later stages run on their survivors padded to a multiple of this. Their cost is linear in the
-#: batch (x12-x24-x48: ~0.37 ms a patch on one core); 8 pads ~4 patches on average where 32 padded
-#: ~16 (x12-x24-x48 sees 30-40 survivors a VGA frame), with at most 8 batch sizes under a budget of 60.
-PATCH_BATCH_MULTIPLE = 8
+#: batch (x12-x24-x48: ~0.3 ms a patch on one core), and the CPU kernels set themselves up once per batch
+#: size (1.5-3 ms, then cached): 4 pads ~2 patches on average (x12-x24-x48 sees 30-40 survivors a VGA
+#: frame), with at most 12 batch sizes under a budget of 48, all met within a few frames of a video; 8 was
+#: ~3% slower a VGA frame on one core.
+PATCH_BATCH_MULTIPLE = 4
 #: With ``stage1_nms_iou``, x12's NMS sees its best ``STAGE1_NMS_CANDIDATES * stage1_max_boxes`` windows
 #: above the threshold (the same budget as NMS over all of them unless it suppressed more than 7 in 8).
 STAGE1_NMS_CANDIDATES = 8
@@ -119,8 +121,9 @@ class FaceCascade(keras.Model):
         bfloat16 units (AVX512-BF16 / AMX; oneDNN): about 1.5x faster
         branches there, slower where bfloat16 is emulated; train in float32.
         Not with ``use_gather`` (TFLite export computes float32).
-      x24_trunk: x12-x24's conv trunk, "li" (Li et al.'s 24-net) or
-        "rnet" (MTCNN's R-net trunk, ~0.55x the time per patch), see
+      x24_trunk: x12-x24's conv trunk, "li" (Li et al.'s 24-net), "li32"
+        (it with 32 filters, ~0.6x the time per patch) or "rnet" (MTCNN's
+        R-net trunk, ~0.55x), see
         :data:`kdet.heads.face.X24_TRUNKS`. Changes the weights: train with it.
     """
 
@@ -359,7 +362,7 @@ class FaceCascade(keras.Model):
             return [x] + list(levels), [1.0] + list(scales)
         return [x], [1.0]
 
-    def _stage1(self, levels, image_size, *, threshold: float, keep: int):
+    def _stage1(self, levels, image_size, *, threshold: float, keep: int, builtins_only: bool | None = None):
         """x12 over every level: the best ``keep`` windows scoring at least ``threshold``.
 
         Returns ``(scores [B, K], boxes [B, K, 4])``, ``K = min(keep,
@@ -369,8 +372,10 @@ class FaceCascade(keras.Model):
         maximum in row-major order, :func:`kdet.face_pyramid.response_map_max_pool`'s
         rule) before anything else; only the ``K`` windows chosen are
         box-decoded (a VGA frame has ~50,000 windows, ~12,500 winners).
+        ``builtins_only`` (default: ``use_gather``) keeps it to TFLite builtins.
         """
         k = self._config["pool_size"]
+        builtins_only = self._config["use_gather"] if builtins_only is None else builtins_only
         scores, codes, windows, anchors, offset = [], [], [], [], 0
         for level in levels:
             out = self.x12(level)
@@ -378,7 +383,7 @@ class FaceCascade(keras.Model):
             # the softmax's face probability, two classes: one op instead of softmax + slice
             face = tf.sigmoid(logits[..., 1] - logits[..., 0])
             h, w = int(face.shape[1]), int(face.shape[2])
-            best, cells = block_maxima(face, k)
+            best, cells = block_maxima(face, k, builtins_only=builtins_only)
             batch, blocks = tf.shape(face)[0], int(best.shape[1]) * int(best.shape[2])  # static H, W
             scores.append(tf.reshape(best, [batch, blocks]))
             windows.append(offset + tf.reshape(cells, [batch, blocks]))
