@@ -84,20 +84,25 @@ class Face12Net(keras.layers.Layer):
         return {**super().get_config(), "filters": self.filters, "dropout": self.dropout}
 
 
-def trunk_extent(trunk, size: int) -> int:
-    """The top-left rows of a ``size`` input that a conv trunk's outputs read.
+def trunk_output_size(trunk, size: int) -> int:
+    """Output side of a conv trunk on a ``size`` input (< 1: the input is too small).
 
     ``trunk`` is ``(filters, kernel, pool)`` per valid conv (``pool`` a
     ``(size, stride)`` valid max pooling or None), as :class:`_PatchNet`'s.
     """
-    sizes = [size]
     for _, kernel, pool in trunk:
         size = size - kernel + 1
         if pool:
             size = (size - pool[0]) // pool[1] + 1
-        sizes.append(size)
-    if size < 1:
-        raise ValueError(f"a {sizes[0]}-pixel input is too small for trunk {trunk}")
+    return size
+
+
+def trunk_extent(trunk, size: int) -> int:
+    """The top-left rows of a ``size`` input that a conv trunk's outputs read (``trunk`` as above)."""
+    out = trunk_output_size(trunk, size)
+    if out < 1:
+        raise ValueError(f"a {size}-pixel input is too small for trunk {trunk}")
+    size = out
     for _, kernel, pool in reversed(trunk):  # rows of each input that the last output rows read
         if pool:
             size = (size - 1) * pool[1] + pool[0]
@@ -130,12 +135,11 @@ class _PatchNet(keras.layers.Layer):
 
     def build(self, input_shape):
         patch_shape, previous_shape = input_shape
-        size, channels = self.patch_size, patch_shape[-1]
-        for conv, pool, (filters, kernel, pool_spec) in zip(self.convs, self.pools, self.trunk):
-            conv.build((None, size, size, channels))
-            size, channels = size - kernel + 1, filters
-            if pool_spec:
-                size = (size - pool_spec[0]) // pool_spec[1] + 1
+        channels = patch_shape[-1]
+        for conv, (filters, _, _) in zip(self.convs, self.trunk):
+            conv.build((None, None, None, channels))
+            channels = filters
+        size = trunk_output_size(self.trunk, self.patch_size)
         self.fc.build((None, size * size * channels))
         joined = self.units + previous_shape[-1]
         self.logits.build((None, joined))
@@ -197,7 +201,6 @@ class Face24Net(_PatchNet):
     """
 
     patch_size = 24
-    trunk = ((64, 5, (3, 2)),)
 
     def __init__(self, *, units: int = 128, dropout: float = 0.0, trunk: str = "li", **kwargs):
         if trunk not in X24_TRUNKS:
