@@ -41,7 +41,7 @@ def _stage1(model, images, image_size):
                          f"{cfg['min_face_size']}")
     levels = build_pyramid(model.preprocess(images), scales, use_gather=True)
     scores, boxes = model._stage1(levels, image_size, threshold=cfg["test_thresholds"][0],
-                                  keep=cfg["stage1_max_boxes"], builtins_only=True)
+                                  keep=cfg["stage1_max_boxes"])
     return {"scores": scores, "boxes": boxes}
 
 

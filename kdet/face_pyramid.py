@@ -302,34 +302,67 @@ def _block_winners(scores: tf.Tensor, k: int):
     return (h, w), blocks, tf.argmax(blocks, axis=-1, output_type=tf.int32)
 
 
-def block_maxima(scores: tf.Tensor, k: int = 2, *, builtins_only: bool = True) -> tuple[tf.Tensor, tf.Tensor]:
-    """The points :func:`response_map_max_pool` keeps, one per ``k x k`` block: ``(score, cell)``.
+def block_maxima_values(scores: tf.Tensor, k: int = 2) -> tf.Tensor:
+    """Each ``k x k`` block's maximum of ``scores [B, h, w]`` (static ``h, w``, non-negative).
 
-    Args:
-      scores: ``[B, h, w]`` non-negative scores with static ``h, w``.
-      k: block side (1: every point is its own block).
-      builtins_only: build it from SPACE_TO_DEPTH, REDUCE_MAX and ARG_MAX
-        (TFLite builtins); False with ``k = 2``: one
-        ``tf.nn.max_pool_with_argmax`` (the same outputs, fewer ops on a
-        CPU, not a TFLite builtin; its "SAME" padding would split a longer
-        one between both ends, so other ``k`` keep the builtins).
+    Blocks start at (0, 0); a partial block at the bottom or right edge is a
+    block too. One max pooling (MAX_POOL_2D, a TFLite builtin). The points
+    these maxima come from: :func:`block_winners`.
 
     Returns:
-      ``(best [B, ceil(h / k), ceil(w / k)], cells [B, ceil(h / k), ceil(w / k)] int32)``:
-      each block's maximum and its point as ``row * w + col`` (the first
-      maximum in row-major order on ties).
+      ``[B, ceil(h / k), ceil(w / k)]``.
     """
-    h, w = int(scores.shape[1]), int(scores.shape[2])
     if k == 1:
-        cells = tf.reshape(tf.range(h * w, dtype=tf.int32), [1, h, w])
-        return scores, tf.broadcast_to(cells, tf.shape(scores))
-    if not builtins_only and k == 2:  # "SAME" pads odd sides by one after the map, as _block_winners does
-        best, cells = tf.nn.max_pool_with_argmax(scores[..., None], k, k, "SAME", output_dtype=tf.int32)
-        return best[..., 0], cells[..., 0]
-    _, blocks, winner = _block_winners(scores, k)
-    rows = tf.range(0, h, k, dtype=tf.int32)[None, :, None] + winner // k
-    cols = tf.range(0, w, k, dtype=tf.int32)[None, None, :] + winner % k
-    return tf.reduce_max(blocks, axis=-1), rows * w + cols
+        return scores
+    h, w = int(scores.shape[1]), int(scores.shape[2])
+    if h % k or w % k:
+        scores = tf.pad(scores, [[0, 0], [0, (-h) % k], [0, (-w) % k]], constant_values=-1.0)
+    return tf.nn.max_pool2d(scores[..., None], k, k, "VALID")[..., 0]
+
+
+def block_cells(shapes: Sequence[Sequence[int]], k: int = 2) -> np.ndarray:
+    """The points of every ``k x k`` block of several maps, all numbered in one sequence.
+
+    ``shapes`` are the maps' ``(h, w)``. Blocks are numbered map by map,
+    row-major, as :func:`block_maxima_values` flattened and concatenated
+    gives them; points likewise (``offset + row * w + col``).
+
+    Returns:
+      ``[blocks, k * k]`` int32, each block's points in row-major order; a
+      point past its map's edge (a partial block) is ``sum(h * w)``, one
+      past the last point.
+    """
+    total = sum(int(h) * int(w) for h, w in shapes)
+    dy, dx = np.divmod(np.arange(k * k), k)
+    rows, offset = [], 0
+    for h, w in shapes:
+        by, bx = np.meshgrid(np.arange(0, h, k), np.arange(0, w, k), indexing="ij")
+        y, x = by.reshape(-1, 1) + dy, bx.reshape(-1, 1) + dx
+        rows.append(np.where((y < h) & (x < w), offset + y * w + x, total))
+        offset += int(h) * int(w)
+    return np.concatenate(rows).astype(np.int32)
+
+
+def block_winners(scores: tf.Tensor, cells: np.ndarray, blocks: tf.Tensor) -> tf.Tensor:
+    """The point each of ``blocks`` keeps under response-map max pooling: its first maximum, row-major.
+
+    Finding the winner only for the blocks chosen after
+    :func:`block_maxima_values` is what makes those values enough for the
+    rest: a VGA frame has ~12,500 blocks, and x12's budget keeps a few hundred.
+
+    Args:
+      scores: ``[B, P]`` non-negative scores of all points of all maps,
+        flattened and concatenated.
+      cells: :func:`block_cells` of those maps.
+      blocks: ``[B, K]`` int32 block numbers.
+
+    Returns:
+      ``[B, K]`` int32 point numbers (indices into ``scores``' last axis).
+    """
+    padded = tf.concat([scores, -tf.ones_like(scores[:, :1])], axis=1)  # the slot past the edge: never a winner
+    candidates = tf.gather(tf.constant(cells), blocks)  # [B, K, k * k]
+    winner = tf.argmax(tf.gather(padded, candidates, batch_dims=1), axis=-1, output_type=tf.int32)
+    return tf.gather(candidates, winner, batch_dims=2)
 
 
 def square_boxes(boxes: tf.Tensor) -> tf.Tensor:

@@ -10,7 +10,9 @@ from kdet.data import face_mining
 from kdet.detectors.face_cascade import BRANCHES, FaceCascade
 from kdet.face_pyramid import (
     best_levels,
-    block_maxima,
+    block_cells,
+    block_maxima_values,
+    block_winners,
     build_pyramid,
     crop_boxes_for,
     gather_crops,
@@ -92,17 +94,33 @@ def test_response_map_max_pool_keeps_exactly_the_block_maxima(shape, k):
     if k > 1:
         blocks = -(-shape[1] // k) * -(-shape[2] // k) * shape[0]
         assert np.count_nonzero(kept) == blocks
-    # block_maxima: the same points, as (score, row * w + col) per block
-    best, cells = (t.numpy() for t in block_maxima(tf.constant(scores), k))
-    assert best.shape == cells.shape == (shape[0], -(-shape[1] // k), -(-shape[2] // k))
-    rebuilt = np.zeros_like(scores)
+    # the test pipeline's form: every block's maximum, then the winning point of the blocks asked for
+    best = block_maxima_values(tf.constant(scores), k).numpy()
+    assert best.shape == (shape[0], -(-shape[1] // k), -(-shape[2] // k))
+    flat = scores.reshape(shape[0], -1)
+    everyone = np.tile(np.arange(best[0].size, dtype=np.int32), (shape[0], 1))
+    cells = block_winners(tf.constant(flat), block_cells([shape[1:]], k), tf.constant(everyone)).numpy()
+    rebuilt = np.zeros_like(flat)
     for b in range(shape[0]):
-        rebuilt[b].flat[cells[b].ravel()] = best[b].ravel()
-    np.testing.assert_array_equal(rebuilt, kept)
-    # the one-op form (max_pool_with_argmax): the same scores and cells, ties included
-    fast_best, fast_cells = (t.numpy() for t in block_maxima(tf.constant(scores), k, builtins_only=False))
-    np.testing.assert_array_equal(fast_best, best)
-    np.testing.assert_array_equal(fast_cells, cells)
+        rebuilt[b, cells[b]] = best[b].ravel()
+    np.testing.assert_array_equal(rebuilt.reshape(shape), kept)
+
+
+def test_block_winners_over_several_maps():
+    # two maps numbered in one sequence, as x12's pyramid levels are; partial blocks at the edges
+    rng = np.random.default_rng(3)
+    maps = [rng.random((1, 5, 7)).astype(np.float32), rng.random((1, 3, 3)).astype(np.float32)]
+    maps[1][0, 2, 2] = 2.0  # alone in its (partial) block, past-the-edge points must not win
+    maps[0][0, 0, 1] = maps[0][0, 1, 0] = 3.0  # a tie: the first in row-major order wins
+    cells = block_cells([m.shape[1:] for m in maps], 2)
+    assert cells.shape == (12 + 4, 4)
+    assert cells[11].tolist() == [4 * 7 + 6, 44, 44, 44] and cells[-1].tolist() == [35 + 8, 44, 44, 44]
+    values = np.concatenate([block_maxima_values(tf.constant(m), 2).numpy().reshape(1, -1) for m in maps], 1)
+    flat = np.concatenate([m.reshape(1, -1) for m in maps], axis=1)
+    chosen = np.array([[15, 0, 11]], np.int32)
+    winners = block_winners(tf.constant(flat), cells, tf.constant(chosen)).numpy()
+    np.testing.assert_array_equal(winners, [[35 + 8, 1, 4 * 7 + 6]])
+    np.testing.assert_array_equal(flat[0, winners[0]], values[0, chosen[0]])
 
 
 # ------------------------------------------------------------------ mining

@@ -75,8 +75,12 @@ class Face12Net(keras.layers.Layer):
         """Input rows one output reads: 11 of the 12-pixel window (see :func:`trunk_extent`)."""
         return trunk_extent(((self.filters, 3, (3, 2)), (self.filters, 4, None)), 12)
 
+    def trunk(self, images):
+        """The ``[B, h, w, filters]`` feature alone (the test pipeline applies the outputs itself)."""
+        return self.conv2(self.pool(self.conv1(images)))
+
     def call(self, images, training=False):
-        feature = self.conv2(self.pool(self.conv1(images)))
+        feature = self.trunk(images)
         x = self.drop(feature, training=training)
         return {"feature": feature, "logits": self.logits(x), "offsets": self.offsets(x)}
 
