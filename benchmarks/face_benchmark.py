@@ -341,21 +341,28 @@ def rcnn_config(scale: float, backbone_weights: str | None = None) -> dict:
 
 
 def kdet_detector(kind: str, model, rcnn_scale: float):
-    """``detect(uint8 [480, 640, 3]) -> (boxes [N, 4] VGA yxyx, scores [N])`` over one traced graph."""
+    """``detect(uint8 [480, 640, 3]) -> (boxes [N, 4] VGA yxyx, scores [N])`` over one frozen graph.
+
+    Frozen (:func:`kdet.inference.freeze`: the weights are constants) as
+    kdet runs a fixed-size CPU stream (:func:`kdet.inference.frozen_detect`).
+    """
     import tensorflow as tf
 
-    spec = [tf.TensorSpec([1, *VGA, 3], tf.uint8)]
+    from kdet.inference import freeze, frozen_detect
+
     if kind == "cascade":
-        graph = tf.function(model.detect, input_signature=spec)
+        graph = frozen_detect(model, VGA)
     else:
         size, _ = rcnn_geometry(rcnn_scale)
         back = tf.constant([VGA[0] / size[0], VGA[1] / size[1]] * 2, tf.float32)
 
-        @tf.function(input_signature=spec)
-        def graph(images):
+        @tf.function(input_signature=[tf.TensorSpec([1, *VGA, 3], tf.uint8)])
+        def rcnn(images):
             out = model.detect(rcnn_inputs(images, rcnn_scale))
             boxes = tf.minimum(out["boxes"] * back, tf.constant([*VGA, *VGA], tf.float32))
             return {**out, "boxes": boxes}
+
+        graph = freeze(rcnn.get_concrete_function())
 
     def detect(image: np.ndarray):
         out = graph(image[None])

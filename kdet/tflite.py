@@ -34,6 +34,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from kdet.inference import freeze
 from kdet.model_dir import build_for
 
 QUANTIZATIONS = ("float32", "float16", "int8")
@@ -55,28 +56,6 @@ def export_variant(model, input_size: Sequence[int]):
     build_for(model, input_size)
     twin.set_weights(model.get_weights())
     return twin
-
-
-def freeze(concrete):
-    """``concrete`` (dict outputs) with its variables turned into constants, outputs still named.
-
-    Freezing first matters: the converter keeps variables that it reads
-    through nested function calls as resource variables (READ_VARIABLE ops
-    that need an initialiser run); constants convert to plain builtins and
-    let fully-connected layers become FULLY_CONNECTED.
-    """
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    names = sorted(concrete.structured_outputs)  # a frozen function returns its outputs flattened, keys sorted
-    frozen = convert_variables_to_constants_v2(concrete)
-    specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name.split(":")[0]) for t in concrete.inputs
-             if t.dtype != tf.resource]
-
-    @tf.function(input_signature=specs)
-    def named(*args):
-        return dict(zip(names, frozen(*args)))
-
-    return named.get_concrete_function()
 
 
 def detect_function(model, input_size: Sequence[int]):
@@ -107,6 +86,9 @@ def convert_function(concrete, *, quantization: str = "float32",
     if quantization == "int8" and not representative_inputs:
         raise ValueError("int8 quantization needs representative inputs (calibration data)")
     with tempfile.TemporaryDirectory(prefix="kdet_tflite_") as folder:
+        # frozen first: the converter keeps variables read through nested function calls as resource
+        # variables (READ_VARIABLE ops that need an initialiser run); constants convert to plain builtins
+        # and let fully-connected layers become FULLY_CONNECTED
         tf.saved_model.save(tf.Module(), folder, signatures={"serving_default": freeze(concrete)})
         converter = tf.lite.TFLiteConverter.from_saved_model(folder, signature_keys=["serving_default"])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

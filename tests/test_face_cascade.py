@@ -558,3 +558,26 @@ def test_speed_settings_keep_the_gather_twin_and_tflite_builtins():
     model = _gather_twin_of(common, images)
     flatbuffer = tflite.convert(tflite.export_variant(model, (96, 128)), input_size=(96, 128))
     assert tflite.flex_ops(flatbuffer) == []
+
+
+def test_frozen_detect_has_no_variables_and_the_same_detections():
+    from kdet.inference import frozen_detect
+
+    model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7,
+                        compute_dtype="bfloat16", pyramid="area", crop_method="nearest")
+    images = tf.constant(np.random.default_rng(5).integers(0, 255, (1, 96, 128, 3)).astype(np.uint8))
+    frozen = frozen_detect(model, (96, 128))  # builds the model first
+    assert not frozen.variables and not any(t.dtype == tf.resource for t in frozen.captured_inputs)
+    ops = {node.op for f in frozen.graph.as_graph_def().library.function for node in f.node_def}
+    assert "ReadVariableOp" not in ops and "Conv2D" in ops
+    want, got = model.detect(images), frozen(images)
+    assert sorted(got) == sorted(want)
+    assert int(got["num_detections"][0]) == int(want["num_detections"][0]) > 0
+    np.testing.assert_allclose(got["scores"].numpy(), want["scores"].numpy(), atol=1e-5)
+    np.testing.assert_allclose(got["boxes"].numpy(), want["boxes"].numpy(), atol=1e-3)
+    np.testing.assert_array_equal(got["classes"].numpy(), want["classes"].numpy())
+    # weights changed after freezing are not seen until frozen again
+    model.x48.logits.bias.assign(model.x48.logits.bias + tf.constant([0.0, 5.0]))
+    np.testing.assert_allclose(frozen(images)["scores"].numpy(), got["scores"].numpy())
+    with pytest.raises(ValueError, match="image_size"):
+        frozen_detect(model, (0, 128))
