@@ -18,7 +18,8 @@ setting:
   step's time is the median over frames of the difference of consecutive
   prefixes (and each graph's trace count is recorded: 1 is no retracing);
 * the whole call as the face benchmark times it (``kdet_detector``: uint8
-  frame in, boxes out, one traced graph), median wall and CPU ms.
+  frame in, boxes out, one frozen graph), median wall and CPU ms; the steps' prefixes are not
+  frozen (tf.function graphs), so they add up to more than the whole call.
 
 Timing follows the face benchmark's one-core method: this process pins
 itself to one CPU before TensorFlow starts (``face_peers.limit_cores``),
