@@ -428,6 +428,27 @@ def best_levels(boxes: tf.Tensor, scales: Sequence[float], *, crop: int) -> tf.T
     return tf.maximum(count - 1, 0)
 
 
+def level_crop_boxes(boxes: tf.Tensor, chosen: tf.Tensor, sizes: Sequence[Sequence[int]], *,
+                     image_size: Sequence[int], crop: int, samples: int | None = None) -> tf.Tensor:
+    """:func:`crop_boxes_for` of every box on its own level, for all boxes at once.
+
+    Args:
+      boxes: ``[N, 4]`` yxyx pixels of the image.
+      chosen: ``[N]`` int32 level of each box (:func:`best_levels`).
+      sizes: the levels' static ``(h, w)``.
+      image_size: ``(H, W)`` of the image, python ints.
+      crop, samples: as :func:`crop_boxes_for`.
+
+    Returns:
+      ``[N, 4]`` normalised boxes, each for ``tf.image.crop_and_resize`` on its level.
+    """
+    sizes = np.array(sizes, np.float32).reshape(-1, 2)
+    ratios = sizes / np.array(image_size, np.float32)
+    per_box = tf.gather(tf.constant(np.concatenate([ratios, ratios, sizes], axis=1)), chosen)  # [N, 6]
+    return crop_boxes_for(boxes * per_box[:, :4], image_size=(per_box[:, 4], per_box[:, 5]), crop=crop,
+                          samples=samples)
+
+
 def gather_crops(
     levels: Sequence[tf.Tensor],
     level_scales: Sequence[float],
@@ -468,9 +489,7 @@ def gather_crops(
                        for level in levels], axis=1)
     chosen = best_levels(boxes, level_scales, crop=crop) if len(levels) > 1 else tf.zeros_like(box_index)
     box_sizes = tf.gather(tf.constant(sizes, tf.int32), chosen)  # [N, 2]
-    ratio = tf.cast(box_sizes, tf.float32) / tf.constant(image_size, tf.float32)
-    scaled = boxes * tf.concat([ratio, ratio], axis=1)
-    normalised = crop_boxes_for(scaled, image_size=(box_sizes[:, 0], box_sizes[:, 1]), crop=crop, samples=samples)
+    normalised = level_crop_boxes(boxes, chosen, sizes, image_size=image_size, crop=crop, samples=samples)
     offsets = tf.cast(box_index, tf.int32) * sum(lengths) + tf.gather(tf.constant(starts), chosen)
     crops = bilinear_gather(tf.reshape(table, [-1, channels]), offsets, box_sizes[:, 0], box_sizes[:, 1],
                             normalised, (side, side), 0.0)

@@ -45,15 +45,25 @@ def freeze(concrete):
     return named.get_concrete_function()
 
 
+def detect_function(model, input_size: Sequence[int], *, batch_size: int = 1):
+    """``images uint8 [batch_size, h, w, 3] -> contract dict`` as a concrete function (the model built first)."""
+    if not model.variables:
+        build_for(model, input_size)
+    height, width = int(input_size[0]), int(input_size[1])
+    spec = tf.TensorSpec([batch_size, height, width, 3], tf.uint8, name="images")
+    return tf.function(lambda images: model.detect(tf.cast(images, tf.float32)),
+                       input_signature=[spec]).get_concrete_function()
+
+
 def frozen_detect(model, image_size: Sequence[int], *, batch_size: int = 1):
     """``model.detect`` on ``uint8 [batch_size, H, W, 3]`` images as a frozen concrete function.
 
     For a stream of same-size frames on a CPU (a camera, a video): the
     output contract dict of ``model.detect``, from one graph whose weights
-    are constants (:func:`freeze`). The face cascade at 640x480 runs ~6%
-    faster a frame on one core than ``tf.function(model.detect)``, the same
-    detections to float rounding (``benchmarks/face_benchmark.py`` times
-    kdet's detectors this way).
+    are constants (:func:`freeze` of :func:`detect_function`). The face
+    cascade at 640x480 runs ~6% faster a frame on one core than
+    ``tf.function(model.detect)``, the same detections to float rounding
+    (``benchmarks/face_benchmark.py`` times kdet's detectors this way).
 
     Args:
       model: a kdet detector (anything with ``detect(images)``; built here if it is not).
@@ -63,11 +73,7 @@ def frozen_detect(model, image_size: Sequence[int], *, batch_size: int = 1):
     height, width = (int(v) for v in image_size)
     if height < 1 or width < 1 or batch_size < 1:
         raise ValueError(f"frozen_detect needs a positive image_size and batch_size, got {image_size}, {batch_size}")
-    if not model.variables:
-        build_for(model, (height, width))
-    spec = tf.TensorSpec([batch_size, height, width, 3], tf.uint8, name="images")
-    detect = tf.function(lambda images: model.detect(tf.cast(images, tf.float32)), input_signature=[spec])
-    return freeze(detect.get_concrete_function())
+    return freeze(detect_function(model, (height, width), batch_size=batch_size))
 
 
 def evaluation_kind(info: ModelInfo) -> str:

@@ -34,7 +34,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from kdet.inference import freeze
+from kdet.inference import detect_function, freeze
 from kdet.model_dir import build_for
 
 QUANTIZATIONS = ("float32", "float16", "int8")
@@ -56,16 +56,6 @@ def export_variant(model, input_size: Sequence[int]):
     build_for(model, input_size)
     twin.set_weights(model.get_weights())
     return twin
-
-
-def detect_function(model, input_size: Sequence[int]):
-    """``images uint8 [1, h, w, 3] -> contract dict`` as a concrete function."""
-    if not model.variables:
-        build_for(model, input_size)
-    height, width = int(input_size[0]), int(input_size[1])
-    spec = tf.TensorSpec([1, height, width, 3], tf.uint8, name="images")
-    return tf.function(lambda images: model.detect(tf.cast(images, tf.float32)),
-                       input_signature=[spec]).get_concrete_function()
 
 
 def convert_function(concrete, *, quantization: str = "float32",

@@ -44,6 +44,7 @@ from kdet.face_pyramid import (
     build_pyramid,
     crop_boxes_for,
     gather_crops,
+    level_crop_boxes,
     pyramid_scales,
     square_boxes,
     window_boxes,
@@ -344,11 +345,8 @@ class FaceCascade(keras.Model):
                 levels[0], crop_boxes_for(boxes, image_size=image_size, crop=crop, samples=samples),
                 box_index, (side, side), method)
         chosen = best_levels(boxes, level_scales, crop=crop)
-        sizes = np.array([level.shape[1:3] for level in levels], np.float32)  # [L, 2] (height, width)
-        ratios = sizes / np.array(image_size, np.float32)
-        per_box = tf.gather(tf.constant(np.concatenate([ratios, ratios, sizes], axis=1)), chosen)  # [n, 6]
-        crop_boxes = crop_boxes_for(boxes * per_box[:, :4], image_size=(per_box[:, 4], per_box[:, 5]),
-                                    crop=crop, samples=samples)
+        sizes = [(int(level.shape[1]), int(level.shape[2])) for level in levels]  # static
+        crop_boxes = level_crop_boxes(boxes, chosen, sizes, image_size=image_size, crop=crop, samples=samples)
         count = len(levels)
         positions = tf.dynamic_partition(tf.range(tf.shape(boxes)[0]), chosen, count)
         level_boxes = tf.dynamic_partition(crop_boxes, chosen, count)
