@@ -27,11 +27,16 @@ Choose on ``validation``; report the choice on ``test`` with
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/face_speed_sweep.py --check --mtcnn \
+    .venv/bin/python benchmarks/face_speed_sweep.py --mtcnn \
         --overrides '{"pyramid": "area", "crop_method": "nearest", "compute_dtype": "bfloat16"}' \
-        --ms-per-patch 0.05 0.2 --grid '{"t1": [0.05, 0.1, 0.15, 0.2], "stage1_max_boxes": [96, 128, 160,
-        192, 256, 300], "stage1_nms_iou": [null, 0.6, 0.7, 0.8], "stage2_max_boxes": [16, 24, 32, 48]}'
-        # the benchmark's choice: the pass ~12 min on one core, the sweep ~4 min
+        --ms-per-patch 0.05 0.2 --grid '{"t1": [0.005, 0.01, 0.015, 0.02, 0.03, 0.05], "stage1_max_boxes":
+        [128, 160, 192, 256], "stage1_nms_iou": [null, 0.7, 0.8], "t2": [0.001, 0.01, 0.05],
+        "stage2_max_boxes": [32, 48], "stage2_nms_iou": [null, 0.7, 0.5]}'
+        # the benchmark's choice: the pass ~11 min on one core, the sweep ~2 min
+
+The pass is cached with the identity of the weights it ran (path, size,
+modification time): retrained weights are collected again, never replayed
+from another model's pass.
 """
 
 from __future__ import annotations
@@ -94,6 +99,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def weights_identity(args) -> str:
+    """The target's weights file as ``path:size:mtime``: what a cached pass must have been collected with."""
+    path = os.path.abspath(face_benchmark.Store(args.weights_dir).paths(args.target, 0)[0])
+    stat = os.stat(path)
+    return f"{path}:{stat.st_size}:{int(stat.st_mtime)}"
+
+
 def pass_model(args):
     """The target cascade with no thresholds and no budgets (every pooled window reaches every branch)."""
     import face_speed_profile
@@ -110,11 +122,15 @@ def collect(args, examples) -> list[dict]:
     block) are kept; ``s24 = 0`` / ``s48 = 0`` cannot happen for a kept
     window except by underflow.
     """
+    weights = weights_identity(args)
     if os.path.exists(args.cache):
         data = np.load(args.cache)
-        if int(data["images"]) == len(examples):
+        # a pass of other weights (retrained, or another --weights-dir) is collected again, not replayed
+        cached = str(data["weights"]) if "weights" in data.files else ""
+        if int(data["images"]) == len(examples) and cached == weights:
             print(f"using the pass cached in {args.cache}", flush=True)
             return [{f: data[f"{i}_{f}"] for f in FIELDS} for i in range(len(examples))]
+        print(f"{args.cache} holds another pass (other weights or images): collecting again", flush=True)
     import tensorflow as tf
 
     model, _ = pass_model(args)
@@ -141,7 +157,7 @@ def collect(args, examples) -> list[dict]:
         per_image.append({k: v.numpy() for k, v in every_window(tf.constant(example["image"][None])).items()})
         if (i + 1) % 20 == 0:
             print(f"  pass: {i + 1} images, {time.perf_counter() - started:.0f}s", flush=True)
-    np.savez_compressed(args.cache, images=len(examples),
+    np.savez_compressed(args.cache, images=len(examples), weights=weights,
                         **{f"{i}_{f}": d[f] for i, d in enumerate(per_image) for f in FIELDS})
     return per_image
 

@@ -71,3 +71,40 @@ def test_tflite_latency_quick_run_prints_its_table(tmp_path, capsys):
     # the one TFLite model and the Keras cascade agree on the held-out faces
     assert abs(result["accuracy"]["face_one_float32"]["AP50"] - result["accuracy"]["face_keras"]["AP50"]) < 1e-6
     assert "| face cascade 640x480 | three models float32 |" in capsys.readouterr().out
+
+
+def test_face_benchmark_cache_keys_follow_the_training_options():
+    """Weights trained with other bootstrap / fine-tuning options are never reused; defaults add no key."""
+    import face_benchmark
+
+    args = face_benchmark.parse_args([])
+    key = face_benchmark.training_key("cascade_joint", 0, args)
+    assert key["bootstrap"]["hard_samples"] == "all"  # --bootstrap-x12 is the default
+    old = face_benchmark.training_key("cascade_joint", 0, face_benchmark.parse_args(["--no-bootstrap-x12"]))
+    assert old["bootstrap"]["hard_samples"] == "later_only" and old != key
+    assert "hard_samples" not in face_benchmark.training_key(
+        "cascade_separate", 0, face_benchmark.parse_args(["--no-bootstrap-x12"]))["bootstrap"]
+    target = "cascade_joint_from_separate"
+    assert "from_separate_epochs" not in face_benchmark.training_key(target, 0, args)
+    assert "from_separate_epochs" not in face_benchmark.training_key(
+        target, 0, face_benchmark.parse_args(["--from-separate-epochs", "2"]))  # = E: the same training
+    longer = face_benchmark.training_key(target, 0, face_benchmark.parse_args(["--from-separate-epochs", "4"]))
+    assert longer["from_separate_epochs"] == 4
+    assert "from_separate_epochs" not in face_benchmark.training_key(
+        "cascade_joint", 0, face_benchmark.parse_args(["--from-separate-epochs", "4"]))
+
+
+def test_face_speed_sweep_pass_is_tied_to_its_weights(tmp_path):
+    """A cached pass names the weights file it ran; other (or retrained) weights give another identity."""
+    import face_speed_sweep
+
+    for name, payload in (("a", b"x"), ("b", b"yy")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "cascade_joint_from_separate_seed0.weights.h5").write_bytes(payload)
+    first = face_speed_sweep.weights_identity(face_speed_sweep.parse_args(["--weights-dir", str(tmp_path / "a")]))
+    other = face_speed_sweep.weights_identity(face_speed_sweep.parse_args(["--weights-dir", str(tmp_path / "b")]))
+    assert first != other and first.startswith(str(tmp_path / "a"))
+    path = tmp_path / "a" / "cascade_joint_from_separate_seed0.weights.h5"
+    os.utime(path, (1, 1))  # retrained: a new modification time
+    assert face_speed_sweep.weights_identity(
+        face_speed_sweep.parse_args(["--weights-dir", str(tmp_path / "a")])) != first
