@@ -155,6 +155,21 @@ def face_images(split: str, count: int) -> list[dict]:
     return list(face_examples(split, num_images=count))
 
 
+def is_stale(path: str, source: str | None = None) -> bool:
+    """A converted model to convert again: missing, or older than its ``source``.
+
+    ``source`` is the weights file or model directory it was converted from
+    (its newest file counts): retrained weights are never run from an old
+    conversion.
+    """
+    if not os.path.isfile(path):
+        return True
+    if source is None or not os.path.exists(source):
+        return False
+    files = [os.path.join(source, f) for f in os.listdir(source)] if os.path.isdir(source) else [source]
+    return os.path.getmtime(path) < max(os.path.getmtime(f) for f in files)
+
+
 def convert_all(args) -> dict:
     """Converts (or reuses from ``--work-dir``) every TFLite variant; returns ``{name: path}`` and timings."""
     from kdet import face_lite, tflite
@@ -162,9 +177,9 @@ def convert_all(args) -> dict:
     os.makedirs(args.work_dir, exist_ok=True)
     paths, seconds = {}, {}
 
-    def cached(name, make):
+    def cached(name, make, source=None):
         path = os.path.join(args.work_dir, f"{name}.tflite")
-        if args.quick or not os.path.isfile(path):
+        if args.quick or is_stale(path, source):
             started = time.perf_counter()
             tflite.write(make(), path)
             seconds[name] = round(time.perf_counter() - started, 1)
@@ -182,17 +197,18 @@ def convert_all(args) -> dict:
         calibration, _ = shapes_images("train", 8 if args.quick else 64, size)
         for variant in args.variants:
             cached(f"shapes_{variant}", lambda v=variant: tflite.convert(
-                model, input_size=size, quantization=v, representative_images=calibration))
+                model, input_size=size, quantization=v, representative_images=calibration), args.shapes_model_dir)
     if "face" not in args.skip:
         model = face_model(args, use_gather=True)
+        face_weights = args.face_record + ".weights.h5"
         calibration = [e["image"] for e in face_images("train", 4 if args.quick else 32)]
         for variant in args.face_variants:
             cached(f"face_one_{variant}", lambda v=variant: tflite.convert(
-                model, input_size=FACE_SIZE, quantization=v, representative_images=calibration))
+                model, input_size=FACE_SIZE, quantization=v, representative_images=calibration), face_weights)
             stages = None
             for stage in face_lite.STAGES:
                 path = os.path.join(args.work_dir, f"face_three_{variant}_{stage}.tflite")
-                if args.quick or not os.path.isfile(path):
+                if args.quick or is_stale(path, face_weights):
                     stages = stages or face_lite.convert_stages(model, input_size=FACE_SIZE, quantization=variant,
                                                                 representative_images=calibration)
                     tflite.write(stages[stage], path)

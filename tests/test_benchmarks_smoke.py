@@ -108,3 +108,23 @@ def test_face_speed_sweep_pass_is_tied_to_its_weights(tmp_path):
     os.utime(path, (1, 1))  # retrained: a new modification time
     assert face_speed_sweep.weights_identity(
         face_speed_sweep.parse_args(["--weights-dir", str(tmp_path / "a")])) != first
+
+
+def test_tflite_latency_converts_again_after_retraining(tmp_path):
+    """A cached conversion older than its weights (file or model directory) is stale; a newer one is reused."""
+    import tflite_latency
+
+    converted, weights, model_dir = tmp_path / "m.tflite", tmp_path / "w.weights.h5", tmp_path / "model"
+    assert tflite_latency.is_stale(str(converted), str(weights))  # not converted yet
+    model_dir.mkdir()
+    for path in (weights, model_dir / "kdet_model.json", converted):
+        path.write_bytes(b"x")
+    for path, seconds in ((weights, 100), (model_dir / "kdet_model.json", 100), (converted, 200)):
+        os.utime(path, (seconds, seconds))
+    assert not tflite_latency.is_stale(str(converted), str(weights))
+    assert not tflite_latency.is_stale(str(converted), str(model_dir))
+    assert not tflite_latency.is_stale(str(converted))  # no source known: the file stands
+    os.utime(weights, (300, 300))  # retrained
+    (model_dir / "weights.h5").write_bytes(b"y")  # a newer file in the model directory
+    assert tflite_latency.is_stale(str(converted), str(weights))
+    assert tflite_latency.is_stale(str(converted), str(model_dir))
