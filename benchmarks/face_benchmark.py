@@ -327,6 +327,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.rcnn_scale = 0.25  # 160x120: the RPN detectors' training steps dominate a smoke run
         args.out_dir = args.pretrained_dir = os.path.join(args.out_dir, "quick")
         args.plot = os.path.join(args.out_dir, os.path.basename(args.plot)) if args.plot else ""
+    if args.from_separate_epochs is None:  # after --quick: E is final
+        args.from_separate_epochs = args.cascade_epochs
     if args.json is None:
         args.json = (os.path.join(args.out_dir, "face_benchmark.json") if args.quick
                      else "benchmarks/results/face_benchmark.json")
@@ -596,7 +598,7 @@ def training_key(name: str, seed: int, args) -> dict:
     if name in CASCADES:
         key = {**key, "cascade_epochs": args.cascade_epochs, "batch_size": args.cascade_batch_size,
                "min_face_size": MIN_FACE}
-        if name == "cascade_joint_from_separate" and args.from_separate_epochs not in (None, args.cascade_epochs):
+        if name == "cascade_joint_from_separate" and args.from_separate_epochs != args.cascade_epochs:
             key["from_separate_epochs"] = args.from_separate_epochs  # absent at the default: earlier caches stay valid
         if args.cascade_x24_trunk != "li":  # absent for Li et al.'s trunk: weights cached before the option
             key["x24_trunk"] = args.cascade_x24_trunk
@@ -656,8 +658,7 @@ def train(name: str, seed: int, args, data: TrainingData, models: dict):
                 model, steps = face_training.train_cascade_joint(config, samples, epochs=3 * args.cascade_epochs,
                                                                  **common)
             else:
-                epochs = args.cascade_epochs if args.from_separate_epochs is None else args.from_separate_epochs
-                model, steps = face_training.train_cascade_joint(config, samples, epochs=epochs,
+                model, steps = face_training.train_cascade_joint(config, samples, epochs=args.from_separate_epochs,
                                                                  init_from=models[("cascade_separate", seed)][0],
                                                                  **common)
         extra = {"samples": len(samples), "faces": int((samples.labels == 1).sum()),
