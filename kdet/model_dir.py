@@ -5,8 +5,16 @@
     MODEL_DIR/
       kdet_model.json     {"detector": "kdet>RetinaNet", "config": {constructor kwargs},
                            "input_size": [h, w], "class_names": [...], "data": "embedded:shapes:validation",
-                           "recipe": {...}}   (recipe: what trained it, free-form, optional)
+                           "recipe": {...},   (recipe: what trained it, free-form, optional)
+                           "weights_sha256": "..."}   (the weights file's hash, checked on load)
       model.weights.h5    the weights (``model.save_weights``)
+
+Writing is atomic per directory state: the old ``kdet_model.json`` is removed
+first, the weights are written under a temporary name and renamed, and the
+new ``kdet_model.json`` (with the weights' SHA-256) is renamed into place
+last. A directory killed mid-write therefore has no ``kdet_model.json`` and is
+never taken for a complete model; a weights file that does not match its
+hash (damaged, or replaced by hand) is refused with a message naming it.
 
 The detector is rebuilt from its registered Keras name and its config (the
 constructor's keyword arguments), then its weights are loaded: no pickles,
@@ -22,6 +30,8 @@ from typing import Sequence
 
 import keras
 
+from kdet.atomic import file_sha256, fsync_path, write_json_atomic
+
 CONFIG_FILE = "kdet_model.json"
 WEIGHTS_FILE = "model.weights.h5"
 
@@ -36,6 +46,7 @@ class ModelInfo:
     class_names: list[str]
     data: str | None = None
     recipe: dict = field(default_factory=dict)
+    weights_sha256: str | None = None  # None in directories written before kdet checked it
 
 
 def save_model_dir(model, path: str, *, input_size: Sequence[int], class_names: Sequence[str],
@@ -49,13 +60,25 @@ def save_model_dir(model, path: str, *, input_size: Sequence[int], class_names: 
       data: the data string (:mod:`kdet.data.sources`) of its validation split.
       recipe: what trained it (name, hyperparameters), stored as given.
     """
-    os.makedirs(path, exist_ok=True)
-    record = {"detector": keras.saving.get_registered_name(type(model)), "config": model.get_config(),
-              "input_size": [int(s) for s in input_size], "class_names": list(class_names), "data": data,
-              "recipe": recipe or {}}
-    with open(os.path.join(path, CONFIG_FILE), "w") as f:
-        json.dump(record, f, indent=2, default=_jsonable)
-    model.save_weights(os.path.join(path, WEIGHTS_FILE))
+    try:
+        os.makedirs(path, exist_ok=True)
+        record = {"detector": keras.saving.get_registered_name(type(model)), "config": model.get_config(),
+                  "input_size": [int(s) for s in input_size], "class_names": list(class_names), "data": data,
+                  "recipe": recipe or {}}
+        json.dumps(record, default=_jsonable)  # fails here, before anything on disk changes
+        config_path = os.path.join(path, CONFIG_FILE)
+        if os.path.exists(config_path):
+            os.remove(config_path)  # incomplete until the new config lands
+        partial = os.path.join(path, f".partial-{os.getpid()}.weights.h5")  # Keras wants the .weights.h5 suffix
+        model.save_weights(partial)
+        fsync_path(partial)
+        record["weights_sha256"] = file_sha256(partial)
+        os.replace(partial, os.path.join(path, WEIGHTS_FILE))
+        write_json_atomic(config_path, record, indent=2, default=_jsonable)
+        fsync_path(path)
+    except OSError as error:
+        raise OSError(error.errno, f"cannot write the model directory {path!r}: {error.strerror or error}",
+                      error.filename) from None
     return path
 
 
@@ -71,14 +94,23 @@ def read_model_info(path: str) -> ModelInfo:
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path!r} is not a kdet model directory: {CONFIG_FILE} is missing "
                                 f"(write one with kdet.model_dir.save_model_dir or `kdet train`)")
-    with open(config_path) as f:
-        record = json.load(f)
+    try:
+        with open(config_path, "rb") as f:
+            record = json.loads(f.read().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{config_path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path}: not valid JSON ({error.msg} at line {error.lineno}, column "
+                         f"{error.colno}); the file is damaged or was cut short") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{config_path}: expected a JSON object, got {type(record).__name__}")
     missing = {"detector", "config", "input_size", "class_names"} - set(record)
     if missing:
         raise ValueError(f"{config_path}: missing fields {sorted(missing)}")
     return ModelInfo(detector=record["detector"], config=record["config"],
                      input_size=tuple(record["input_size"]), class_names=list(record["class_names"]),
-                     data=record.get("data"), recipe=record.get("recipe") or {})
+                     data=record.get("data"), recipe=record.get("recipe") or {},
+                     weights_sha256=record.get("weights_sha256"))
 
 
 def build_for(model, input_size: Sequence[int]):
@@ -101,8 +133,35 @@ def load_model_dir(path: str, **overrides):
         raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: unknown detector {info.detector!r}")
     model = cls(**{**info.config, **overrides})
     build_for(model, info.input_size)
+    weights = verify_weights(path, info)
+    try:
+        model.load_weights(weights)
+    except Exception as error:  # noqa: BLE001 -- h5py and Keras raise many kinds; each means "not these weights"
+        raise ValueError(f"{weights}: cannot load these weights into the {info.detector} of {CONFIG_FILE} "
+                         f"({type(error).__name__}: {error})") from None
+    return model, info
+
+
+def verify_weights(path: str, info: ModelInfo) -> str:
+    """The weights file of model directory ``path``, checked against the hash its config records.
+
+    Raises:
+      FileNotFoundError: the weights file is missing.
+      ValueError: its SHA-256 differs from ``kdet_model.json``'s (damaged or replaced).
+    """
     weights = os.path.join(path, WEIGHTS_FILE)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"{path!r}: {WEIGHTS_FILE} is missing")
-    model.load_weights(weights)
-    return model, info
+    if info.weights_sha256 is not None and file_sha256(weights) != info.weights_sha256:
+        raise ValueError(f"{weights} does not match the SHA-256 recorded in {os.path.join(path, CONFIG_FILE)}: the "
+                         f"file is damaged or was replaced; retrain, or restore it from a backup")
+    return weights
+
+
+def is_complete(path: str) -> bool:
+    """True when ``path`` holds a model directory whose weights match its config (nothing is built)."""
+    try:
+        verify_weights(path, read_model_info(path))
+    except (OSError, ValueError):
+        return False
+    return True

@@ -31,16 +31,21 @@ def trained(tmp_path_factory):
 
 def test_train_writes_model_dir_best_weights_and_tensorboard(trained, capsys):
     for name in ("kdet_model.json", "model.weights.h5", "best.weights.h5", "metrics.json",
-                 "backup/latest.weights.h5"):
+                 "backup/step-000000006/model.weights.h5"):
         assert os.path.isfile(os.path.join(trained, name)), name
     train_tags = _tags(os.path.join(trained, "logs", "train"))
     validation_tags = _tags(os.path.join(trained, "logs", "validation"))
     for term in ("loss", "cls_loss", "box_loss", "learning_rate"):
         assert f"epoch_{term}" in train_tags, (term, sorted(train_tags))
     assert {"epoch_AP", "epoch_AP50", "detections"} <= validation_tags, sorted(validation_tags)
-    # Run again: the backup says the schedule is done, nothing is retrained.
+    # Run again: the backup says the schedule is done, nothing is retrained and the weights stay as trained.
+    weights = os.path.join(trained, "model.weights.h5")
+    with open(weights, "rb") as f:
+        trained_bytes = f.read()
     assert cli.main(["train", RECIPE, "--model-dir", trained, "--steps", "6", "--no-eval"]) == 0
     assert "6 steps (from step 6)" in capsys.readouterr().out
+    with open(weights, "rb") as f:
+        assert f.read() == trained_bytes
 
 
 def test_evaluate_on_a_tfds_split_under_mock_data(tmp_path, capsys):

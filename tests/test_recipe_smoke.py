@@ -27,7 +27,8 @@ def test_recipe_trains_in_smoke_mode(path, tmp_path, capsys):
     assert (model_dir / "model.weights.h5").is_file() and (model_dir / "metrics.json").is_file()
     if recipe.train is None:  # the fit loop: its steps, a backup, the per-epoch evaluation
         assert f"{smoke.schedule.total_steps} steps (from step 0)" in out
-        assert (model_dir / "backup" / "training_metadata.json").is_file()
+        step = smoke.schedule.total_steps
+        assert (model_dir / "backup" / f"step-{step:09d}" / "state.json").is_file()
     assert ("AP50" in out) and ("AR100" in out or "recall" in out), out[-2000:]
     if recipe.evaluation == "face":  # kdet evaluate picks the face metrics for a face model directory
         assert cli.main(["evaluate", "--model-dir", str(model_dir), "--data", "embedded:faces:validation[:2]"]) == 0

@@ -116,8 +116,10 @@ def test_sigkill_mid_epoch_resumes_to_the_same_weights(tmp_path, uninterrupted):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     assert process.returncode == -signal.SIGKILL
-    metadata = json.loads((tmp_path / "model" / "backup" / "training_metadata.json").read_text())
-    assert metadata == {"epoch": 1, "batch": 2, "global_step": 7}
+    backups = sorted(os.listdir(tmp_path / "model" / "backup"))
+    assert backups == ["step-000000005", "step-000000007"], backups  # epoch 1's end, then step 7 of epoch 2
+    state = json.loads((tmp_path / "model" / "backup" / "step-000000007" / "state.json").read_text())
+    assert state["global_step"] == 7 and state["iterations"] == 7
     resumed_log = tmp_path / "resumed.txt"
     with open(resumed_log, "w") as f:
         _finish([_start(tmp_path / "model", tmp_path / "resumed.npz", log=f)], [resumed_log])

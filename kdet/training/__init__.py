@@ -7,7 +7,8 @@
   (``python recipes/retinanet.py --smoke``), the same as ``kdet train``.
 """
 
-from kdet.training.callbacks import DetectionImages, StepBackup, TerminateOnNaNTerm, backup_position
+from kdet.training.backup import BackupError, backup_position, restore_backup
+from kdet.training.callbacks import DetectionImages, StepBackup, TerminateOnNaNTerm
 from kdet.training.loop import Run, TrainResult, choose_strategy, set_precision, train
 from kdet.training.recipe import Recipe, SGDWithL2, StepSchedule, WarmupStepDecay
 from kdet.training.stream import training_stream
@@ -20,6 +21,6 @@ def recipe_main(recipes, argv=None) -> int:
     return train_main(recipes, argv)
 
 
-__all__ = ["DetectionImages", "Recipe", "Run", "SGDWithL2", "StepBackup", "StepSchedule", "TerminateOnNaNTerm", "TrainResult",
-           "WarmupStepDecay", "backup_position", "choose_strategy", "recipe_main", "set_precision", "train",
+__all__ = ["BackupError", "DetectionImages", "Recipe", "Run", "SGDWithL2", "StepBackup", "StepSchedule", "TerminateOnNaNTerm", "TrainResult",
+           "WarmupStepDecay", "backup_position", "choose_strategy", "recipe_main", "restore_backup", "set_precision", "train",
            "training_stream"]

@@ -1,9 +1,9 @@
 """Callbacks of a training run: step-level backup, NaN guard, detection images.
 
-* :class:`StepBackup` -- Keras' ``BackupAndRestore`` with a step-level save
-  frequency that also records the global step, so a run killed mid-epoch
-  resumes at the step after its last backup (the loop skips the batches
-  already trained on; see :func:`backup_position`).
+* :class:`StepBackup` -- a step-level backup of weights, optimiser state and
+  global step as one atomic unit (:mod:`kdet.training.backup`), so a run
+  killed mid-epoch resumes at the step after its last backup with exactly
+  that backup's weights.
 * :class:`TerminateOnNaNTerm` -- stops training on the first non-finite
   logged value and says which loss term went bad, at which step.
 * :class:`DetectionImages` -- draws the model's detections on a few
@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -20,71 +19,50 @@ import sys
 import keras
 import numpy as np
 
-BACKUP_METADATA = "training_metadata.json"
+from kdet.training.backup import write_backup
 
+class StepBackup(keras.callbacks.Callback):
+    """Backs up weights, optimiser state and the global step every ``save_freq`` steps and at each epoch end.
 
-def backup_position(backup_dir: str) -> int:
-    """Global steps done according to the backup in ``backup_dir`` (0 without one).
-
-    Reads the ``.bkp`` copy when the current metadata is unreadable (a kill
-    during a save), as ``BackupAndRestore`` does for the weights.
-    """
-    for name in (BACKUP_METADATA, BACKUP_METADATA + ".bkp"):
-        path = os.path.join(backup_dir, name)
-        if not os.path.isfile(path):
-            continue
-        try:
-            with open(path) as f:
-                return int(json.load(f)["global_step"])
-        except (ValueError, KeyError, OSError):
-            continue
-    return 0
-
-
-class StepBackup(keras.callbacks.BackupAndRestore):
-    """``BackupAndRestore`` every ``save_freq`` steps, recording the global step.
-
-    Keras' callback restores weights, optimiser state and the epoch but
-    restarts that epoch at batch 0. Here the metadata also stores
-    ``global_step`` (``step_offset`` + batches seen in this ``fit``), which
-    :func:`backup_position` reads so the caller can start the data stream
-    and the first (partial) epoch at the right step.
+    Each backup is one atomic folder (:func:`kdet.training.backup.write_backup`);
+    restoring is the caller's job (:func:`kdet.training.backup.restore_backup`
+    before ``fit``), so the step the data stream resumes at and the weights
+    always come from the same backup.
 
     Args:
-      backup_dir: folder of the backup (kept after training when
-        ``delete_checkpoint`` is False).
-      save_freq: steps between backups.
+      backup_dir: folder of the backups (kept after training).
+      save_freq: steps between backups (counted from the last backup; an
+        epoch end is always a backup).
       steps_per_epoch: steps of a full epoch.
       step_offset: global step of this ``fit``'s first batch.
     """
 
-    def __init__(self, backup_dir: str, *, save_freq: int, steps_per_epoch: int, step_offset: int = 0,
-                 delete_checkpoint: bool = False):
-        super().__init__(backup_dir, save_freq=int(save_freq), double_checkpoint=True,
-                         delete_checkpoint=delete_checkpoint)
+    def __init__(self, backup_dir: str, *, save_freq: int, steps_per_epoch: int, step_offset: int = 0):
+        super().__init__()
+        self.backup_dir = backup_dir
+        self.save_freq = int(save_freq)
         self.steps_per_epoch = int(steps_per_epoch)
         self.step_offset = int(step_offset)
         self._fit_steps = 0
+        self._since_backup = 0
+
+    @property
+    def global_step(self) -> int:
+        return self.step_offset + self._fit_steps
 
     def on_train_batch_end(self, batch, logs=None):
         self._fit_steps += 1
-        super().on_train_batch_end(batch, logs)
+        self._since_backup += 1
+        if self._since_backup >= self.save_freq:
+            self._backup()
 
     def on_epoch_end(self, epoch, logs=None):
-        super().on_epoch_end(epoch, logs)
-        if self.save_freq != "epoch" and self._batches_seen_since_last_saving:
-            self._batches_seen_since_last_saving = 0
-            self._save_model()  # the epoch boundary is always a backup
+        if self._since_backup:
+            self._backup()
 
-    def _save_model(self):
-        super()._save_model()
-        global_step = self.step_offset + self._fit_steps
-        metadata = {"epoch": global_step // self.steps_per_epoch, "batch": global_step % self.steps_per_epoch,
-                    "global_step": global_step}
-        path = os.path.join(self.backup_dir, BACKUP_METADATA)
-        with open(path + ".tmp", "w") as f:
-            json.dump(metadata, f)
-        os.replace(path + ".tmp", path)
+    def _backup(self):
+        self._since_backup = 0
+        write_backup(self.model, self.backup_dir, self.global_step)
 
 
 class TerminateOnNaNTerm(keras.callbacks.Callback):

@@ -21,6 +21,13 @@
    data string and the recipe's settings, so ``kdet evaluate`` /
    ``kdet detect`` / ``kdet export`` need nothing else; and
    ``MODEL_DIR/metrics.json``.
+
+A rerun never loses a trained model: the weights always come from the
+newest usable backup before anything is evaluated or written, and a run
+whose backup already covers the requested steps and whose model directory
+is complete says "already trained" and changes nothing. A run killed during
+its final evaluation restores the final backup, evaluates it and writes the
+model directory.
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ import tensorflow as tf
 from kdet.data.example import DetectionInfo
 from kdet.data.pipeline import make_pipeline
 from kdet.data.sources import open_source
-from kdet.model_dir import build_for, save_model_dir
-from kdet.training.callbacks import DetectionImages, StepBackup, TerminateOnNaNTerm, backup_position
+from kdet.atomic import write_json_atomic
+from kdet.model_dir import build_for, is_complete, load_model_dir, save_model_dir
+from kdet.training.backup import restore_backup
+from kdet.training.callbacks import DetectionImages, StepBackup, TerminateOnNaNTerm
 from kdet.training.recipe import Recipe
 from kdet.training.stream import training_stream
 
@@ -50,6 +59,7 @@ STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 BACKUP_DIR = "backup"
 BEST_WEIGHTS = "best.weights.h5"
+METRICS_FILE = "metrics.json"  # written last: its presence marks a finished run
 
 
 @dataclass
@@ -280,6 +290,8 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(_log_dir(model_dir, strategy), update_freq=max(
             1, min(100, recipe.steps_per_epoch // 10))))
+    if recipe.train is not None and _finished(model_dir):
+        return _already_trained(recipe, model_dir, started)
     if recipe.train is not None:
         run = Run(recipe=recipe, model_dir=model_dir, train_examples=train_examples, train_info=train_info,
                   val_examples=val_examples, val_info=val_info, batch_size=recipe.batch_size, strategy=strategy,
@@ -291,6 +303,8 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
             recipe, model_dir=model_dir, train_examples=train_examples, info=train_info, val=val,
             epochs=epochs, steps=steps, seed=seed, strategy=strategy, backup_every=backup_every,
             evaluate=evaluate, callbacks=callbacks, verbose=verbose)
+        if start_step == total and _finished(model_dir, steps=total):
+            return _already_trained(recipe, model_dir, started, model=model, steps=total)
     metrics = {}
     if evaluated is not None and evaluated.last_step == int(model.optimizer.iterations.numpy()):
         metrics = evaluated.last_metrics  # the last epoch ended with the final weights: no second pass
@@ -306,6 +320,35 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     return result
 
 
+def _finished(model_dir: str, *, steps: int | None = None) -> bool:
+    """True when ``model_dir`` holds a complete model directory and the metrics of the run that wrote it.
+
+    With ``steps``, that run must also have ended at that global step (a
+    directory left by a shorter earlier run is not this run's result).
+    """
+    try:
+        with open(os.path.join(model_dir, METRICS_FILE)) as f:
+            summary = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if steps is not None and (not isinstance(summary, dict) or summary.get("steps") != steps):
+        return False
+    return is_complete(model_dir)
+
+
+def _already_trained(recipe: Recipe, model_dir: str, started: float, *, model=None, steps=None) -> TrainResult:
+    """The result of a rerun whose training is done: nothing is trained, evaluated or written."""
+    with open(os.path.join(model_dir, METRICS_FILE)) as f:
+        summary = json.load(f)
+    steps = int(summary.get("steps", 0) if steps is None else steps)
+    if model is None:
+        model, _ = load_model_dir(model_dir)
+    print(f"kdet train: {recipe.name} is already trained ({steps} steps); {model_dir} is complete and was not "
+          f"changed (train more with a larger --steps, or use another --model-dir)")
+    return TrainResult(model=model, metrics={k: float(v) for k, v in summary.get("metrics", {}).items()},
+                       model_dir=model_dir, start_step=steps, steps=steps, seconds=round(time.time() - started, 1))
+
+
 def _log_dir(model_dir: str, strategy) -> str:
     if is_chief(strategy):
         return os.path.join(model_dir, "logs")
@@ -319,8 +362,7 @@ def _write_outputs(result: TrainResult, recipe: Recipe, info: DetectionInfo, *, 
     summary = {"recipe": recipe.name, "metrics": result.metrics, "steps": result.steps,
                "resumed_from_step": result.start_step, "seconds": result.seconds,
                "final_logs": {k: v[-1] for k, v in result.history.items() if v}}
-    with open(os.path.join(result.model_dir, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=float)
+    write_json_atomic(os.path.join(result.model_dir, METRICS_FILE), summary, indent=2, default=float)
 
 
 def _total_steps(recipe: Recipe, *, epochs, steps) -> tuple[int, int]:
@@ -370,10 +412,17 @@ def _train_steps(recipe: Recipe, *, model_dir, train_examples, info, val, epochs
     backup_dir = os.path.join(model_dir, BACKUP_DIR)
     if is_multi_worker(strategy) and not is_chief(strategy):
         backup_dir = os.path.join(model_dir, BACKUP_DIR, f"worker{strategy.cluster_resolver.task_id}")
-    os.makedirs(backup_dir, exist_ok=True)  # before fit: Keras' makedirs races between workers sharing model_dir
-    start = min(backup_position(backup_dir), total)
+    os.makedirs(backup_dir, exist_ok=True)  # before fit: makedirs races between workers sharing model_dir
     model = _build(recipe, info, strategy)
-    if start:
+    with strategy.scope():
+        start = restore_backup(model, backup_dir)  # before anything is evaluated or written
+    if start > total:
+        print(f"kdet train: the backup in {backup_dir} is at step {start}, past the {total} steps asked for; "
+              f"keeping its weights")
+        total = start
+    if start == total:
+        print(f"kdet train: {recipe.name}: the backup in {backup_dir} is at the final step {total}")
+    elif start:
         print(f"kdet train: resuming {recipe.name} from the backup in {backup_dir} at step {start} of {total}")
     backup_every = int(backup_every or min(per_epoch, 500))
     stream_args = dict(image_size=recipe.image_size, max_boxes=recipe.max_boxes, flip=recipe.flip,
