@@ -141,12 +141,9 @@ def shapes_images(split: str, count: int, size) -> tuple[list[np.ndarray], list[
 
 
 def _letterbox(image: np.ndarray, size) -> np.ndarray:
-    import tensorflow as tf
+    from kdet.serving.image import letterbox_uint8
 
-    from kdet.serving import letterbox
-
-    canvas, _ = letterbox(tf.constant(image[None]), size)
-    return np.clip(np.round(canvas[0].numpy()), 0, 255).astype(np.uint8)
+    return letterbox_uint8(image, size)
 
 
 def face_images(split: str, count: int) -> list[dict]:

@@ -23,6 +23,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _unit_interval(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def demo_defaults() -> dict:
     """The keyword defaults of :func:`kdet.demo.run_demo` (one source of truth)."""
     from kdet.demo import run_demo
@@ -93,10 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir", help="tfds data directory")
 
     detect = sub.add_parser("detect", help="draw a model directory's detections on images into PNG files")
-    detect.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, BMP, GIF)")
+    detect.add_argument("images", nargs="+", metavar="IMAGE",
+                        help="image files (JPEG, PNG, GIF, BMP, WebP, TIFF) or folders of them")
     detect.add_argument("--model-dir", required=True, help="a kdet model directory")
-    detect.add_argument("--out", required=True, help="output folder (one IMAGE_NAME.png per image)")
-    detect.add_argument("--score-threshold", type=float, default=0.3, help="(default: %(default)s)")
+    detect.add_argument("--out", required=True, help="output folder (one IMAGE_NAME.png per image; inputs with the "
+                                                     "same name get distinct outputs)")
+    detect.add_argument("--score-threshold", type=_unit_interval, default=0.3,
+                        help="draw detections scoring at least this, 0..1 (default: %(default)s)")
 
     export = sub.add_parser("export", help="write a model directory as a SavedModel (TF Serving) or a TFLite file")
     export.add_argument("--model-dir", required=True, help="a kdet model directory (kdet_model.json + weights)")
@@ -111,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", help="int8 calibration data, e.g. embedded:faces:validation or tfds:coco/2017:validation "
                                        "(default: the model directory's)")
     export.add_argument("--calibration-images", type=_positive_int, default=64, help="(default: %(default)s)")
+    export.add_argument("--max-pixels", type=_positive_int,
+                        help="SavedModel: serving_bytes refuses encoded images of more pixels (height x width), "
+                             "read from their header before decoding (default: 40000000)")
     return parser
 
 
@@ -120,9 +136,13 @@ def _export(args) -> int:
     try:
         summary = export_model_dir(args.model_dir, format=args.format, out=args.out, quantization=args.quantization,
                                    input_size=args.input_size, data=args.data,
-                                   num_calibration=args.calibration_images)
+                                   num_calibration=args.calibration_images, max_pixels=args.max_pixels)
     except (FileNotFoundError, ValueError) as error:
         print(f"kdet export: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        where = f" {error.filename!r}" if error.filename else ""
+        print(f"kdet export: error: cannot write or read{where}: {error.strerror or error}", file=sys.stderr)
         return 2
     print(format_summary(summary))
     return 0
@@ -219,23 +239,29 @@ def _guard(command: str, action) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"kdet {command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # unwritable folders, full disks: name the path, no traceback
+        where = f" {error.filename!r}" if error.filename else ""
+        print(f"kdet {command}: error: cannot write or read{where}: {error.strerror or error}", file=sys.stderr)
+        return 2
 
 
 def _evaluate(args) -> int:
     from kdet.inference import evaluate_model_dir
 
-    metrics = evaluate_model_dir(args.model_dir, data=args.data, max_images=args.max_images,
-                                 batch_size=args.batch_size, results_json=args.results_json, data_dir=args.data_dir)
-    print(_metrics_table(metrics))
+    evaluate_model_dir(args.model_dir, data=args.data, max_images=args.max_images, batch_size=args.batch_size,
+                       results_json=args.results_json, data_dir=args.data_dir,
+                       report=lambda metrics: print(_metrics_table(metrics), flush=True))
+    if args.results_json:
+        print(f"kdet evaluate: detections written to {args.results_json}")
     return 0
 
 
 def _detect(args) -> int:
     from kdet.inference import detect_files
 
-    for path, count in detect_files(args.model_dir, args.images, out_dir=args.out,
-                                    score_threshold=args.score_threshold):
-        print(f"{path}: {count} detections")
+    for _, out, found in detect_files(args.model_dir, args.images, out_dir=args.out,
+                                      score_threshold=args.score_threshold):
+        print(f"{out}: {len(found['scores'])} detections")
     return 0
 
 

@@ -13,13 +13,10 @@ FORMATS = ("savedmodel", "tflite")
 def calibration_images(data: str, input_size: Sequence[int], count: int, *, seed: int = 0) -> list[np.ndarray]:
     """``count`` uint8 images of ``data`` (a :mod:`kdet.data.sources` string), letterboxed to ``input_size``."""
     from kdet.data.sources import open_source
-    from kdet.serving import letterbox
+    from kdet.serving.image import letterbox_uint8
 
     dataset, _ = open_source(data, seed=seed)
-    images = []
-    for example in dataset.take(count):
-        canvas, _ = letterbox(example["image"][None], input_size)
-        images.append(np.clip(np.round(canvas[0].numpy()), 0, 255).astype(np.uint8))
+    images = [letterbox_uint8(example["image"], input_size) for example in dataset.take(count)]
     if not images:
         raise ValueError(f"--data {data!r} gave no images for int8 calibration")
     return images
@@ -31,7 +28,7 @@ def _folder_bytes(path: str) -> int:
 
 def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str = "float32",
                      input_size: Sequence[int] | None = None, data: str | None = None,
-                     num_calibration: int = 64) -> dict:
+                     num_calibration: int = 64, max_pixels: int | None = None) -> dict:
     """Exports the model of ``model_dir``; returns a summary (path, size, signature, ops).
 
     Args:
@@ -42,6 +39,8 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
       input_size: ``(height, width)``; default: the model directory's.
       data: int8 calibration data (default: the model directory's ``data``).
       num_calibration: images used to calibrate int8.
+      max_pixels: SavedModel only: the largest image ``serving_bytes``
+        decodes (default :data:`kdet.serving.image.DEFAULT_MAX_PIXELS`).
     """
     from kdet import serving, tflite
     from kdet.model_dir import load_model_dir
@@ -50,10 +49,19 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
         raise ValueError(f"--format must be one of {FORMATS}, got {format!r}")
     if format == "savedmodel" and quantization != "float32":
         raise ValueError("--quantization applies to --format tflite only (a SavedModel keeps float32 weights)")
+    if format == "tflite" and max_pixels is not None:
+        raise ValueError("--max-pixels applies to --format savedmodel only (a TFLite model takes decoded pixels)")
+    if format == "tflite" and os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a folder; give the .tflite file's path")
+    if format == "savedmodel" and os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file; give the SavedModel's folder (e.g. serving/NAME/1)")
     model, info = load_model_dir(model_dir)
     size = tuple(int(s) for s in (input_size or info.input_size))
     if format == "savedmodel":
-        serving.export_saved_model(model, out, input_size=size, class_names=info.class_names)
+        from kdet.serving.image import DEFAULT_MAX_PIXELS
+
+        serving.export_saved_model(model, out, input_size=size, class_names=info.class_names,
+                                   max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
         import tensorflow as tf
 
         loaded = tf.saved_model.load(out)

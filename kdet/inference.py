@@ -86,8 +86,11 @@ def evaluation_kind(info: ModelInfo) -> str:
 
 def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: int | None = None,
                        batch_size: int = 8, results_json: str | None = None, data_dir: str | None = None,
-                       progress: bool = True) -> dict[str, float]:
+                       progress: bool = True, report=None) -> dict[str, float]:
     """Evaluates the model in ``model_dir`` on ``data`` (default: the directory's data string).
+
+    ``report(metrics)``, when given, is called before ``results_json`` is
+    written, so the metrics are shown even if writing the file fails.
 
     Raises:
       ValueError: no data string given or stored, or the data's classes differ
@@ -95,6 +98,8 @@ def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: i
     """
     from kdet.evaluation import CocoEvaluator, FaceEvaluator, evaluate_model
 
+    if results_json:
+        _check_writable_file(results_json, "--results-json")
     model, info = load_model_dir(model_dir)
     data = data or info.data
     if not data:
@@ -110,51 +115,144 @@ def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: i
         evaluator = FaceEvaluator(min_face_size=info.recipe.get("extra", {}).get("min_face_size"))
     else:
         evaluator = CocoEvaluator(category_ids=data_info.category_ids, class_names=data_info.class_names)
-    metrics = evaluate_model(model, pipeline, evaluator, progress=progress)
+    try:
+        metrics = evaluate_model(model, pipeline, evaluator, progress=progress)
+    except ValueError as error:
+        raise ValueError(f"--data {data!r}: {error}") from None
+    if report is not None:
+        report(metrics)
     if results_json and hasattr(evaluator, "write_results_json"):
         evaluator.write_results_json(results_json)
     return metrics
 
 
-def read_image(path: str) -> np.ndarray:
-    """``[H, W, 3]`` uint8 RGB of an image file; a clear error for a missing or undecodable file."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image {path!r} does not exist")
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy()
-    except tf.errors.InvalidArgumentError:
-        raise ValueError(f"{path!r} is not a JPEG, PNG, GIF or BMP image (first bytes {data[:8]!r})") from None
+def _check_writable_file(path: str, flag: str) -> None:
+    """Refuses, before any work, an output file path that cannot be written (a folder, or under a file)."""
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path!r} is a folder; give a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path!r}: {parent!r} is a file, so the folder cannot be created")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {path!r}: the folder {parent!r} is not writable")
 
 
-def letterbox(image: np.ndarray, size: Sequence[int]) -> tuple[np.ndarray, float]:
-    """``(image resized to fit size and zero-padded [h, w, 3] float32, scale)``; boxes map back by ``/ scale``."""
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def image_files(inputs: Sequence[str]) -> list[str]:
+    """The image files named by ``inputs``: files as given, folders by their images (sorted, not recursive).
+
+    Raises:
+      FileNotFoundError: an input does not exist.
+      ValueError: a folder holds no image files.
+    """
+    files = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = sorted(os.path.join(item, n) for n in os.listdir(item)
+                           if n.lower().endswith(IMAGE_SUFFIXES) and os.path.isfile(os.path.join(item, n)))
+            if not found:
+                raise ValueError(f"folder {item!r} holds no image files ({', '.join(IMAGE_SUFFIXES)})")
+            files.extend(found)
+        elif not os.path.exists(item):
+            raise FileNotFoundError(f"image {item!r} does not exist")
+        else:
+            files.append(item)
+    return files
+
+
+def output_names(paths: Sequence[str], suffix: str = ".png") -> list[str]:
+    """One distinct output file name per input path (``a/img.png`` and ``b/img.png`` do not overwrite each other).
+
+    The base name without its extension when that is unique; otherwise the
+    extension and then as many parent folders as it takes are added.
+    """
+    def name(path: str, depth: int) -> str:
+        parts = os.path.normpath(os.path.abspath(path)).split(os.sep)
+        stem, ext = os.path.splitext(parts[-1])
+        folders = parts[-depth:-1] if depth >= 2 else []  # depth 1: the extension only; then parent folders
+        chosen = folders + [stem + (f"_{ext.lstrip('.')}" if depth >= 1 and ext else "")]
+        return "_".join(p for p in chosen if p) + suffix
+
+    names = [name(p, 0) for p in paths]
+    for depth in range(1, 64):
+        counts = {n: names.count(n) for n in names}
+        if all(c == 1 for c in counts.values()):
+            break
+        names = [name(p, depth) if counts[n] > 1 else n for p, n in zip(paths, names)]
+    return names
+
+
+def detect_image(model, image: np.ndarray, input_size: Sequence[int]) -> dict[str, np.ndarray]:
+    """Detections of ``model`` on one ``uint8 [H, W, 3]`` image, as the SavedModel computes them.
+
+    The image is letterboxed by :func:`kdet.serving.image.letterbox` and the
+    detections mapped back by :func:`kdet.serving.savedmodel.to_detection_api`
+    (the two steps of the ``serving_default`` signature).
+
+    Returns:
+      ``boxes float32 [N, 4]`` yxyx pixels of ``image``, ``boxes_normalized``
+      (as the SavedModel's ``detection_boxes``), ``scores [N]``, ``classes
+      int [N]`` (label indices), for the ``N`` detections kept.
+    """
+    from kdet.serving.image import letterbox
+    from kdet.serving.savedmodel import to_detection_api
+
+    canvas, scale, _ = letterbox(image[None], input_size)
+    found = model.predict_on_batch(canvas)
+    served = to_detection_api(found, scale, tf.shape(image)[:2], tf.constant([True]))
+    n = int(served["num_detections"][0])
+    normalized = served["detection_boxes"][0, :n].numpy()
     height, width = image.shape[:2]
-    scale = min(size[0] / height, size[1] / width)
-    new = (max(1, round(height * scale)), max(1, round(width * scale)))
-    resized = tf.image.resize(tf.cast(image, tf.float32), new, antialias=scale < 1)
-    return tf.image.pad_to_bounding_box(resized, 0, 0, int(size[0]), int(size[1])).numpy(), scale
+    return {"boxes": normalized * np.array([height, width, height, width], np.float32),
+            "boxes_normalized": normalized, "scores": served["detection_scores"][0, :n].numpy(),
+            "classes": served["detection_classes"][0, :n].numpy().astype(np.int64) - 1}
+
+
+def _check_threshold(score_threshold: float) -> float:
+    value = float(score_threshold)
+    if not 0.0 <= value <= 1.0:  # also refuses NaN
+        raise ValueError(f"--score-threshold must be a number in [0, 1], got {score_threshold!r}")
+    return value
+
+
+def _output_folder(out_dir: str) -> str:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir!r} is a file; give a folder for the drawn images")
+    return out_dir
 
 
 def detect_files(model_dir: str, paths: Sequence[str], *, out_dir: str,
-                 score_threshold: float = 0.3) -> Iterator[tuple[str, int]]:
-    """Detects on each image file and writes ``out_dir/NAME.png``; yields ``(png path, detections drawn)``."""
+                 score_threshold: float = 0.3) -> Iterator[tuple[str, str, dict]]:
+    """Detects on image files (folders: their images) and draws ``out_dir/NAME.png`` for each.
+
+    Every file is read and checked before the model is loaded, so a bad
+    file is reported at once. Output names are distinct per input.
+
+    Yields:
+      ``(image path, png path, detections)`` with the detections of
+      :func:`detect_image` at or above ``score_threshold``.
+    """
     from PIL import Image
 
+    from kdet.serving.image import read_image_file
     from kdet.visualize import draw_detections
 
-    images = [read_image(p) for p in paths]  # every file checked before the model is loaded
+    score_threshold = _check_threshold(score_threshold)
+    _output_folder(out_dir)
+    paths = image_files(paths)
+    images = [read_image_file(p) for p in paths]
     model, info = load_model_dir(model_dir)
     os.makedirs(out_dir, exist_ok=True)
-    for path, image in zip(paths, images):
-        padded, scale = letterbox(image, info.input_size)
-        found = {k: np.asarray(v)[0] for k, v in model.predict_on_batch(padded[None]).items()}
-        n = int(found["num_detections"])
-        keep = found["scores"][:n] >= score_threshold
-        boxes = found["boxes"][:n][keep] / scale
-        drawn = draw_detections(image, boxes, found["classes"][:n][keep], found["scores"][:n][keep],
+    for path, name, image in zip(paths, output_names(paths), images):
+        found = detect_image(model, image, info.input_size)
+        keep = found["scores"] >= score_threshold
+        found = {k: v[keep] for k, v in found.items()}
+        drawn = draw_detections(image, found["boxes"], found["classes"], found["scores"],
                                 class_names=info.class_names, score_threshold=score_threshold)
-        out = os.path.join(out_dir, os.path.splitext(os.path.basename(path))[0] + ".png")
+        out = os.path.join(out_dir, name)
         Image.fromarray(drawn).save(out)
-        yield out, int(keep.sum())
+        yield path, out, found

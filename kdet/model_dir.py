@@ -131,14 +131,19 @@ def load_model_dir(path: str, **overrides):
     cls = keras.saving.get_registered_object(info.detector)
     if cls is None:
         raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: unknown detector {info.detector!r}")
-    model = cls(**{**info.config, **overrides})
+    try:
+        model = cls(**{**info.config, **overrides})
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: its config does not build a {info.detector}: "
+                         f"{error}") from None
     build_for(model, info.input_size)
     weights = verify_weights(path, info)
     try:
         model.load_weights(weights)
     except Exception as error:  # noqa: BLE001 -- h5py and Keras raise many kinds; each means "not these weights"
-        raise ValueError(f"{weights}: cannot load these weights into the {info.detector} of {CONFIG_FILE} "
-                         f"({type(error).__name__}: {error})") from None
+        raise ValueError(f"{weights}: these weights do not fit the {info.detector} that {CONFIG_FILE} describes "
+                         f"(was its config, e.g. num_classes, edited, or the weights file replaced?): "
+                         f"{type(error).__name__}: {str(error)[:300]}") from None
     return model, info
 
 

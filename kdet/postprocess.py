@@ -178,14 +178,28 @@ def multilevel_detections(
     )
 
 
+#: The documented pixel range of model inputs (raw RGB): values outside it are clipped into it.
+PIXEL_RANGE = (0.0, 255.0)
+
+
 def zero_non_finite(images: tf.Tensor) -> tf.Tensor:
-    """``images`` as float32 with NaN and inf pixels set to 0 (fed to the network instead)."""
+    """``images`` as float32 with NaN and inf pixels set to 0 and the rest clipped to :data:`PIXEL_RANGE`.
+
+    What the network sees. An image with a non-finite pixel gets no detections
+    anyway (:func:`suppress_non_finite`); clipping keeps huge finite values
+    (1e38, -1e6) from overflowing the network into scores of 1.0 on
+    degenerate boxes.
+    """
     images = tf.cast(images, tf.float32)
-    return tf.where(tf.math.is_finite(images), images, 0.0)
+    return tf.clip_by_value(tf.where(tf.math.is_finite(images), images, 0.0), *PIXEL_RANGE)
 
 
 def suppress_non_finite(images: tf.Tensor, detections: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-    """Zeroes the detections of every image that has a NaN or inf pixel.
+    """The contract's guarantees on any input: no detections for an image with a NaN or inf pixel, no degenerate box.
+
+    Rows whose box has zero or negative height or width, or a non-finite
+    coordinate or score, are dropped and the remaining rows moved up in their
+    order (scores stay sorted).
 
     Args:
       images: ``[B, H, W, C]`` the model input.
@@ -193,10 +207,15 @@ def suppress_non_finite(images: tf.Tensor, detections: dict[str, tf.Tensor]) -> 
     """
     finite = tf.reduce_all(tf.math.is_finite(tf.cast(images, tf.float32)), axis=[1, 2, 3])
     k = tf.shape(detections["scores"])[1]
-    keep = tf.logical_and(finite[:, None], tf.range(k)[None, :] < detections["num_detections"][:, None])
+    boxes, scores = detections["boxes"], detections["scores"]
+    proper = ((boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
+              & tf.reduce_all(tf.math.is_finite(boxes), axis=-1) & tf.math.is_finite(scores))
+    keep = finite[:, None] & proper & (tf.range(k)[None, :] < detections["num_detections"][:, None])
+    order = tf.argsort(tf.cast(~keep, tf.int32), axis=1, stable=True)  # kept rows first, in their order
+    keep = tf.gather(keep, order, batch_dims=1)
     return {
-        "boxes": tf.where(keep[..., None], detections["boxes"], 0.0),
-        "scores": tf.where(keep, detections["scores"], 0.0),
-        "classes": tf.where(keep, detections["classes"], -1),
-        "num_detections": tf.where(finite, detections["num_detections"], 0),
+        "boxes": tf.where(keep[..., None], tf.gather(boxes, order, batch_dims=1), 0.0),
+        "scores": tf.where(keep, tf.gather(scores, order, batch_dims=1), 0.0),
+        "classes": tf.where(keep, tf.gather(detections["classes"], order, batch_dims=1), -1),
+        "num_detections": tf.reduce_sum(tf.cast(keep, detections["num_detections"].dtype), axis=1),
     }

@@ -236,8 +236,14 @@ def summary(flatbuffer: bytes) -> dict:
 
 
 def write(flatbuffer: bytes, path: str) -> str:
-    """Writes the flatbuffer to ``path`` (folders created); returns the path."""
+    """Writes the flatbuffer to ``path`` (folders created) through a temporary name and a rename; returns the path."""
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path!r} is a folder; give the .tflite file's path")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "wb") as f:
+    partial = f"{path}.partial-{os.getpid()}"
+    with open(partial, "wb") as f:
         f.write(flatbuffer)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(partial, path)
     return path

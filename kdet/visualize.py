@@ -92,7 +92,8 @@ def draw_detections(image, boxes, classes, scores=None, *,
         classes: int [N] label ids; rows with -1 (padding) are skipped.
         scores: float [N] or None (ground truth: everything drawn, no score).
         class_names: label id -> name in the label text ("name 0.87").
-        score_threshold: rows with a lower score are skipped.
+        score_threshold: rows with a lower score are skipped. Detections are
+            drawn in increasing score order, so the best one is on top.
         color_seed: shifts the class colours.
 
     Returns:
@@ -104,7 +105,9 @@ def draw_detections(image, boxes, classes, scores=None, *,
     classes = _numpy(classes).reshape(-1).astype(np.int64)
     scores = None if scores is None else _numpy(scores).reshape(-1).astype(np.float64)
     width = _line_width(canvas.size)
-    for i in range(len(classes)):
+    # Best last: where boxes and labels overlap, the higher score is drawn on top and stays readable.
+    order = range(len(classes)) if scores is None else np.argsort(np.nan_to_num(scores, nan=-1.0), kind="stable")
+    for i in order:
         if classes[i] < 0 or not np.all(np.isfinite(boxes[i])):
             continue
         if scores is not None and not scores[i] >= score_threshold:

@@ -19,10 +19,10 @@ def _jpeg_bytes(shape=(24, 32, 3)):
     return buffer.getvalue()
 
 
-def _write_json(path, images, annotations=None, categories=({"id": 1, "name": "a"},)):
+def _write_json(path, images, annotations=(), categories=({"id": 1, "name": "a"},)):
     data = {"images": images, "categories": list(categories)}
-    if annotations is not None:
-        data["annotations"] = annotations
+    if annotations is not None:  # None: no "annotations" key at all (a COCO image_info file)
+        data["annotations"] = list(annotations)
     path.write_text(json.dumps(data))
     return str(path)
 
@@ -43,8 +43,10 @@ def test_truncated_jpeg_is_skipped_counted_and_named(tmp_path, caplog):
 
 def test_image_info_file_without_annotations_gives_empty_examples(tmp_path):
     (tmp_path / "a.jpg").write_bytes(_jpeg_bytes((10, 12, 3)))
-    path = _write_json(tmp_path / "info.json", [{"id": 9, "file_name": "a.jpg"}])
-    dataset, info = load_coco_json(path, str(tmp_path))
+    path = _write_json(tmp_path / "info.json", [{"id": 9, "file_name": "a.jpg"}], annotations=None)
+    with pytest.raises(ValueError, match="info.json: missing top-level field 'annotations'"):
+        load_coco_json(path, str(tmp_path))  # read for training or evaluation: most likely a misspelled key
+    dataset, info = load_coco_json(path, str(tmp_path), allow_missing_annotations=True)
     (example,) = list(dataset)
     assert example["image"].shape == (10, 12, 3)
     assert example["boxes"].shape == (0, 4) and example["classes"].shape == (0,)

@@ -43,10 +43,21 @@ def test_multilevel_detections_contract_and_decoding():
 
 def test_suppress_non_finite():
     dets = postprocess.empty_detections(2, 3)
-    dets = {**dets, "scores": tf.constant([[0.9, 0.5, 0.0], [0.8, 0.0, 0.0]]),
+    boxes = tf.constant([[[0, 0, 2, 2], [1, 1, 3, 3], [0, 0, 0, 0]], [[0, 0, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]]],
+                        tf.float32)
+    dets = {**dets, "boxes": boxes, "scores": tf.constant([[0.9, 0.5, 0.0], [0.8, 0.0, 0.0]]),
             "classes": tf.constant([[1, 2, -1], [0, -1, -1]]), "num_detections": tf.constant([2, 1])}
     images = np.zeros([2, 4, 4, 3], np.float32)
     images[1, 0, 0, 0] = np.inf
     out = postprocess.suppress_non_finite(tf.constant(images), dets)
     assert out["num_detections"].numpy().tolist() == [2, 0]
     assert out["scores"].numpy()[1].sum() == 0 and (out["classes"].numpy()[1] == -1).all()
+    # Degenerate boxes (zero area, inverted, non-finite) are never returned; the rest move up in order.
+    bad = tf.constant([[[0, 0, 2, 2], [1, 1, 1, 3], [0, 0, 1, 1]], [[2, 2, 1, 1], [0, np.nan, 1, 1], [0, 0, 3, 3]]],
+                      tf.float32)
+    out = postprocess.suppress_non_finite(tf.zeros([2, 4, 4, 3]), {
+        **dets, "boxes": bad, "scores": tf.constant([[0.9, 0.8, 0.7], [0.9, 0.8, 0.7]]),
+        "classes": tf.constant([[0, 1, 2], [0, 1, 2]]), "num_detections": tf.constant([3, 3])})
+    assert out["num_detections"].numpy().tolist() == [2, 1]
+    np.testing.assert_array_equal(out["classes"].numpy(), [[0, 2, -1], [2, -1, -1]])
+    np.testing.assert_allclose(out["scores"].numpy(), [[0.9, 0.7, 0], [0.7, 0, 0]])

@@ -1,18 +1,32 @@
 """A reader (and writer) of COCO-format json + an image folder, for users' data.
 
-Behaviour on bad input (tested in ``tests/test_data_coco_json.py``):
-  * malformed json, a missing top-level field (``images``, ``categories``), or a
-    missing/ill-typed field of an image, category or annotation: ``ValueError``
-    naming the file and the field, when :func:`load_coco_json` is called.
-    ``annotations`` may be absent (COCO ``image_info`` files): no objects.
+Behaviour on bad input (tested in ``tests/test_data_coco_json.py`` and the
+bad-input corpus ``tests/test_bad_input_corpus.py``):
+  * malformed json, json that is not UTF-8, a missing top-level field
+    (``images``, ``categories``, ``annotations``), or a missing/ill-typed field
+    of an image, category or annotation: ``ValueError`` naming the file and the
+    field, when :func:`load_coco_json` is called. Every field is type-checked:
+    ids are integers (not strings or booleans), ``bbox`` is 4 numbers (not
+    booleans), ``iscrowd`` is 0/1 or a boolean, ``width``/``height`` (optional)
+    positive integers. A missing ``annotations`` list is an error (it is usually
+    misspelled: training would see no objects); an explicit ``[]`` means images
+    without objects, and ``allow_missing_annotations=True`` reads COCO
+    ``image_info`` files.
+  * duplicate image ids or category ids: ``ValueError`` naming the file and the ids.
   * an annotation whose ``image_id`` or ``category_id`` is not declared:
     ``ValueError`` naming both.
+  * a declared ``width``/``height`` that differs from the decoded image: a
+    warning naming the image, once per image (kdet uses the stored pixels and
+    ignores EXIF orientation, so boxes drawn on a rotated display would be off).
   * an image file that does not exist: ``FileNotFoundError`` at load time
     listing the missing files (usually a wrong ``image_dir``; failing early beats
     an empty epoch).
-  * a corrupt or undecodable image: the image is **skipped**, counted in
-    ``info.stats.skipped_images``, and a ``logging`` warning names the file and
-    the decoder's error, so one bad file never kills an epoch.
+  * a corrupt or undecodable image, or a file name the file system cannot
+    encode: the image is **skipped**, counted in ``info.stats.skipped_images``,
+    and a ``logging`` warning names the file and the reason, so one bad file
+    never kills an epoch. Images are decoded by
+    :func:`kdet.serving.image.read_image_file`, the decoder of ``kdet detect``
+    and the SavedModel, so training sees the pixels serving sees.
   * boxes are clipped to the decoded image; zero-area, inverted and out-of-image
     boxes are dropped and counted (``info.stats``, see
     :func:`kdet.data.example.sanitize_example`).
@@ -21,6 +35,7 @@ Behaviour on bad input (tested in ``tests/test_data_coco_json.py``):
     id order; ``info.category_ids`` maps them back.
   * images without annotations are kept as examples with no objects;
     ``iscrowd`` is honoured. EXIF orientation is ignored, as in COCO.
+  * a declared category without any annotation: a warning naming it.
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kdet.data.example import DataStats, DetectionInfo, sanitize_example
+from kdet.serving.image import ImageFileError, read_image_file
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +64,15 @@ _EMPTY = {
 
 def read_json(path: str) -> dict:
     """Reads a json object, raising ValueError that names the file if malformed."""
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a folder, not a COCO json file")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            data = json.loads(f.read().decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); COCO json is UTF-8") from None
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: malformed COCO json: {err}") from err
+        raise ValueError(f"{path}: malformed COCO json: {err}") from None
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise ValueError(f"{path}: malformed COCO json: expected an object, got {kind}")
@@ -65,18 +85,59 @@ def _field(record: Mapping, key: str, kind, *, where: str) -> Any:
         raise ValueError(f"{where}: missing field {key!r}")
     value = record[key]
     if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
-        raise ValueError(f"{where}: field {key!r} has bad value {value!r}")
+        raise ValueError(f"{where}: field {key!r} must be {_KIND_NAMES.get(kind, kind)}, got {value!r}")
     return value
+
+
+_KIND_NAMES = {int: "an integer", str: "a string", list: "a list", float: "a number", bool: "a boolean"}
+
+
+def _record(value, *, where: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: must be an object with fields, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _list_field(data: Mapping, key: str, *, source: str, required: bool = True) -> list:
+    """A top-level list field; a missing one names the keys that are there (a misspelling shows)."""
+    if key not in data:
+        if not required:
+            return []
+        import difflib
+
+        close = difflib.get_close_matches(key, [str(k) for k in data], n=1, cutoff=0.6)
+        hint = f" (is {close[0]!r} a misspelling?)" if close else ""
+        raise ValueError(f"{source}: missing top-level field {key!r}{hint}; the file has {sorted(map(str, data))}. "
+                         f"Use \"{key}\": [] for a file with none")
+    value = data[key]
+    if not isinstance(value, list):
+        raise ValueError(f"{source}: top-level field {key!r} must be a list, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _duplicates(values: list[int]) -> list[int]:
+    seen, repeated = set(), set()
+    for v in values:
+        (repeated if v in seen else seen).add(v)
+    return sorted(repeated)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def parse_categories(data: Mapping, *, source: str) -> DetectionInfo:
     """The ``categories`` list -> DetectionInfo with labels in increasing id order."""
-    cats = _field(data, "categories", list, where=source)
+    cats = _list_field(data, "categories", source=source)
     pairs = []
     for i, cat in enumerate(cats):
         where = f"{source}: categories[{i}]"
+        cat = _record(cat, where=where)
         category_id = _field(cat, "id", int, where=where)
         pairs.append((category_id, _field(cat, "name", str, where=where)))
+    repeated = _duplicates([i for i, _ in pairs])
+    if repeated:
+        raise ValueError(f"{source}: category ids {repeated} are declared more than once in 'categories'")
     pairs.sort()
     return DetectionInfo(
         class_names=tuple(n for _, n in pairs),
@@ -86,35 +147,38 @@ def parse_categories(data: Mapping, *, source: str) -> DetectionInfo:
 
 
 def parse_annotations(
-    data: Mapping, *, info: DetectionInfo, source: str
+    data: Mapping, *, info: DetectionInfo, source: str, allow_missing_annotations: bool = False
 ) -> list[dict[str, Any]]:
     """Groups annotations by image, in the order of the ``images`` list.
 
     Returns:
-        One record per image: ``file_name`` str, ``image_id`` int, ``boxes``
-        float32 ``[N, 4]`` yxyx pixels (not yet clipped), ``classes`` int32
-        ``[N]`` labels, ``is_crowd`` bool ``[N]``.
+        One record per image: ``file_name`` str, ``image_id`` int, ``size``
+        ``(height, width)`` as declared or None, ``boxes`` float32 ``[N, 4]``
+        yxyx pixels (not yet clipped), ``classes`` int32 ``[N]`` labels,
+        ``is_crowd`` bool ``[N]``.
     """
-    records, by_id = [], {}
-    for i, image in enumerate(_field(data, "images", list, where=source)):
-        where = f"{source}: images[{i}]"
-        record = {
-            "file_name": _field(image, "file_name", str, where=where),
-            "image_id": _field(image, "id", int, where=where),
-            "boxes": [],
-            "classes": [],
-            "is_crowd": [],
-        }
-        records.append(record)
-        by_id[record["image_id"]] = record
+    records = [_image_record(image, where=f"{source}: images[{i}]")
+               for i, image in enumerate(_list_field(data, "images", source=source))]
+    repeated = _duplicates([r["image_id"] for r in records])
+    if repeated:
+        shown = ", ".join(map(str, repeated[:10])) + (", ..." if len(repeated) > 10 else "")
+        raise ValueError(f"{source}: image ids {shown} are declared more than once in 'images' "
+                         f"({len(repeated)} repeated ids); each image needs its own id")
+    by_id = {r["image_id"]: r for r in records}
     label_of = info.label_of_category_id
-    for i, ann in enumerate(data.get("annotations", [])):
+    annotations = _list_field(data, "annotations", source=source, required=not allow_missing_annotations)
+    used = set()
+    for i, ann in enumerate(annotations):
         where = f"{source}: annotations[{i}]"
+        ann = _record(ann, where=where)
         image_id = _field(ann, "image_id", int, where=where)
         category_id = _field(ann, "category_id", int, where=where)
         bbox = _field(ann, "bbox", list, where=where)
-        if len(bbox) != 4 or not all(isinstance(v, (int, float)) for v in bbox):
-            raise ValueError(f"{where}: field 'bbox' must be 4 numbers, got {bbox!r}")
+        if len(bbox) != 4 or not all(_number(v) for v in bbox):
+            raise ValueError(f"{where}: field 'bbox' must be 4 numbers [x, y, width, height], got {bbox!r}")
+        crowd = ann.get("iscrowd", 0)
+        if crowd not in (0, 1) or not isinstance(crowd, (int, bool)):
+            raise ValueError(f"{where}: field 'iscrowd' must be 0 or 1, got {crowd!r}")
         if image_id not in by_id or category_id not in label_of:
             raise ValueError(
                 f"{where}: image_id {image_id} or category_id {category_id} is "
@@ -124,7 +188,12 @@ def parse_annotations(
         record = by_id[image_id]
         record["boxes"].append([y, x, y + h, x + w])
         record["classes"].append(label_of[category_id])
-        record["is_crowd"].append(bool(ann.get("iscrowd", 0)))
+        record["is_crowd"].append(bool(crowd))
+        used.add(category_id)
+    unused = [f"{cid} ({name!r})" for cid, name in zip(info.category_ids, info.class_names) if cid not in used]
+    if annotations and unused:
+        logger.warning("kdet.data: %s: %d declared categories have no annotations: %s", source, len(unused),
+                       ", ".join(unused[:10]) + (", ..." if len(unused) > 10 else ""))
     for record in records:
         record["boxes"] = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
         record["classes"] = np.asarray(record["classes"], np.int32)
@@ -132,22 +201,44 @@ def parse_annotations(
     return records
 
 
-def decode_image_file(path: bytes | str) -> tuple[np.ndarray, bool]:
-    """Decodes an image file with PIL into RGB uint8.
+def _image_record(image, *, where: str) -> dict[str, Any]:
+    image = _record(image, where=where)
+    size = None
+    if "width" in image or "height" in image:
+        height, width = (_field(image, key, int, where=where) for key in ("height", "width"))
+        if height < 1 or width < 1:
+            raise ValueError(f"{where}: 'width' and 'height' must be positive, got {width}x{height}")
+        size = (height, width)
+    return {"file_name": _field(image, "file_name", str, where=where), "image_id": _field(image, "id", int, where=where),
+            "size": size, "boxes": [], "classes": [], "is_crowd": []}
 
-    Returns:
-        ``(image [H, W, 3] uint8, True)``, or ``(zeros [1, 1, 3], False)`` after
-        logging a warning that names the file when it cannot be decoded.
-    """
-    path = path.decode() if isinstance(path, bytes) else str(path)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            rgb = np.asarray(image.convert("RGB"), np.uint8)
-        return rgb, True
-    except Exception as err:  # PIL raises many types for bad files.
-        logger.warning("kdet.data: skipping undecodable image %s (%s)", path, err)
-        return np.zeros([1, 1, 3], np.uint8), False
+
+class _ImageLoader:
+    """Decodes one image of the dataset by path (the shared decoder), warning once per image per loader."""
+
+    def __init__(self):
+        self.warned: set[tuple[str, str]] = set()
+
+    def _warn_once(self, path: str, kind: str, message: str, *args) -> None:
+        if (path, kind) not in self.warned:
+            self.warned.add((path, kind))
+            logger.warning(message, *args)
+
+    def __call__(self, path, declared_hw):
+        path = os.fsdecode(path.numpy())
+        try:
+            image = read_image_file(path)
+        except (ImageFileError, OSError) as err:
+            self._warn_once(path, "decode", "kdet.data: skipping undecodable image %s (%s)", path, err)
+            return np.zeros([1, 1, 3], np.uint8), False
+        declared = tuple(int(v) for v in declared_hw.numpy())
+        if declared[0] > 0 and declared != image.shape[:2]:
+            rotated = " (rotated: EXIF orientation is ignored, boxes must be in stored-pixel coordinates)" if (
+                declared == image.shape[1::-1]) else ""
+            self._warn_once(path, "size", "kdet.data: %s is declared %dx%d (width x height) but decodes to %dx%d%s; "
+                            "its boxes are used as given, in the decoded pixels", path, declared[1], declared[0],
+                            image.shape[1], image.shape[0], rotated)
+        return image, True
 
 
 def _check_files_exist(paths: list[str], *, source: str) -> None:
@@ -166,10 +257,8 @@ def _ragged(records: list[dict], key: str) -> tf.RaggedTensor:
     return tf.RaggedTensor.from_row_lengths(values, lengths)
 
 
-def _load_image(element: dict, *, stats: DataStats) -> dict:
-    image, ok = tf.numpy_function(
-        decode_image_file, [element["path"]], [tf.uint8, tf.bool]
-    )
+def _load_image(element: dict, *, stats: DataStats, loader: _ImageLoader) -> dict:
+    image, ok = tf.py_function(loader, [element["path"], element["declared_hw"]], [tf.uint8, tf.bool])
     image.set_shape([None, None, 3])
     ok.set_shape([])
     count = stats.skipped_images.assign_add(tf.cast(~ok, tf.int64))
@@ -178,8 +267,21 @@ def _load_image(element: dict, *, stats: DataStats) -> dict:
     return {**element, "image": image, "ok": ok}
 
 
+def _encodable_paths(records: list[dict], image_dir: str, *, stats_note: list) -> tuple[list[dict], list[bytes]]:
+    """Records whose file path the file system can encode, and those paths as bytes; the rest named and dropped."""
+    kept, paths = [], []
+    for record in records:
+        try:
+            paths.append(os.fsencode(os.path.join(image_dir, record["file_name"])))
+        except UnicodeEncodeError:
+            stats_note.append(record["file_name"])
+            continue
+        kept.append(record)
+    return kept, paths
+
+
 def load_coco_json(
-    annotation_file: str, image_dir: str
+    annotation_file: str, image_dir: str, *, allow_missing_annotations: bool = False
 ) -> tuple[tf.data.Dataset, DetectionInfo]:
     """Reads a COCO-format annotation json and its image folder.
 
@@ -189,6 +291,8 @@ def load_coco_json(
         annotation_file: path of the json (``images``, ``categories`` and
             optionally ``annotations``, COCO detection format, bbox ``xywh``).
         image_dir: folder that ``images[].file_name`` is relative to.
+        allow_missing_annotations: read a json without an ``annotations``
+            list (COCO ``image_info`` files) as images without objects.
 
     Returns:
         ``(dataset of example dicts, DetectionInfo)``; labels are contiguous
@@ -209,9 +313,15 @@ def load_coco_json(
         name=info.name,
         stats=stats,
     )
-    records = parse_annotations(data, info=info, source=source)
-    paths = [os.path.join(image_dir, r["file_name"]) for r in records]
-    _check_files_exist(paths, source=source)
+    records = parse_annotations(data, info=info, source=source,
+                                allow_missing_annotations=allow_missing_annotations)
+    unencodable: list[str] = []
+    records, paths = _encodable_paths(records, image_dir, stats_note=unencodable)
+    if unencodable:
+        logger.warning("kdet.data: %s: skipping %d images whose file names this file system cannot encode: %s",
+                       source, len(unencodable), ", ".join(ascii(n) for n in unencodable[:5]))
+        stats.skipped_images.assign_add(len(unencodable))
+    _check_files_exist([os.fsdecode(p) for p in paths], source=source)
     if not records:
         logger.warning("kdet.data: %s lists no images", source)
     columns = {
@@ -219,11 +329,13 @@ def load_coco_json(
         "image_id": tf.constant(
             [r["image_id"] for r in records], tf.int64, shape=[len(records)]
         ),
+        "declared_hw": tf.constant([r["size"] or (-1, -1) for r in records], tf.int32, shape=[len(records), 2]),
         **{key: _ragged(records, key) for key in ("boxes", "classes", "is_crowd")},
     }
     dataset = tf.data.Dataset.from_tensor_slices(columns)
+    loader = _ImageLoader()
     dataset = dataset.map(
-        lambda e: _load_image(e, stats=stats), num_parallel_calls=tf.data.AUTOTUNE
+        lambda e: _load_image(e, stats=stats, loader=loader), num_parallel_calls=tf.data.AUTOTUNE
     )
     dataset = dataset.filter(lambda e: e["ok"])
     dataset = dataset.map(

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from kdet.data import transforms
 from kdet.data.example import WARNING_PREFIX
+from kdet.serving.image import letterbox
 
 #: Largest feature stride of the detectors (P7); input sizes must be multiples.
 DEFAULT_STRIDE = 128
@@ -125,10 +126,9 @@ def preprocess_example(
         image, boxes = transforms.random_horizontal_flip(
             image, boxes, seed=flip_seed
         )
-    if scale_jitter is None:
-        image, boxes, scale, _ = transforms.resize_to_fit(
-            image, boxes, output_size=image_size
-        )
+    if scale_jitter is None:  # the one letterbox of training, evaluation, kdet detect and serving
+        image, scale, resized_shape = letterbox(image, image_size)
+        boxes = boxes * scale
     else:
         image, boxes, keep, scale = transforms.random_scale_jitter(
             image,
@@ -140,8 +140,8 @@ def preprocess_example(
         boxes = tf.boolean_mask(boxes, keep)
         classes = tf.boolean_mask(classes, keep)
         is_crowd = tf.boolean_mask(is_crowd, keep)
-    resized_shape = tf.shape(image)[:2]
-    image = transforms.pad_to_size(image, output_size=image_size)
+        resized_shape = tf.shape(image)[:2]
+        image = transforms.pad_to_size(image, output_size=image_size)
     image_id = tf.cast(example["image_id"], tf.int64)
     targets = pad_targets(
         boxes, classes, is_crowd, max_boxes=max_boxes, image_id=image_id

@@ -491,11 +491,15 @@ class FaceCascade(keras.Model):
     def detect(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """Detects faces in ``[B, H, W, 3]`` images (uint8 or float in [0, 255]; static H, W).
 
+        Non-finite pixels are zeroed (and other values clipped to 0..255)
+        before the pyramid, and an image with a NaN or inf pixel reports no
+        detections (the contract of every kdet detector).
+
         Returns the output contract with boxes in pixels of ``images``.
         """
-        for _, outputs in self.detect_steps(images):
+        for _, outputs in self.detect_steps(postprocess.zero_non_finite(images)):
             pass
-        return outputs
+        return postprocess.suppress_non_finite(images, outputs)
 
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

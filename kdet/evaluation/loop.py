@@ -42,6 +42,9 @@ def evaluate_model(model: keras.Model, dataset: Iterable, evaluator, *,
 
     Returns:
         ``evaluator.evaluate()``.
+
+    Raises:
+        ValueError: ``dataset`` gave no batch (nothing to evaluate).
     """
     target = _num_batches(dataset, steps)
     bar = keras.utils.Progbar(target, unit_name="batch") if progress else None
@@ -57,4 +60,7 @@ def evaluate_model(model: keras.Model, dataset: Iterable, evaluator, *,
             bar.update(done)
     if bar is not None and done != target:
         bar.update(done, finalize=True)  # unknown or overestimated length: end the line.
+    if done == 0:
+        raise ValueError("the evaluation data gave no images (empty, or every image was skipped as undecodable: "
+                         "see the warnings above)")
     return evaluator.evaluate()

@@ -192,6 +192,8 @@ def _apply_overrides(recipe: Recipe, *, smoke: bool, data, val_data, batch_size,
     changes = {k: v for k, v in dict(train_data=data, val_data=val_data, batch_size=batch_size, backbone=backbone,
                                       backbone_weights=backbone_weights, image_size=image_size).items()
                if v is not None}
+    if data is not None and val_data is None and data != recipe.train_data:
+        changes["val_data"] = None  # the recipe's validation set belongs to its own data, not the user's
     return recipe.replace(**changes) if changes else recipe
 
 
@@ -276,11 +278,19 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     recipe = _apply_overrides(recipe, smoke=smoke, data=data, val_data=val_data, batch_size=batch_size,
                               backbone=backbone, backbone_weights=backbone_weights, image_size=image_size)
     verbose = _verbose(verbose)
+    if recipe.val_data is None:
+        if recipe.train is not None:
+            raise ValueError(f"--data {recipe.train_data!r} without --val-data: the {recipe.name} recipe needs "
+                             f"validation data of the same kind; pass --val-data")
+        if evaluate:
+            print(f"kdet train: --data {recipe.train_data!r} without --val-data: training without evaluation (the "
+                  f"recipe's own validation data belongs to another dataset); pass --val-data to evaluate")
+        evaluate = False
     keras.utils.set_random_seed(seed)
     set_precision(mixed_precision)
     strategy = choose_strategy(strategy) if isinstance(strategy, str) else strategy
     chief = is_chief(strategy)
-    os.makedirs(model_dir, exist_ok=True)
+    _check_writable(model_dir)
     train_examples, train_info = open_source(recipe.train_data, seed=seed, data_dir=data_dir)
     val_examples, val_info, val = None, train_info, None  # evaluate=False never reads the validation data
     if evaluate or recipe.train is not None:
@@ -347,6 +357,20 @@ def _already_trained(recipe: Recipe, model_dir: str, started: float, *, model=No
           f"changed (train more with a larger --steps, or use another --model-dir)")
     return TrainResult(model=model, metrics={k: float(v) for k, v in summary.get("metrics", {}).items()},
                        model_dir=model_dir, start_step=steps, steps=steps, seconds=round(time.time() - started, 1))
+
+
+def _check_writable(model_dir: str) -> None:
+    """Creates ``model_dir`` and proves it writable before any slow work (an error names the folder)."""
+    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
+        raise ValueError(f"--model-dir {model_dir!r} is a file; give a folder")
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        probe = os.path.join(model_dir, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f"--model-dir {model_dir!r} cannot be written: {error.strerror or error}") from None
 
 
 def _log_dir(model_dir: str, strategy) -> str:
@@ -435,7 +459,11 @@ def _train_steps(recipe: Recipe, *, model_dir, train_examples, info, val, epochs
                   keras.callbacks.ModelCheckpoint(os.path.join(model_dir, BEST_WEIGHTS), monitor=monitor,
                                                   mode="max", save_best_only=True, save_weights_only=True,
                                                   verbose=0)] + common
-        images, targets = next(iter(val))
+        first = next(iter(val), None)
+        if first is None:
+            raise ValueError(f"--val-data {recipe.val_data!r} gave no images (empty, or every image was skipped as "
+                             f"undecodable: see the warnings above)")
+        images, targets = first
         if any(isinstance(c, keras.callbacks.TensorBoard) for c in callbacks):
             common.append(DetectionImages(_log_dir(model_dir, strategy), images.numpy()[:4],
                                           ground_truth={k: v.numpy()[:4] for k, v in targets.items()},

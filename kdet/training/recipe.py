@@ -186,7 +186,7 @@ class Recipe:
     paper: str
     build_model: Callable[..., keras.Model]
     train_data: str
-    val_data: str
+    val_data: str | None  # None: no validation data (the user replaced the training data only)
     image_size: tuple[int, int]
     batch_size: int
     schedule: StepSchedule

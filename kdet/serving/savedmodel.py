@@ -12,12 +12,16 @@ consistent: one inference graph), :class:`~kdet.detectors.cascade_rcnn.CascadeRC
   one gets this module's error rather than a shape-mismatch one; a wrong
   dtype is refused by TensorFlow: "expected to be a uint8 tensor");
 * ``serving_bytes(input_tensor: string [B])``: encoded JPEG / PNG (also GIF,
-  BMP) images of any sizes, as TF Serving's REST API carries them (base64 in
-  the JSON). Grey and RGBA images are converted to RGB.
+  BMP, WebP) images of any sizes, as TF Serving's REST API carries them (base64 in
+  the JSON). Grey and RGBA images are converted to RGB. An image whose header
+  declares more than ``max_pixels`` pixels (default
+  :data:`~kdet.serving.image.DEFAULT_MAX_PIXELS`, set at export) is refused
+  before it is decoded.
 
-Both letterbox every image into the model's fixed ``input_size`` (scale to
-fit, keep the aspect ratio, pad bottom and right with 0), run the detector and
-map the boxes back. Outputs follow the TF Object Detection API::
+Both decode and letterbox every image exactly as training and ``kdet detect``
+do (:mod:`kdet.serving.image`: scale to fit the model's fixed ``input_size``,
+keep the aspect ratio, pad bottom and right with 0), run the detector and map
+the boxes back. Outputs follow the TF Object Detection API::
 
     detection_boxes    float32 [B, K, 4]  yxyx normalised to the original image
     detection_scores   float32 [B, K]
@@ -44,6 +48,14 @@ from typing import Sequence
 import tensorflow as tf
 
 from kdet.model_dir import build_for
+from kdet.serving.image import (
+    DEFAULT_MAX_PIXELS,
+    TF_FORMAT_NAMES,
+    decode_image,
+    encoded_image_size,
+    is_supported_image,
+    letterbox,
+)
 
 #: TF Object Detection API output names, in signature order.
 OUTPUT_NAMES = ("detection_boxes", "detection_scores", "detection_classes", "num_detections")
@@ -66,26 +78,6 @@ def parse_label_map(text: str) -> dict[int, str]:
 
     pairs = re.findall(r'id:\s*(\d+)\s*name:\s*"((?:[^"\\]|\\.)*)"', text)
     return {int(i): name.replace('\\"', '"').replace("\\\\", "\\") for i, name in pairs}
-
-
-def letterbox(images: tf.Tensor, size: Sequence[int]) -> tuple[tf.Tensor, tf.Tensor]:
-    """Scales a batch to fit ``size`` keeping its aspect ratio, pads bottom/right with 0.
-
-    Args:
-      images: ``[B, H, W, 3]`` (one size for the batch), any real dtype; H, W > 0.
-      size: ``(height, width)`` python ints of the output.
-
-    Returns:
-      ``(canvas float32 [B, height, width, 3] (static shape), scale float32 [])``:
-      a pixel ``p`` of ``images`` is at ``p * scale`` on the canvas.
-    """
-    height, width = int(size[0]), int(size[1])
-    hw = tf.cast(tf.shape(images)[1:3], tf.float32)
-    scale = tf.minimum(height / hw[0], width / hw[1])
-    new_hw = tf.clip_by_value(tf.cast(tf.round(hw * scale), tf.int32), 1, [height, width])
-    resized = tf.image.resize(tf.cast(images, tf.float32), new_hw, method="bilinear")
-    canvas = tf.image.pad_to_bounding_box(resized, 0, 0, height, width)
-    return tf.ensure_shape(canvas, [None, height, width, 3]), scale
 
 
 def to_detection_api(detections: dict, scale: tf.Tensor, original_hw: tf.Tensor, valid: tf.Tensor) -> dict:
@@ -120,17 +112,6 @@ def to_detection_api(detections: dict, scale: tf.Tensor, original_hw: tf.Tensor,
     }
 
 
-def _is_supported_image(data: tf.Tensor) -> tf.Tensor:
-    """Whether encoded bytes start like a JPEG, PNG, GIF or BMP file."""
-    head = tf.strings.substr(data, 0, 4)
-    return tf.reduce_any(tf.stack([
-        tf.strings.substr(head, 0, 3) == b"\xff\xd8\xff",
-        head == b"\x89PNG",
-        tf.strings.substr(head, 0, 3) == b"GIF",
-        tf.strings.substr(head, 0, 2) == b"BM",
-    ]))
-
-
 def class_names_of(model) -> list[str]:
     """Default label names: ``["face"]`` for face detectors, ``class_1..class_C`` otherwise."""
     config = model.get_config()
@@ -149,11 +130,17 @@ class DetectionServingModule(tf.Module):
         ``2 ** max_level``; FaceCascade builds its pyramid for this size.
       class_names: label names in class-index order (default
         :func:`class_names_of`).
+      max_pixels: ``serving_bytes`` refuses an encoded image whose header
+        declares more pixels (height x width) than this, before decoding it
+        (a 12000x12000 JPEG would otherwise take about 1.8 GB).
     """
 
     def __init__(self, model, *, input_size: Sequence[int], class_names: Sequence[str] | None = None,
-                 name: str | None = None):
+                 max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None):
         super().__init__(name=name)
+        if int(max_pixels) < 1:
+            raise ValueError(f"max_pixels must be positive, got {max_pixels!r}")
+        max_pixels = int(max_pixels)
         if len(input_size) != 2 or min(int(s) for s in input_size) < 1:
             raise ValueError(f"input_size must be (height, width) positive ints, got {input_size!r}")
         self.input_size = tuple(int(s) for s in input_size)
@@ -177,31 +164,44 @@ class DetectionServingModule(tf.Module):
 
         def serve_images(input_tensor):
             expected = "serving_default expects uint8 RGB images [batch, height, width, 3]; got shape"
-            rank_ok = tf.debugging.Assert(tf.equal(tf.rank(input_tensor), 4), [expected, tf.shape(input_tensor)])
-            with tf.control_dependencies([rank_ok]):
-                shape = tf.shape(input_tensor)
+            shape = tf.shape(input_tensor)
+            rank_ok = tf.debugging.Assert(tf.equal(tf.size(shape), 4), [expected, shape])
+            with tf.control_dependencies([rank_ok]):  # every later op depends on the checked tensor
+                shape = tf.identity(shape)
                 channels_ok = tf.debugging.Assert(tf.equal(shape[-1], 3), [
                     expected, shape, "(channels must be 3: convert grey/RGBA to RGB, or send encoded images to "
                     "serving_bytes)"])
             with tf.control_dependencies([channels_ok]):
                 input_tensor = tf.ensure_shape(tf.identity(input_tensor), [None, None, None, 3])
+                shape = tf.identity(shape)
             valid = shape[1] * shape[2] > 0
             safe = tf.cond(valid, lambda: input_tensor, lambda: tf.zeros([shape[0], 1, 1, 3], tf.uint8))
-            canvas, scale = letterbox(safe, size)
+            canvas, scale, _ = letterbox(safe, size)
             return run(canvas, scale, shape[1:3], tf.fill([shape[0]], valid))
 
         def decode_one(data):
-            tf.debugging.Assert(_is_supported_image(data), [
-                "serving_bytes: an input is not an encoded JPEG, PNG, GIF or BMP image; first bytes:",
-                tf.strings.substr(data, 0, 8)])
-            image = tf.io.decode_image(data, channels=3, expand_animations=False, dtype=tf.uint8)
+            first_bytes = tf.io.encode_base64(tf.strings.substr(data, 0, 8))  # any bytes, printable
+            supported = tf.debugging.Assert(is_supported_image(data), [
+                f"serving_bytes: an input is not an encoded {TF_FORMAT_NAMES} image; its first 8 bytes, web-safe "
+                f"base64:", first_bytes])
+            with tf.control_dependencies([supported]):
+                declared = encoded_image_size(data)
+            small = tf.debugging.Assert(declared[0] * declared[1] <= max_pixels, [
+                f"serving_bytes: an image of more than {max_pixels} pixels was refused (height, width):", declared,
+                "(export with a larger max_pixels, or send it smaller)"])
+            with tf.control_dependencies([small]):
+                image = decode_image(data)
             hw = tf.shape(image)[:2]
             valid = hw[0] * hw[1] > 0
             safe = tf.cond(valid, lambda: image, lambda: tf.zeros([1, 1, 3], tf.uint8))
-            canvas, scale = letterbox(safe[None], size)
-            return canvas[0], scale, hw, valid
+            canvas, scale, _ = letterbox(safe, size)
+            return canvas, scale, hw, valid
 
         def serve_bytes(input_tensor):
+            rank_ok = tf.debugging.Assert(tf.equal(tf.rank(input_tensor), 1), [
+                "serving_bytes expects a batch of encoded images, string [batch]; got shape", tf.shape(input_tensor)])
+            with tf.control_dependencies([rank_ok]):
+                input_tensor = tf.reshape(input_tensor, [-1])
             canvas, scale, hw, valid = tf.map_fn(
                 decode_one, input_tensor,
                 fn_output_signature=(tf.TensorSpec([size[0], size[1], 3], tf.float32), tf.TensorSpec([], tf.float32),
@@ -210,21 +210,34 @@ class DetectionServingModule(tf.Module):
 
         self.serving_default = tf.function(
             serve_images, input_signature=[tf.TensorSpec(None, tf.uint8, name="input_tensor")])
-        self.serving_bytes = tf.function(
-            serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="input_tensor")])
+        self.serving_bytes = tf.function(  # any rank, so that a wrong one gets this module's error
+            serve_bytes, input_signature=[tf.TensorSpec(None, tf.string, name="input_tensor")])
 
     def signatures(self) -> dict:
         return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
 
 
 def export_saved_model(model, path: str, *, input_size: Sequence[int],
-                       class_names: Sequence[str] | None = None) -> str:
+                       class_names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """Writes ``model`` as a SavedModel with the two serving signatures; returns ``path``.
 
     ``path`` is the version folder TF Serving loads (e.g. ``models/faces/1``).
+    It is written under a temporary name beside it and renamed into place
+    when complete (TF Serving never sees half a version); an existing
+    SavedModel folder there is replaced, anything else is refused.
     """
-    module = DetectionServingModule(model, input_size=input_size, class_names=class_names)
-    tf.saved_model.save(module, path, signatures=module.signatures())
+    import shutil
+
+    if os.path.exists(path) and not (os.path.isdir(path) and (
+            not os.listdir(path) or os.path.isfile(os.path.join(path, "saved_model.pb")))):
+        raise ValueError(f"--out {path!r} exists and is not a SavedModel folder; give a new or empty folder")
+    module = DetectionServingModule(model, input_size=input_size, class_names=class_names, max_pixels=max_pixels)
+    partial = f"{os.path.normpath(path)}.partial-{os.getpid()}"
+    shutil.rmtree(partial, ignore_errors=True)
+    tf.saved_model.save(module, partial, signatures=module.signatures())
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(partial, path)
     return path
 
 
