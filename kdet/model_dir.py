@@ -30,7 +30,7 @@ from typing import Sequence
 
 import keras
 
-from kdet.atomic import file_sha256, fsync_path, write_json_atomic
+from kdet.files import file_sha256, fsync_path, read_json_object, write_json_atomic
 
 CONFIG_FILE = "kdet_model.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -94,16 +94,7 @@ def read_model_info(path: str) -> ModelInfo:
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"{path!r} is not a kdet model directory: {CONFIG_FILE} is missing "
                                 f"(write one with kdet.model_dir.save_model_dir or `kdet train`)")
-    try:
-        with open(config_path, "rb") as f:
-            record = json.loads(f.read().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{config_path}: not UTF-8 text ({error.reason} at byte {error.start})") from None
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path}: not valid JSON ({error.msg} at line {error.lineno}, column "
-                         f"{error.colno}); the file is damaged or was cut short") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"{config_path}: expected a JSON object, got {type(record).__name__}")
+    record = read_json_object(config_path, kind="kdet model config")
     missing = {"detector", "config", "input_size", "class_names"} - set(record)
     if missing:
         raise ValueError(f"{config_path}: missing fields {sorted(missing)}")

@@ -118,7 +118,7 @@ def test_reader_refuses_malformed_json_naming_file_and_field(tmp_path, case, cha
 
 def test_reader_refuses_a_folder_given_as_the_json(tmp_path):
     (tmp_path / "folder.json").mkdir()
-    with pytest.raises(ValueError, match="folder.json: is a folder"):
+    with pytest.raises(ValueError, match="folder.json: is a folder, not a COCO json file"):
         load_coco_json(str(tmp_path / "folder.json"), str(tmp_path))
 
 
@@ -223,7 +223,7 @@ def _copy(model_dir, tmp_path, name="copy"):
     ("truncate_weights", "does not match the SHA-256"),
     ("empty_weights", "does not match the SHA-256"),
     ("foreign_weights_without_hash", "do not fit the"),
-    ("truncated_config", "not valid JSON"),
+    ("truncated_config", "malformed kdet model config"),
     ("config_not_utf8", "not UTF-8"),
     ("edited_num_classes", "kdet_model.json"),
     ("missing_weights", "model.weights.h5 is missing"),

@@ -107,8 +107,15 @@ def _degenerate(found):
     return [int(((r[:, 2] <= r[:, 0]) | (r[:, 3] <= r[:, 1])).sum()) for r in rows]
 
 
-@pytest.mark.parametrize("build", [_retinanet, _cascade, _faces, lambda: _faces(use_gather=True)],
-                         ids=["retinanet", "cascade_rcnn", "face_cascade", "face_cascade_export_twin"])
+def _rpn():
+    from kdet.detectors.rpn import RegionProposalNetwork
+    from tests.test_serving import RPN
+
+    return RegionProposalNetwork(**RPN)
+
+
+@pytest.mark.parametrize("build", [_retinanet, _cascade, _rpn, _faces, lambda: _faces(use_gather=True)],
+                         ids=["retinanet", "cascade_rcnn", "rpn", "face_cascade", "face_cascade_export_twin"])
 def test_every_detector_guards_its_input(build):
     keras.utils.set_random_seed(7)
     model = build()

@@ -50,6 +50,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kdet.data.example import DataStats, DetectionInfo, sanitize_example
+from kdet.files import read_json_object
 from kdet.serving.image import ImageFileError, read_image_file
 
 logger = logging.getLogger(__name__)
@@ -64,19 +65,7 @@ _EMPTY = {
 
 def read_json(path: str) -> dict:
     """Reads a json object, raising ValueError that names the file if malformed."""
-    if os.path.isdir(path):
-        raise ValueError(f"{path}: is a folder, not a COCO json file")
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read().decode("utf-8-sig"))
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); COCO json is UTF-8") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: malformed COCO json: {err}") from None
-    if not isinstance(data, dict):
-        kind = type(data).__name__
-        raise ValueError(f"{path}: malformed COCO json: expected an object, got {kind}")
-    return data
+    return read_json_object(path, kind="COCO json")
 
 
 def _field(record: Mapping, key: str, kind, *, where: str) -> Any:

@@ -31,7 +31,7 @@ import shutil
 import sys
 from dataclasses import dataclass
 
-from kdet.atomic import file_sha256, fsync_path, write_json_atomic
+from kdet.files import file_sha256, fsync_path, write_json_atomic
 
 FORMAT = 1
 PREFIX = "step-"

@@ -48,7 +48,7 @@ import tensorflow as tf
 from kdet.data.example import DetectionInfo
 from kdet.data.pipeline import make_pipeline
 from kdet.data.sources import open_source
-from kdet.atomic import write_json_atomic
+from kdet.files import write_json_atomic
 from kdet.model_dir import build_for, is_complete, load_model_dir, save_model_dir
 from kdet.training.backup import restore_backup
 from kdet.training.callbacks import DetectionImages, StepBackup, TerminateOnNaNTerm

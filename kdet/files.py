@@ -1,0 +1,75 @@
+"""kdet's own files, read and written safely.
+
+Writes leave either the old version or the new one, never half of one:
+model directories (:mod:`kdet.model_dir`), training backups
+(:mod:`kdet.training.backup`), metrics and exports go through a temporary
+name in the same folder, ``fsync``, then ``os.replace``. JSON objects are
+read by :func:`read_json_object`, whose errors name the file and what is
+wrong with it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+
+def file_sha256(path: str, *, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fsync_path(path: str) -> None:
+    """Flushes a file or folder to disk (best effort on file systems that refuse folders)."""
+    flags = (os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)) if os.path.isdir(path) else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: str, record: dict, **dump_args) -> None:
+    """Writes ``record`` to ``path`` through a temporary file and a rename (never half a file)."""
+    temporary = f"{path}.partial-{os.getpid()}"
+    try:
+        with open(temporary, "w") as f:
+            json.dump(record, f, **dump_args)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def read_json_object(path: str, *, kind: str) -> dict:
+    """The JSON object in ``path``; a ``ValueError`` naming the file when it is not UTF-8, not JSON or not an object.
+
+    Args:
+      path: the file.
+      kind: what the file should be, for the messages (``"COCO json"``).
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a folder, not a {kind} file")
+    try:
+        with open(path, "rb") as f:
+            record = json.loads(f.read().decode("utf-8-sig"))
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); {kind} is UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: malformed {kind}: {error.msg} at line {error.lineno}, column {error.colno} "
+                         f"(damaged or cut short?)") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: malformed {kind}: expected an object, got {type(record).__name__}")
+    return record
