@@ -204,14 +204,15 @@ def _run_train(recipe, args) -> int:
                        seed=args.seed, mixed_precision=args.mixed_precision, strategy=args.strategy,
                        backup_every=args.backup_every, evaluate=not args.no_eval, data_dir=args.data_dir)
     if result.metrics:
-        print(_metrics_table(result.metrics))
+        print(format_metrics(result.metrics, result.model.evaluation))
     print(f"kdet train: {recipe.name}: {result.steps} steps (from step {result.start_step}) in {result.seconds:.0f}s; "
           f"model directory {model_dir}")
     return 0
 
 
-def _metrics_table(metrics) -> str:
-    if "AP50" in metrics and "AP" not in metrics:
+def format_metrics(metrics, evaluation: str) -> str:
+    """The metrics table of a model whose ``evaluation`` is ``"face"`` or ``"coco"``."""
+    if evaluation == "face":
         from kdet.evaluation.face import format_face_metrics_table
 
         return format_face_metrics_table(metrics)
@@ -250,7 +251,7 @@ def _evaluate(args) -> int:
 
     evaluate_model_dir(args.model_dir, data=args.data, max_images=args.max_images, batch_size=args.batch_size,
                        results_json=args.results_json, data_dir=args.data_dir,
-                       report=lambda metrics: print(_metrics_table(metrics), flush=True))
+                       report=lambda metrics, evaluation: print(format_metrics(metrics, evaluation), flush=True))
     if args.results_json:
         print(f"kdet evaluate: detections written to {args.results_json}")
     return 0

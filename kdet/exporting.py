@@ -78,7 +78,7 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
         if not source:
             raise ValueError("int8 needs calibration images: pass --data (e.g. embedded:faces:validation)")
         representative = calibration_images(source, size, num_calibration)
-    flatbuffer = tflite.convert(tflite.export_variant(model, size), input_size=size, quantization=quantization,
+    flatbuffer = tflite.convert(model.export_variant(size), input_size=size, quantization=quantization,
                                 representative_images=representative)
     tflite.write(flatbuffer, out)
     return {"format": format, "path": out, "quantization": quantization, "input_size": list(size),

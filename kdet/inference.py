@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from kdet.data.pipeline import make_pipeline
 from kdet.data.sources import open_source
-from kdet.model_dir import ModelInfo, build_for, load_model_dir
+from kdet.model_dir import build_for, load_model_dir
 
 
 def freeze(concrete):
@@ -76,21 +76,14 @@ def frozen_detect(model, image_size: Sequence[int], *, batch_size: int = 1):
     return freeze(detect_function(model, (height, width), batch_size=batch_size))
 
 
-def evaluation_kind(info: ModelInfo) -> str:
-    """"face" for face detectors (face AP / ROC), else "coco"."""
-    kind = info.recipe.get("evaluation")
-    if kind:
-        return kind
-    return "face" if info.detector.endswith("FaceCascade") or info.class_names == ["face"] else "coco"
-
-
 def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: int | None = None,
                        batch_size: int = 8, results_json: str | None = None, data_dir: str | None = None,
                        progress: bool = True, report=None) -> dict[str, float]:
     """Evaluates the model in ``model_dir`` on ``data`` (default: the directory's data string).
 
-    ``report(metrics)``, when given, is called before ``results_json`` is
-    written, so the metrics are shown even if writing the file fails.
+    ``report(metrics, evaluation)`` (``evaluation``: the model's ``"coco"``
+    or ``"face"``), when given, is called before ``results_json`` is written,
+    so the metrics are shown even if writing the file fails.
 
     Raises:
       ValueError: no data string given or stored, or the data's classes differ
@@ -111,7 +104,7 @@ def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: i
     if max_images:
         examples = examples.take(max_images)
     pipeline = make_pipeline(examples, image_size=info.input_size, batch_size=batch_size, training=False)
-    if evaluation_kind(info) == "face":
+    if model.evaluation == "face":
         evaluator = FaceEvaluator(min_face_size=info.recipe.get("extra", {}).get("min_face_size"))
     else:
         evaluator = CocoEvaluator(category_ids=data_info.category_ids, class_names=data_info.class_names)
@@ -120,7 +113,7 @@ def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: i
     except ValueError as error:
         raise ValueError(f"--data {data!r}: {error}") from None
     if report is not None:
-        report(metrics)
+        report(metrics, model.evaluation)
     if results_json and hasattr(evaluator, "write_results_json"):
         evaluator.write_results_json(results_json)
     return metrics

@@ -3,7 +3,7 @@
 ::
 
     MODEL_DIR/
-      kdet_model.json     {"detector": "kdet>RetinaNet", "config": {constructor kwargs},
+      kdet_model.json     {"format_version": 2, "detector": "kdet>RetinaNet", "config": {constructor kwargs},
                            "input_size": [h, w], "class_names": [...], "data": "embedded:shapes:validation",
                            "recipe": {...},   (recipe: what trained it, free-form, optional)
                            "weights_sha256": "..."}   (the weights file's hash, checked on load)
@@ -33,6 +33,9 @@ import keras
 from kdet.files import file_sha256, fsync_path, read_json_object, write_json_atomic
 
 CONFIG_FILE = "kdet_model.json"
+#: 2: the config holds the labels and the evaluation kind, and the weights' SHA-256 is recorded.
+#: Directories without the field (version 1) still load: their labels come from the record's ``class_names``.
+FORMAT_VERSION = 2
 WEIGHTS_FILE = "model.weights.h5"
 
 
@@ -49,22 +52,31 @@ class ModelInfo:
     weights_sha256: str | None = None  # None in directories written before kdet checked it
 
 
-def save_model_dir(model, path: str, *, input_size: Sequence[int], class_names: Sequence[str],
-                   data: str | None = None, recipe: dict | None = None) -> str:
+def save_model_dir(model, path: str, *, input_size: Sequence[int], class_names: Sequence[str] | None = None,
+                   category_ids: Sequence[int] | None = None, data: str | None = None,
+                   recipe: dict | None = None) -> str:
     """Writes ``model``'s config and weights into ``path`` (created); returns ``path``.
 
+    The config is the inference config: without the training dtype policy
+    (a model trained under mixed precision is served in float32).
+
     Args:
-      model: a kdet detector (registered Keras class with ``get_config``).
+      model: a kdet :class:`~kdet.detectors.base.Detector`.
       input_size: ``(height, width)`` it runs at (serving letterboxes into it).
-      class_names: label names in class-index order.
+      class_names, category_ids: the data's label names and ids; when given
+        they become the model's (``model.set_labels``), else the model's own
+        are written.
       data: the data string (:mod:`kdet.data.sources`) of its validation split.
       recipe: what trained it (name, hyperparameters), stored as given.
     """
     try:
+        if class_names is not None:
+            model.set_labels(class_names, category_ids)
         os.makedirs(path, exist_ok=True)
-        record = {"detector": keras.saving.get_registered_name(type(model)), "config": model.get_config(),
-                  "input_size": [int(s) for s in input_size], "class_names": list(class_names), "data": data,
-                  "recipe": recipe or {}}
+        config = {k: v for k, v in model.get_config().items() if k != "dtype"}
+        record = {"format_version": FORMAT_VERSION, "detector": keras.saving.get_registered_name(type(model)),
+                  "config": config, "input_size": [int(s) for s in input_size],
+                  "class_names": list(model.class_names), "data": data, "recipe": recipe or {}}
         json.dumps(record, default=_jsonable)  # fails here, before anything on disk changes
         config_path = os.path.join(path, CONFIG_FILE)
         if os.path.exists(config_path):
@@ -95,6 +107,10 @@ def read_model_info(path: str) -> ModelInfo:
         raise FileNotFoundError(f"{path!r} is not a kdet model directory: {CONFIG_FILE} is missing "
                                 f"(write one with kdet.model_dir.save_model_dir or `kdet train`)")
     record = read_json_object(config_path, kind="kdet model config")
+    version = record.get("format_version", 1)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ValueError(f"{config_path}: model directory format version {version!r} is newer than this kdet reads "
+                         f"(versions 1..{FORMAT_VERSION}); upgrade kdet")
     missing = {"detector", "config", "input_size", "class_names"} - set(record)
     if missing:
         raise ValueError(f"{config_path}: missing fields {sorted(missing)}")
@@ -122,8 +138,14 @@ def load_model_dir(path: str, **overrides):
     cls = keras.saving.get_registered_object(info.detector)
     if cls is None:
         raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: unknown detector {info.detector!r}")
+    if not isinstance(info.config, dict):
+        raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: 'config' must be an object")
+    config = dict(info.config)
+    config.setdefault("class_names", list(info.class_names))  # a version-1 directory kept them beside the config
+    if "evaluation" not in config and info.recipe.get("evaluation"):
+        config["evaluation"] = info.recipe["evaluation"]
     try:
-        model = cls(**{**info.config, **overrides})
+        model = cls(**{**config, **overrides})
     except (TypeError, ValueError) as error:
         raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: its config does not build a {info.detector}: "
                          f"{error}") from None

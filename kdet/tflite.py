@@ -12,7 +12,8 @@ PyPI and a phone without the Flex delegate cannot run Select-TF ops. The
 converter is told so (``TFLITE_BUILTINS``), and :func:`flex_ops` checks the
 written flatbuffer again. Models that use ops without a builtin
 (``tf.image.crop_and_resize``, the antialiased resize) convert through their
-gather twins: pass ``use_gather=True`` variants (:func:`export_variant` does).
+gather twins: convert ``model.export_variant(input_size)``
+(:meth:`kdet.detectors.base.Detector.export_variant`).
 
 Quantisation (``quantization``):
 
@@ -35,27 +36,8 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.inference import detect_function, freeze
-from kdet.model_dir import build_for
 
 QUANTIZATIONS = ("float32", "float16", "int8")
-
-
-def export_variant(model, input_size: Sequence[int]):
-    """A copy of ``model`` whose ops are all TFLite-convertible, with the same weights.
-
-    FaceCascade gets ``use_gather=True`` (pyramid and crops with gathers),
-    CascadeRCNN ``use_gather_roi_align=True``; RetinaNet is returned as is.
-    The copy computes the same detections to float rounding. Both models are
-    built by a detection on a blank ``input_size`` image.
-    """
-    config = model.get_config()
-    switch = {"FaceCascade": "use_gather", "CascadeRCNN": "use_gather_roi_align"}.get(type(model).__name__)
-    if switch is None or config.get(switch):
-        return model
-    twin = build_for(type(model)(**{**config, switch: True}), input_size)
-    build_for(model, input_size)
-    twin.set_weights(model.get_weights())
-    return twin
 
 
 def convert_function(concrete, *, quantization: str = "float32",
@@ -140,7 +122,7 @@ def convert(model, *, input_size: Sequence[int], quantization: str = "float32",
     """Converts ``model`` for ``input_size`` (h, w) images; returns the flatbuffer.
 
     Args:
-      model: a kdet detector, already TFLite-convertible (see :func:`export_variant`).
+      model: a kdet detector, already TFLite-convertible (its ``export_variant``).
       input_size: ``(height, width)`` of the fixed input.
       quantization: one of :data:`QUANTIZATIONS`.
       representative_images: for ``"int8"``: ``[H, W, 3]`` uint8 images of

@@ -556,7 +556,7 @@ def test_speed_settings_keep_the_gather_twin_and_tflite_builtins():
                   pyramid="octave", stage1_nms_iou=0.8, stage2_nms_iou=0.5)
     images = tf.constant(np.random.default_rng(5).integers(0, 255, (1, 96, 128, 3)).astype(np.uint8))
     model = _gather_twin_of(common, images)
-    flatbuffer = tflite.convert(tflite.export_variant(model, (96, 128)), input_size=(96, 128))
+    flatbuffer = tflite.convert(model.export_variant((96, 128)), input_size=(96, 128))
     assert tflite.flex_ops(flatbuffer) == []
 
 

@@ -5,7 +5,6 @@ detections and never a crash, out-of-range values are clipped to 0..255, and
 no degenerate box is ever returned.
 """
 
-import io
 import json
 
 import keras

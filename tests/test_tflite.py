@@ -74,7 +74,7 @@ def test_face_cascade_float32_matches_keras():
     keras.utils.set_random_seed(7)
     model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
     model.build(None)
-    flatbuffer = tflite.convert(tflite.export_variant(model, (96, 128)), input_size=(96, 128))
+    flatbuffer = tflite.convert(model.export_variant((96, 128)), input_size=(96, 128))
     assert tflite.flex_ops(flatbuffer) == []
     runner = tflite.LiteRTDetector(flatbuffer)
     for seed in range(2):
@@ -111,7 +111,7 @@ def test_face_cascade_three_models_and_host_loop_match_keras():
                   crop_source="image")
     model = FaceCascade(**config)
     model.build(None)
-    stages = face_lite.convert_stages(tflite.export_variant(model, (96, 128)), input_size=(96, 128))
+    stages = face_lite.convert_stages(model.export_variant((96, 128)), input_size=(96, 128))
     for flatbuffer in stages.values():
         assert tflite.flex_ops(flatbuffer) == []
     loop = face_lite.FaceCascadeLite(stages, model.get_config())
@@ -148,7 +148,7 @@ def test_face_cascade_without_survivors_returns_zero_detections():
     """An image where no window passes a stage: no empty tensor reaches a TFLite op that refuses one."""
     model = FaceCascade(test_thresholds=(0.0, 1.1, 1.1), stage1_max_boxes=8, stage2_max_boxes=4)  # nothing passes
     model.build(None)
-    runner = tflite.LiteRTDetector(tflite.convert(tflite.export_variant(model, (48, 64)), input_size=(48, 64)))
+    runner = tflite.LiteRTDetector(tflite.convert(model.export_variant((48, 64)), input_size=(48, 64)))
     out = runner(np.zeros((48, 64, 3), np.uint8))
     assert int(out["num_detections"][0]) == 0
     assert int(model.detect(tf.zeros([1, 48, 64, 3]))["num_detections"][0]) == 0

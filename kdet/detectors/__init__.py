@@ -1,7 +1,9 @@
-"""The detectors (``keras.Model`` subclasses, registered with Keras under ``kdet>Name``)."""
+"""The detectors: ``keras.Model`` subclasses of :class:`~kdet.detectors.base.Detector`, registered with Keras under ``kdet>Name``."""
 
+from kdet.detectors.base import Detector
 from kdet.detectors.cascade_rcnn import CascadeRCNN
 from kdet.detectors.face_cascade import FaceCascade
 from kdet.detectors.retinanet import RetinaNet
+from kdet.detectors.rpn import RegionProposalNetwork
 
-__all__ = ["CascadeRCNN", "FaceCascade", "RetinaNet"]
+__all__ = ["CascadeRCNN", "Detector", "FaceCascade", "RegionProposalNetwork", "RetinaNet"]

@@ -47,6 +47,7 @@ import tensorflow as tf
 
 from kdet import boxes as box_ops
 from kdet import losses, postprocess
+from kdet.detectors.base import Detector
 from kdet.detectors.rpn import RegionProposalNetwork
 from kdet.heads.cascade import BoxHead
 from kdet.matching import Matcher, sample_balanced, trimmed_ground_truth
@@ -66,7 +67,7 @@ def given_proposals(targets: dict) -> dict[str, tf.Tensor]:
 
 
 @keras.saving.register_keras_serializable(package="kdet")
-class CascadeRCNN(keras.Model):
+class CascadeRCNN(Detector):
     """Cascade R-CNN; ``len(stage_ious)`` stages (1 stage is Faster R-CNN).
 
     Args (keyword-only; they are also :meth:`get_config`):
@@ -99,6 +100,8 @@ class CascadeRCNN(keras.Model):
         earlier RPN, as in Fast R-CNN training and the two-step joint
         training of Qin et al. (Sec. 5.2).
     """
+
+    export_switches = {"use_gather_roi_align": True}  # RoIAlign by gathers: TFLite builtins
 
     def __init__(
         self,
@@ -308,9 +311,9 @@ class CascadeRCNN(keras.Model):
         return {"boxes": box_ops.clip_boxes(out["boxes"], image_size), "scores": scores,
                 "valid": proposals["levels"] >= 0, "stage_boxes": stage_boxes}
 
-    def detect(self, images, *, stages: int | None = None, ensemble: bool | None = None,
-               iterations: int | None = None) -> dict[str, tf.Tensor]:
-        """Images ``[B, H, W, 3]`` (0..255) -> the output contract (see :mod:`kdet.postprocess`).
+    def detect_clean(self, images, *, stages: int | None = None, ensemble: bool | None = None,
+                     iterations: int | None = None) -> dict[str, tf.Tensor]:
+        """Finite images ``[B, H, W, 3]`` (0..255) -> the output contract (``detect`` guards the input).
 
         ``stages``, ``ensemble`` and ``iterations`` override ``test_stages``,
         ``ensemble`` and ``test_iterations`` for this call (Table 2: one stage
@@ -321,25 +324,11 @@ class CascadeRCNN(keras.Model):
         stages = stages or cfg["test_stages"] or self.num_stages
         ensemble = cfg["ensemble"] if ensemble is None else ensemble
         iterations = iterations or cfg["test_iterations"]
-        images = tf.cast(images, tf.float32)
-        clean = postprocess.zero_non_finite(images)
-        result = self.cascade_inference(clean, self(clean, training=False), stages=stages, ensemble=ensemble,
+        result = self.cascade_inference(images, self(images, training=False), stages=stages, ensemble=ensemble,
                                         iterations=iterations)
         scores = tf.where(result["valid"][..., None], result["scores"][..., 1:], 0.0)  # drop background
         top, box_index, class_id = postprocess.top_k_candidates(
             scores, cfg["max_detections"] * 10, cfg["score_threshold"], activation=None)
         boxes = tf.gather(result["boxes"], box_index, batch_dims=1)
-        detections = postprocess.class_aware_nms(
+        return postprocess.class_aware_nms(
             boxes, top, class_id, iou_threshold=cfg["nms_iou_threshold"], max_detections=cfg["max_detections"])
-        return postprocess.suppress_non_finite(images, detections)
-
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self.detect(x)
-
-    def get_config(self):
-        return dict(self._config)
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)

@@ -35,6 +35,7 @@ import tensorflow as tf
 
 from kdet import boxes as box_ops
 from kdet import losses, postprocess
+from kdet.detectors.base import Detector
 from kdet.face_pyramid import (
     PYRAMID_METHODS,
     best_levels,
@@ -70,7 +71,7 @@ STAGE1_NMS_CANDIDATES = 8
 
 
 @keras.saving.register_keras_serializable(package="kdet")
-class FaceCascade(keras.Model):
+class FaceCascade(Detector):
     """The 12/24/48 face cascade as one Keras model.
 
     Args:
@@ -129,6 +130,10 @@ class FaceCascade(keras.Model):
         R-net trunk, ~0.55x), see
         :data:`kdet.heads.face.X24_TRUNKS`. Changes the weights: train with it.
     """
+
+    default_evaluation = "face"
+    default_class_names = ("face",)
+    export_switches = {"use_gather": True}  # pyramid and crops by gathers: TFLite builtins
 
     def __init__(
         self,
@@ -488,26 +493,11 @@ class FaceCascade(keras.Model):
                                                  iou_threshold=cfg["nms_iou_threshold"],
                                                  max_detections=cfg["max_detections"])
 
-    def detect(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        """Detects faces in ``[B, H, W, 3]`` images (uint8 or float in [0, 255]; static H, W).
-
-        Non-finite pixels are zeroed (and other values clipped to 0..255)
-        before the pyramid, and an image with a NaN or inf pixel reports no
-        detections (the contract of every kdet detector).
+    def detect_clean(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """Detects faces in finite ``[B, H, W, 3]`` images in [0, 255] (static H, W; ``detect`` guards the input).
 
         Returns the output contract with boxes in pixels of ``images``.
         """
-        for _, outputs in self.detect_steps(postprocess.zero_non_finite(images)):
+        for _, outputs in self.detect_steps(images):
             pass
-        return postprocess.suppress_non_finite(images, outputs)
-
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self.detect(x)
-
-    def get_config(self):
-        return dict(self._config)
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        return outputs

@@ -53,6 +53,8 @@ FACE_RCNN = dict(
     score_threshold=0.05,
     nms_iou_threshold=0.3,
     max_detections=100,
+    class_names=("face",),
+    evaluation="face",  # face AP, AFW AP30 and the discrete ROC, as the face cascade
 )
 
 

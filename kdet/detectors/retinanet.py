@@ -37,6 +37,7 @@ from kdet import anchors as anchor_ops
 from kdet import boxes as box_ops
 from kdet import losses, postprocess
 from kdet.backbones import FPN, build_backbone
+from kdet.detectors.base import Detector
 from kdet.heads.retinanet import RetinaNetHead
 from kdet.matching import Matcher, trimmed_ground_truth, with_sentinel_column
 
@@ -50,7 +51,7 @@ def box_codes_key(regression: int) -> str:
 
 
 @keras.saving.register_keras_serializable(package="kdet")
-class RetinaNet(keras.Model):
+class RetinaNet(Detector):
     """RetinaNet with FPN P3-P7, 9 anchors per location and the focal loss.
 
     Args (keyword-only; they are also :meth:`get_config`):
@@ -305,26 +306,12 @@ class RetinaNet(keras.Model):
             max_detections=cfg["max_detections"],
             refinements=refinements,
         )
-        return postprocess.suppress_non_finite(images, detections)
+        return detections
 
-    def detect(self, images: tf.Tensor, *, regressions: int | None = None) -> dict[str, tf.Tensor]:
-        """Images ``[B, H, W, 3]`` (0..255) -> the output contract.
+    def detect_clean(self, images: tf.Tensor, *, regressions: int | None = None) -> dict[str, tf.Tensor]:
+        """Finite images ``[B, H, W, 3]`` (0..255) -> the output contract (``detect`` guards the input).
 
-        Non-finite pixels are zeroed before the network and their image
-        reports zero detections. ``regressions`` overrides
-        ``test_regressions`` for this call (1 on a #reg = 2 model is "2*").
+        ``regressions`` overrides ``test_regressions`` for this call (1 on a
+        #reg = 2 model is "2*").
         """
-        images = tf.cast(images, tf.float32)
-        return self.postprocess(images, self(postprocess.zero_non_finite(images), training=False),
-                                regressions=regressions)
-
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        return self.detect(x)
-
-    def get_config(self):
-        return dict(self._config)
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        return self.postprocess(images, self(images, training=False), regressions=regressions)

@@ -16,14 +16,15 @@ import tensorflow as tf
 
 from kdet import anchors as anchor_ops
 from kdet import boxes as box_ops
-from kdet import losses, postprocess, rpn
+from kdet import losses, rpn
 from kdet.backbones import FPN, build_backbone
+from kdet.detectors.base import Detector
 from kdet.heads.rpn import RPNHead
 from kdet.matching import Matcher
 
 
 @keras.saving.register_keras_serializable(package="kdet")
-class RegionProposalNetwork(keras.Model):
+class RegionProposalNetwork(Detector):
     """RPN with one anchor scale per level and three ratios (32..512 px on P2..P6).
 
     Args (keyword-only; they are also :meth:`get_config`):
@@ -40,6 +41,8 @@ class RegionProposalNetwork(keras.Model):
       pre_nms_top_k_train / _test, max_proposals_train / _test,
       nms_iou_threshold, min_size: proposal generation.
     """
+
+    default_class_names = ("object",)
 
     def __init__(
         self,
@@ -138,18 +141,9 @@ class RegionProposalNetwork(keras.Model):
             nms_iou_threshold=cfg["nms_iou_threshold"], min_size=cfg["min_size"],
         )
 
-    def predict_step(self, data):
-        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
-        images = tf.cast(x, tf.float32)
-        found = self.proposals(images, self(postprocess.zero_non_finite(images), training=False), training=False)
+    def detect_clean(self, images) -> dict[str, tf.Tensor]:
+        """Finite images -> the test proposals as the output contract (class 0 "object", score = objectness)."""
+        found = self.proposals(images, self(images, training=False), training=False)
         valid = found["levels"] >= 0
-        detections = {"boxes": found["boxes"], "scores": found["scores"],
-                      "classes": tf.where(valid, 0, -1), "num_detections": found["num_proposals"]}
-        return postprocess.suppress_non_finite(images, detections)
-
-    def get_config(self):
-        return dict(self._config)
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
+        return {"boxes": found["boxes"], "scores": found["scores"], "classes": tf.where(valid, 0, -1),
+                "num_detections": found["num_proposals"]}

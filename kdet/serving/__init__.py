@@ -12,7 +12,6 @@ from kdet.serving.savedmodel import (
     OUTPUT_NAMES,
     SIGNATURES,
     DetectionServingModule,
-    class_names_of,
     export_saved_model,
     label_map_pbtxt,
     load_label_map,
@@ -21,5 +20,5 @@ from kdet.serving.savedmodel import (
 )
 
 __all__ = ["DetectionServingModule", "ImageFileError", "LABEL_MAP_FILE", "OUTPUT_NAMES", "SIGNATURES",
-           "class_names_of", "decode_image", "export_saved_model", "label_map_pbtxt", "letterbox", "load_label_map",
+           "decode_image", "export_saved_model", "label_map_pbtxt", "letterbox", "load_label_map",
            "parse_label_map", "read_image_file", "to_detection_api"]

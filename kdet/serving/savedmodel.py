@@ -112,14 +112,6 @@ def to_detection_api(detections: dict, scale: tf.Tensor, original_hw: tf.Tensor,
     }
 
 
-def class_names_of(model) -> list[str]:
-    """Default label names: ``["face"]`` for face detectors, ``class_1..class_C`` otherwise."""
-    config = model.get_config()
-    if "num_classes" not in config:
-        return ["face"]
-    return [f"class_{i + 1}" for i in range(int(config["num_classes"]))]
-
-
 class DetectionServingModule(tf.Module):
     """A detector with explicit serving signatures (see the module docstring).
 
@@ -128,8 +120,8 @@ class DetectionServingModule(tf.Module):
       input_size: ``(height, width)`` the detector runs at; every request is
         letterboxed into it. RetinaNet and Cascade R-CNN need multiples of
         ``2 ** max_level``; FaceCascade builds its pyramid for this size.
-      class_names: label names in class-index order (default
-        :func:`class_names_of`).
+      class_names: label names in class-index order (default: the model's
+        ``class_names``).
       max_pixels: ``serving_bytes`` refuses an encoded image whose header
         declares more pixels (height x width) than this, before decoding it
         (a 12000x12000 JPEG would otherwise take about 1.8 GB).
@@ -144,10 +136,9 @@ class DetectionServingModule(tf.Module):
         if len(input_size) != 2 or min(int(s) for s in input_size) < 1:
             raise ValueError(f"input_size must be (height, width) positive ints, got {input_size!r}")
         self.input_size = tuple(int(s) for s in input_size)
-        names = list(class_names) if class_names is not None else class_names_of(model)
-        config = model.get_config()
-        if "num_classes" in config and len(names) != int(config["num_classes"]):
-            raise ValueError(f"class_names has {len(names)} names but the model has {config['num_classes']} classes")
+        names = list(class_names) if class_names is not None else list(model.class_names)
+        if len(names) != model.num_classes:
+            raise ValueError(f"class_names has {len(names)} names but the model has {model.num_classes} classes")
         self.class_names = names
         if not model.variables:
             build_for(model, self.input_size)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -145,8 +144,9 @@ def set_precision(policy: str | None) -> None:
     keras.mixed_precision.set_dtype_policy(policy)
 
 
-def _evaluator(recipe: Recipe, info: DetectionInfo):
-    if recipe.evaluation == "face":
+def _evaluator(model, recipe: Recipe, info: DetectionInfo):
+    """The evaluator the model asks for (``model.evaluation``); face settings from the recipe's ``extra``."""
+    if model.evaluation == "face":
         from kdet.evaluation.face import FaceEvaluator
 
         return FaceEvaluator(min_face_size=recipe.extra.get("min_face_size"))
@@ -155,8 +155,8 @@ def _evaluator(recipe: Recipe, info: DetectionInfo):
     return CocoEvaluator(category_ids=info.category_ids, class_names=info.class_names)
 
 
-def _monitor(recipe: Recipe) -> str:
-    return "val_AP50" if recipe.evaluation == "face" else "val_AP"
+def _monitor(model) -> str:
+    return "val_AP50" if model.evaluation == "face" else "val_AP"
 
 
 class EvaluationCallback(keras.callbacks.Callback):
@@ -321,7 +321,7 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     elif evaluate:
         from kdet.evaluation import evaluate_model
 
-        metrics = evaluate_model(model, val, _evaluator(recipe, val_info), progress=verbose == 1)
+        metrics = evaluate_model(model, val, _evaluator(model, recipe, val_info), progress=verbose == 1)
     result = TrainResult(model=model, metrics={k: float(v) for k, v in metrics.items()}, history=history,
                          model_dir=model_dir, start_step=start_step, steps=total,
                          seconds=round(time.time() - started, 1))
@@ -381,7 +381,7 @@ def _log_dir(model_dir: str, strategy) -> str:
 
 def _write_outputs(result: TrainResult, recipe: Recipe, info: DetectionInfo, *, seed, mixed_precision) -> None:
     save_model_dir(result.model, result.model_dir, input_size=recipe.image_size, class_names=info.class_names,
-                   data=recipe.val_data, recipe=_recipe_record(recipe, seed=seed, mixed_precision=mixed_precision,
+                   category_ids=info.category_ids, data=recipe.val_data, recipe=_recipe_record(recipe, seed=seed, mixed_precision=mixed_precision,
                                                                steps=result.steps))
     summary = {"recipe": recipe.name, "metrics": result.metrics, "steps": result.steps,
                "resumed_from_step": result.start_step, "seconds": result.seconds,
@@ -404,6 +404,7 @@ def _build(recipe: Recipe, info: DetectionInfo, strategy) -> keras.Model:
     with strategy.scope():
         model = recipe.build_model(info.num_classes, backbone=recipe.backbone,
                                    backbone_weights=recipe.backbone_weights)
+        model.set_labels(info.class_names, info.category_ids)
         build_for(model, recipe.image_size)
         model.compile(optimizer=schedule.make_optimizer())
         model.optimizer.build(model.trainable_variables)
@@ -453,8 +454,8 @@ def _train_steps(recipe: Recipe, *, model_dir, train_examples, info, val, epochs
                        scale_jitter=recipe.scale_jitter, seed=seed)
     common, evaluation = list(callbacks), None
     if evaluate:
-        monitor = _monitor(recipe)
-        evaluation = EvaluationCallback(val, _evaluator(recipe, info), verbose=verbose)
+        monitor = _monitor(model)
+        evaluation = EvaluationCallback(val, _evaluator(model, recipe, info), verbose=verbose)
         common = [evaluation,
                   keras.callbacks.ModelCheckpoint(os.path.join(model_dir, BEST_WEIGHTS), monitor=monitor,
                                                   mode="max", save_best_only=True, save_weights_only=True,

@@ -1,0 +1,139 @@
+"""``Detector``: the one base of every kdet detector.
+
+It owns what every detector shares, so that generic code (the command line,
+serving, TFLite conversion, the training loop) asks the model instead of
+guessing from class names, config keys or metric keys:
+
+* the output contract and its input guard: :meth:`Detector.detect` casts
+  the images to float32, zeroes non-finite pixels and clips the rest to
+  0..255 before the network, and afterwards gives an image with a NaN or inf
+  pixel no detections and drops degenerate boxes
+  (:func:`kdet.postprocess.suppress_non_finite`); ``predict_step`` is
+  ``detect``. Subclasses implement :meth:`Detector.detect_clean` only.
+* labels: :attr:`class_names` and the dataset's :attr:`category_ids` (COCO
+  category ids, possibly non-contiguous) that the label indices stand for.
+* :attr:`evaluation`: ``"coco"`` (COCO AP) or ``"face"`` (face AP, AFW AP30,
+  discrete ROC), which metrics ``kdet evaluate`` and ``kdet train`` compute.
+* :meth:`export_variant`: the same detector with the TFLite-builtin twins of
+  its ops (``export_switches``), weights copied.
+* the config: constructor keyword arguments, returned by ``get_config``
+  chained to Keras' (``name``, ``trainable``, ``dtype``), and
+  ``from_config(config) == cls(**config)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping, Sequence
+
+import keras
+import tensorflow as tf
+
+from kdet import postprocess
+
+EVALUATIONS = ("coco", "face")
+
+
+class Detector(keras.Model):
+    """Base of the kdet detectors (see the module docstring).
+
+    Args:
+      class_names: label names in label-index order (default ``class_1`` ...
+        ``class_K``, or the subclass's :attr:`default_class_names`).
+      category_ids: the dataset's id of each label (default ``1..K``).
+      evaluation: ``"coco"`` or ``"face"`` (default: the subclass's
+        :attr:`default_evaluation`).
+      **kwargs: ``keras.Model`` arguments (``name``, ``trainable``, ``dtype``).
+    """
+
+    default_evaluation: ClassVar[str] = "coco"
+    default_class_names: ClassVar[tuple[str, ...] | None] = None
+    #: Config changes that give the builtins-only twin of :meth:`export_variant`.
+    export_switches: ClassVar[Mapping[str, Any]] = {}
+
+    def __init__(self, *, class_names: Sequence[str] | None = None, category_ids: Sequence[int] | None = None,
+                 evaluation: str | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if evaluation is not None and evaluation not in EVALUATIONS:
+            raise ValueError(f"evaluation must be one of {EVALUATIONS}, got {evaluation!r}")
+        self._labels = {"class_names": None if class_names is None else tuple(str(n) for n in class_names),
+                        "category_ids": None if category_ids is None else tuple(int(i) for i in category_ids),
+                        "evaluation": evaluation}
+        self._config: dict = {}
+
+    # ---------------------------------------------------------------- what generic code asks
+    @property
+    def num_classes(self) -> int:
+        """Foreground classes (label indices ``0..num_classes-1``)."""
+        return int(self._config.get("num_classes", 1))
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        names = self._labels["class_names"] or self.default_class_names
+        return tuple(names) if names else tuple(f"class_{i + 1}" for i in range(self.num_classes))
+
+    @property
+    def category_ids(self) -> tuple[int, ...]:
+        return self._labels["category_ids"] or tuple(range(1, self.num_classes + 1))
+
+    @property
+    def evaluation(self) -> str:
+        return self._labels["evaluation"] or self.default_evaluation
+
+    def set_labels(self, class_names: Sequence[str], category_ids: Sequence[int] | None = None) -> None:
+        """Names the labels (and the dataset's ids for them); both are then part of the config."""
+        self._check_labels(class_names, category_ids)
+        self._labels["class_names"] = tuple(str(n) for n in class_names)  # (Keras' tracked dict: item by item)
+        self._labels["category_ids"] = None if category_ids is None else tuple(int(i) for i in category_ids)
+
+    def _check_labels(self, class_names, category_ids) -> None:
+        for what, values in (("class_names", class_names), ("category_ids", category_ids)):
+            if values is not None and len(values) != self.num_classes:
+                raise ValueError(f"{what} has {len(values)} entries but the {type(self).__name__} has "
+                                 f"{self.num_classes} classes")
+
+    # ---------------------------------------------------------------- inference
+    def detect(self, images: tf.Tensor, **options) -> dict[str, tf.Tensor]:
+        """Images ``[B, H, W, 3]`` (raw RGB 0..255, any real dtype) -> the output contract.
+
+        ``options`` are the subclass's test-time overrides (see its
+        :meth:`detect_clean`). Non-finite pixels are zeroed and other values
+        clipped to 0..255 before the network; an image with a NaN or inf pixel
+        reports no detections; no degenerate box is returned.
+        """
+        images = tf.cast(images, tf.float32)
+        found = self.detect_clean(postprocess.zero_non_finite(images), **options)
+        return postprocess.suppress_non_finite(images, found)
+
+    def detect_clean(self, images: tf.Tensor, **options) -> dict[str, tf.Tensor]:
+        """The detector proper, on finite float32 images in 0..255 -> the output contract."""
+        raise NotImplementedError
+
+    def predict_step(self, data):
+        x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+        return self.detect(x)
+
+    # ---------------------------------------------------------------- export
+    def export_variant(self, input_size: Sequence[int]) -> Detector:
+        """This detector with the TFLite-builtin twins of its ops and the same weights (itself if it has none).
+
+        Both are built by a detection on a blank ``input_size`` image; the twin
+        computes the same detections to float rounding.
+        """
+        from kdet.model_dir import build_for
+
+        config = self.get_config()
+        if not self.export_switches or all(config.get(k) == v for k, v in self.export_switches.items()):
+            return self
+        twin = build_for(type(self).from_config({**config, **self.export_switches}), input_size)
+        build_for(self, input_size)
+        twin.set_weights(self.get_weights())
+        return twin
+
+    # ---------------------------------------------------------------- config
+    def get_config(self) -> dict:
+        labels = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._labels.items() if v is not None}
+        return {**super().get_config(), **labels, **self._config}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
