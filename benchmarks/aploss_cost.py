@@ -21,8 +21,8 @@ Two measurements, printed as one JSON object and two tables:
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/aploss_cost.py             # full run (~15 min on 2 cores)
-    .venv/bin/python benchmarks/aploss_cost.py --quick     # tiny backbone, 256 px, small n
+    .venv/bin/python -m benchmarks.aploss_cost             # full run (~15 min on 2 cores)
+    .venv/bin/python -m benchmarks.aploss_cost --quick     # tiny backbone, 256 px, small n
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from benchmarks import worker_command  # noqa: E402
 import numpy as np  # noqa: E402
 
 NUM_CLASSES = 80
@@ -99,8 +100,8 @@ def run_step_workers(args) -> dict:
     for round_ in range(args.rounds):
         for loss in (("focal", "ap") if round_ % 2 == 0 else ("ap", "focal")):
             print(f"step: {loss}, round {round_ + 1}/{args.rounds} ...", flush=True)
-            done = subprocess.run([sys.executable, __file__, "--step-worker", loss, *forwarded],
-                                  capture_output=True, text=True, check=False)
+            command, env = worker_command("benchmarks.aploss_cost", "--step-worker", loss, *forwarded)
+            done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
             if done.returncode != 0:
                 raise RuntimeError(f"step worker {loss} failed:\n{done.stderr[-3000:]}")
             results[loss].append(json.loads(done.stdout.strip().splitlines()[-1]))

@@ -31,22 +31,20 @@ the two tables, and writes ``docs/cascade_ablation.png``.
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/cascade_ablation.py                  # 3 seeds (see README for the time)
-    .venv/bin/python benchmarks/cascade_ablation.py --quick          # smoke run, ~2 min
-    .venv/bin/python benchmarks/cascade_ablation.py --seeds 0 --epochs 4
+    .venv/bin/python -m benchmarks.cascade_ablation                  # 3 seeds (see README for the time)
+    .venv/bin/python -m benchmarks.cascade_ablation --quick          # smoke run, ~2 min
+    .venv/bin/python -m benchmarks.cascade_ablation --seeds 0 --epochs 4
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import ablation_common as common  # noqa: E402
+from benchmarks import ablation_common as common  # noqa: E402
 
 from kdet.detectors.cascade_rcnn import CascadeRCNN  # noqa: E402
 

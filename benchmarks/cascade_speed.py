@@ -108,10 +108,10 @@ Known differences that are not settings:
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/cascade_speed.py            # full run (~8 min on 2 cores)
-    .venv/bin/python benchmarks/cascade_speed.py --quick    # smoke run (~4.5 min)
-    .venv/bin/python benchmarks/cascade_speed.py --quick --mg-nms-version batched
-    .venv/bin/python benchmarks/cascade_speed.py --json out.json
+    .venv/bin/python -m benchmarks.cascade_speed            # full run (~8 min on 2 cores)
+    .venv/bin/python -m benchmarks.cascade_speed --quick    # smoke run (~4.5 min)
+    .venv/bin/python -m benchmarks.cascade_speed --quick --mg-nms-version batched
+    .venv/bin/python -m benchmarks.cascade_speed --json out.json
 
 Prints the environment, then one JSON object, then a table and the issue's
 targets (kdet inference <= 0.5x Model Garden's, in both inference conditions,
@@ -126,14 +126,12 @@ import argparse
 import contextlib
 import json
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-from retinanet_speed import (  # noqa: E402  (generic helpers shared with the RetinaNet benchmark)
+from benchmarks.retinanet_speed import (  # noqa: E402  (generic helpers shared with the RetinaNet benchmark)
     IMAGE_SIZE,
     LEARNING_RATE,
     MAX_GT,

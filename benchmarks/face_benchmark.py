@@ -194,9 +194,9 @@ image for kdet, 150-250 ms for MTCNN and Haar); latency ~6 min (6 detectors x
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/face_benchmark.py                # the README's table
-    .venv/bin/python benchmarks/face_benchmark.py --quick        # smoke run
-    .venv/bin/python benchmarks/face_benchmark.py --seeds 0 1 2 --cascade-epochs 3
+    .venv/bin/python -m benchmarks.face_benchmark                # the README's table
+    .venv/bin/python -m benchmarks.face_benchmark --quick        # smoke run
+    .venv/bin/python -m benchmarks.face_benchmark --seeds 0 1 2 --cascade-epochs 3
 """
 
 from __future__ import annotations
@@ -211,11 +211,11 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from benchmarks import worker_command  # noqa: E402
 import numpy as np  # noqa: E402
 
-import face_peers  # noqa: E402  (numpy only at import)
+from benchmarks import face_peers  # noqa: E402  (numpy only at import)
 
 # TensorFlow, Keras and kdet are imported inside the functions that need them:
 # a latency worker must pin its CPUs before TensorFlow sizes its thread pools.
@@ -564,7 +564,7 @@ class TrainingData:
         """The pretrained tiny backbone (cached by the ablations; pretrained here if missing), or None."""
         if self.args.rcnn_backbone != "pretrained":
             return None
-        import ablation_common
+        from benchmarks import ablation_common
 
         return ablation_common.pretrain_backbone(self.args.pretrained_dir, self.args.pretrain_steps, 8)
 
@@ -814,8 +814,8 @@ def measure_latency(args, timed: list[str], store: Store) -> dict:
                 spec["config"] = inference_config(name, store.read(source, args.seeds[0])["config"], args)
             env = {**os.environ, "OMP_NUM_THREADS": str(cores), "TF_CPP_MIN_LOG_LEVEL": "2"}
             load = os.getloadavg()
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--latency-worker", json.dumps(spec)],
-                                  capture_output=True, text=True, env=env, timeout=1800)
+            command, env = worker_command("benchmarks.face_benchmark", "--latency-worker", json.dumps(spec), env=env)
+            proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
             lines = [line for line in proc.stdout.splitlines() if line.startswith(WORKER_TAG)]
             if proc.returncode != 0 or not lines:  # reported, not fatal: the accuracy results stand
                 print(f"latency worker {name} on {cores} core(s) failed (exit {proc.returncode}):\n"

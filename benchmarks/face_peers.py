@@ -55,8 +55,8 @@ thread that the OS may move around).
 
 Command line::
 
-    .venv/bin/python benchmarks/face_peers.py --fetch   # fetch BlazeFace, print available_peers()
-    .venv/bin/python benchmarks/face_peers.py --demo [--threads 1]   # each peer on skimage's astronaut
+    .venv/bin/python -m benchmarks.face_peers --fetch   # fetch BlazeFace, print available_peers()
+    .venv/bin/python -m benchmarks.face_peers --demo [--threads 1]   # each peer on skimage's astronaut
 """
 
 from __future__ import annotations
@@ -443,7 +443,7 @@ class BlazeFacePeer:
                  nms: str = "weighted", num_threads: int | None = 1, min_face_size: int = 80):
         path = Path(model_path) if model_path else blazeface_path()
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run `python benchmarks/face_peers.py --fetch`")
+            raise FileNotFoundError(f"{path} is missing: run `python -m benchmarks.face_peers --fetch`")
         if nms not in ("weighted", "plain"):
             raise ValueError(f"nms must be 'weighted' or 'plain', not {nms!r}")
         self.model_path = path
@@ -528,7 +528,7 @@ def available_peers(cache_dir: str | os.PathLike | None = None) -> dict[str, str
         importlib.import_module("ai_edge_litert.interpreter")
         path = blazeface_path(cache_dir)
         status["blazeface"] = None if path.is_file() else (
-            f"{path} missing; run `python benchmarks/face_peers.py --fetch`")
+            f"{path} missing; run `python -m benchmarks.face_peers --fetch`")
     except Exception as err:  # noqa: BLE001
         status["blazeface"] = f"ai_edge_litert not importable ({type(err).__name__}: {err})"
     return status

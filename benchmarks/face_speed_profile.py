@@ -33,10 +33,10 @@ On a shared machine wall time includes waiting for the CPU: CPU time
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/face_speed_profile.py --mtcnn               # every setting, validation
-    .venv/bin/python benchmarks/face_speed_profile.py --settings before benchmark --mtcnn
-    .venv/bin/python benchmarks/face_speed_profile.py --split test --settings before benchmark --mtcnn
-    .venv/bin/python benchmarks/face_speed_profile.py --extra '{"mine": {"stage2_max_boxes": 16}}'
+    .venv/bin/python -m benchmarks.face_speed_profile --mtcnn               # every setting, validation
+    .venv/bin/python -m benchmarks.face_speed_profile --settings before benchmark --mtcnn
+    .venv/bin/python -m benchmarks.face_speed_profile --split test --settings before benchmark --mtcnn
+    .venv/bin/python -m benchmarks.face_speed_profile --extra '{"mine": {"stage2_max_boxes": 16}}'
 """
 
 from __future__ import annotations
@@ -45,16 +45,15 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from benchmarks import worker_command  # noqa: E402
 import numpy as np  # noqa: E402
 
-import face_benchmark  # noqa: E402  (numpy only at import)
-import face_peers  # noqa: E402
+from benchmarks import face_benchmark  # noqa: E402  (numpy only at import)
+from benchmarks import face_peers  # noqa: E402
 
 STEPS = ("pyramid", "x12", "x24", "x48", "nms")
 #: The face benchmark's cascade test pipeline before this profile (besides its test thresholds).
@@ -221,8 +220,8 @@ def time_mtcnn(args) -> dict | None:
             "rcnn_scale": 0.5, "peer_cache_dir": str(face_peers.DEFAULT_CACHE_DIR)}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     load = os.getloadavg()
-    proc = subprocess.run([sys.executable, face_benchmark.__file__, "--latency-worker", json.dumps(spec)],
-                          capture_output=True, text=True, env=env, timeout=1800)
+    command, env = worker_command("benchmarks.face_benchmark", "--latency-worker", json.dumps(spec), env=env)
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(face_benchmark.WORKER_TAG)]
     if proc.returncode != 0 or not lines:
         print(f"MTCNN latency worker failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}", flush=True)

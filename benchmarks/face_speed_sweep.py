@@ -27,7 +27,7 @@ Choose on ``validation``; report the choice on ``test`` with
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/face_speed_sweep.py --mtcnn \
+    .venv/bin/python -m benchmarks.face_speed_sweep --mtcnn \
         --overrides '{"pyramid": "area", "crop_method": "nearest", "compute_dtype": "bfloat16"}' \
         --ms-per-patch 0.05 0.2 --grid '{"t1": [0.005, 0.01, 0.015, 0.02, 0.03, 0.05], "stage1_max_boxes":
         [128, 160, 192, 256], "stage1_nms_iou": [null, 0.7, 0.8], "t2": [0.001, 0.01, 0.05],
@@ -45,17 +45,15 @@ import argparse
 import itertools
 import json
 import os
-import sys
 import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
 
-import face_benchmark  # noqa: E402
-import face_peers  # noqa: E402
+from benchmarks import face_benchmark  # noqa: E402
+from benchmarks import face_peers  # noqa: E402
 
 FIELDS = ("s12", "b12", "s24", "b24", "s48", "b48")
 #: The grid swept by default: every combination (stage NMS None = off).
@@ -108,7 +106,7 @@ def weights_identity(args) -> str:
 
 def pass_model(args):
     """The target cascade with no thresholds and no budgets (every pooled window reaches every branch)."""
-    import face_speed_profile
+    from benchmarks import face_speed_profile
 
     everything = {"test_thresholds": [0.0, 0.0, 0.0], "stage1_max_boxes": 1 << 20, "stage2_max_boxes": 1 << 20,
                   "stage1_nms_iou": None, "stage2_nms_iou": None, **json.loads(args.overrides)}
@@ -269,7 +267,7 @@ def benchmark_setting() -> dict:
 
 def check(args, examples, data) -> dict:
     """The replay of the benchmark's setting against FaceCascade.detect itself: the same detections?"""
-    import face_speed_profile
+    from benchmarks import face_speed_profile
 
     p = benchmark_setting()
     model, _ = face_speed_profile.load_model(args, {"stage1_nms_iou": None, "stage2_nms_iou": None,

@@ -22,22 +22,20 @@ optimization beats the plain RetinaNet at every IoU threshold. Each finished
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/onestage_ablation.py                 # 3 seeds x 6 variants
-    .venv/bin/python benchmarks/onestage_ablation.py --quick         # smoke run
-    .venv/bin/python benchmarks/onestage_ablation.py --detectors focal ap --seeds 0
+    .venv/bin/python -m benchmarks.onestage_ablation                 # 3 seeds x 6 variants
+    .venv/bin/python -m benchmarks.onestage_ablation --quick         # smoke run
+    .venv/bin/python -m benchmarks.onestage_ablation --detectors focal ap --seeds 0
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import ablation_common as common  # noqa: E402
+from benchmarks import ablation_common as common  # noqa: E402
 
 from kdet.demo import demo_model_config  # noqa: E402
 from kdet.detectors.retinanet import RetinaNet  # noqa: E402

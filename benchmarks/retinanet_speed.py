@@ -38,9 +38,9 @@ has none) and its P6 comes from P5, kdet's from C5 (as in the paper).
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/retinanet_speed.py            # full run (~4 min on 2 cores)
-    .venv/bin/python benchmarks/retinanet_speed.py --quick    # smoke run
-    .venv/bin/python benchmarks/retinanet_speed.py --json out.json
+    .venv/bin/python -m benchmarks.retinanet_speed            # full run (~4 min on 2 cores)
+    .venv/bin/python -m benchmarks.retinanet_speed --quick    # smoke run
+    .venv/bin/python -m benchmarks.retinanet_speed --json out.json
 
 Prints the environment, then one JSON object, then a table.
 """

@@ -29,8 +29,8 @@ threads for Keras, inter-op 1), warm-up frames, then the median over
 every other round) and the best median is kept. Frames are real images:
 face test-split VGA images, shapes images letterboxed to 512.
 
-    python benchmarks/tflite_latency.py            # full run (~25 min on 2 cores)
-    python benchmarks/tflite_latency.py --quick    # a smoke run (tests use it)
+    python -m benchmarks.tflite_latency            # full run (~25 min on 2 cores)
+    python -m benchmarks.tflite_latency --quick    # a smoke run (tests use it)
 """
 
 from __future__ import annotations
@@ -42,10 +42,10 @@ import subprocess
 import sys
 import time
 
+from benchmarks import worker_command  # noqa: E402
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import face_peers  # noqa: E402
+from benchmarks import face_peers  # noqa: E402
 
 WORKER_TAG = "LATENCY_RESULT "
 VARIANTS = ("float32", "float16", "int8")
@@ -322,8 +322,8 @@ def latency(args, paths: dict, argv: list[str]) -> dict:
         for name, threads in settings if round_index % 2 == 0 else settings[::-1]:
             spec = {"name": name, "threads": threads, "paths": paths, "argv": argv}
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
-            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--latency-worker", json.dumps(spec)],
-                                  capture_output=True, text=True, env=env, timeout=1800)
+            command, env = worker_command("benchmarks.tflite_latency", "--latency-worker", json.dumps(spec), env=env)
+            proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
             lines = [line for line in proc.stdout.splitlines() if line.startswith(WORKER_TAG)]
             if proc.returncode != 0 or not lines:
                 print(f"latency worker {name} x{threads} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}",

@@ -16,9 +16,9 @@ the rest. On a GPU machine the same command gives the GPU figure.
 
 Run (from the repository root)::
 
-    .venv/bin/python benchmarks/train_throughput.py                       # retinanet, 512x512, batch 2 per replica
-    .venv/bin/python benchmarks/train_throughput.py --recipe cascade_rcnn_fpn --steps 30
-    .venv/bin/python benchmarks/train_throughput.py --quick               # smoke run (tiny backbone, 128 px)
+    .venv/bin/python -m benchmarks.train_throughput                       # retinanet, 512x512, batch 2 per replica
+    .venv/bin/python -m benchmarks.train_throughput --recipe cascade_rcnn_fpn --steps 30
+    .venv/bin/python -m benchmarks.train_throughput --quick               # smoke run (tiny backbone, 128 px)
 
 Prints one JSON object, then a table.
 """

@@ -1,11 +1,10 @@
 """The paper-table benchmarks run end to end in --quick mode (a few steps), so they cannot rot silently."""
 
 import os
-import sys
+import importlib
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
 
 @pytest.mark.slow
@@ -14,7 +13,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     ("onestage_ablation", ["focal", "con_2_2"], ("aploss_table2", "consistent_table3")),
 ])
 def test_ablation_quick_run_prints_its_tables(script, detectors, tables, tmp_path, capsys):
-    module = __import__(script)
+    module = importlib.import_module(f"benchmarks.{script}")
     report = module.main(["--quick", "--detectors", *detectors, "--out-dir", str(tmp_path),
                           "--json", str(tmp_path / "report.json")])
     assert all(report[t] for t in tables)
@@ -31,8 +30,8 @@ def test_ablation_quick_run_prints_its_tables(script, detectors, tables, tmp_pat
 @pytest.mark.slow
 def test_face_benchmark_quick_run_prints_table_and_verdicts(tmp_path, capsys):
     """Every kdet face detector trains, the available peers run (none is fetched), one core is timed; resumes."""
-    import face_benchmark
-    import face_peers
+    from benchmarks import face_benchmark
+    from benchmarks import face_peers
 
     peers = [p for p, why in face_peers.available_peers().items() if why is None]
     report = face_benchmark.main(["--quick", "--out-dir", str(tmp_path), "--cores", "1"])
@@ -61,7 +60,7 @@ def test_face_benchmark_quick_run_prints_table_and_verdicts(tmp_path, capsys):
 @pytest.mark.slow
 def test_tflite_latency_quick_run_prints_its_table(tmp_path, capsys):
     """Shapes model trained by a tiny demo, converted float32/int8, evaluated; face cascade one and three models."""
-    import tflite_latency
+    from benchmarks import tflite_latency
 
     result = tflite_latency.main(["--quick", "--work-dir", str(tmp_path), "--shapes-model-dir",
                                   str(tmp_path / "shapes")])
@@ -75,7 +74,7 @@ def test_tflite_latency_quick_run_prints_its_table(tmp_path, capsys):
 
 def test_face_benchmark_cache_keys_follow_the_training_options():
     """Weights trained with other bootstrap / fine-tuning options are never reused; defaults add no key."""
-    import face_benchmark
+    from benchmarks import face_benchmark
 
     args = face_benchmark.parse_args([])
     key = face_benchmark.training_key("cascade_joint", 0, args)
@@ -96,7 +95,7 @@ def test_face_benchmark_cache_keys_follow_the_training_options():
 
 def test_face_speed_sweep_pass_is_tied_to_its_weights(tmp_path):
     """A cached pass names the weights file it ran; other (or retrained) weights give another identity."""
-    import face_speed_sweep
+    from benchmarks import face_speed_sweep
 
     for name, payload in (("a", b"x"), ("b", b"yy")):
         (tmp_path / name).mkdir()
@@ -112,7 +111,7 @@ def test_face_speed_sweep_pass_is_tied_to_its_weights(tmp_path):
 
 def test_tflite_latency_converts_again_after_retraining(tmp_path):
     """A cached conversion older than its weights (file or model directory) is stale; a newer one is reused."""
-    import tflite_latency
+    from benchmarks import tflite_latency
 
     converted, weights, model_dir = tmp_path / "m.tflite", tmp_path / "w.weights.h5", tmp_path / "model"
     assert tflite_latency.is_stale(str(converted), str(weights))  # not converted yet

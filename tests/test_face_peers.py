@@ -1,15 +1,12 @@
 """benchmarks/face_peers.py: BlazeFace's anchors, decoding, NMS and letterbox always; each peer on the
 astronaut photo when its package (and, for BlazeFace, the fetched model file) is here. Nothing is downloaded."""
 
-import os
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-import face_peers as fp  # noqa: E402
+from benchmarks import face_peers as fp  # noqa: E402
 
 # --------------------------------------------------------------------------- pure functions (always run)
 

@@ -12,7 +12,6 @@ import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -36,7 +35,7 @@ class PauseAt(keras.callbacks.Callback):
 
 
 def main():
-    from tiny_recipe import RECIPES
+    from tests.scripts.tiny_recipe import RECIPES  # the repository root is on PYTHONPATH (tests/test_training_processes.py)
 
     from kdet.training import loop
 
