@@ -25,7 +25,8 @@ def _seed_everything():
 
 #: Modules that take a minute or more on the 2-core CI machine, longest first.
 LONG_MODULES = ("test_benchmarks_smoke.py", "test_distributed.py", "test_tflite.py", "test_recipe_smoke.py",
-                "test_face_rcnn.py", "test_cascade_rcnn.py", "test_training_processes.py", "test_serving.py")
+                "test_face_rcnn.py", "test_cascade_rcnn.py", "test_bad_input_corpus.py", "test_training_processes.py",
+                "test_serving.py", "test_image_path.py", "test_detector_contract.py", "test_training_backup.py")
 
 
 def pytest_collection_modifyitems(config, items):

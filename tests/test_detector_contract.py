@@ -49,7 +49,8 @@ def test_every_detector_keeps_the_contract(name):
     found = model.predict(np.zeros((2,) + SIZE + (3,), np.uint8), verbose=0)
     assert sorted(found) == ["boxes", "classes", "num_detections", "scores"]
     k = found["scores"].shape[1]
-    assert found["boxes"].shape == (2, k, 4) and found["classes"].shape == (2, k) and found["num_detections"].shape == (2,)
+    assert found["boxes"].shape == (2, k, 4) and found["classes"].shape == (2, k)
+    assert found["num_detections"].shape == (2,)
     with pytest.raises(ValueError, match=f"class_names has 9 entries but the {type(model).__name__} has"):
         model.set_labels([f"n{i}" for i in range(9)])
 

@@ -198,8 +198,8 @@ def _image_record(image, *, where: str) -> dict[str, Any]:
         if height < 1 or width < 1:
             raise ValueError(f"{where}: 'width' and 'height' must be positive, got {width}x{height}")
         size = (height, width)
-    return {"file_name": _field(image, "file_name", str, where=where), "image_id": _field(image, "id", int, where=where),
-            "size": size, "boxes": [], "classes": [], "is_crowd": []}
+    return {"file_name": _field(image, "file_name", str, where=where),
+            "image_id": _field(image, "id", int, where=where), "size": size, "boxes": [], "classes": [], "is_crowd": []}
 
 
 class _ImageLoader:

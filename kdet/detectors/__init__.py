@@ -1,4 +1,4 @@
-"""The detectors: ``keras.Model`` subclasses of :class:`~kdet.detectors.base.Detector`, registered with Keras under ``kdet>Name``."""
+"""The detectors: subclasses of :class:`~kdet.detectors.base.Detector` (a ``keras.Model``), registered as ``kdet>Name``."""
 
 from kdet.detectors.base import Detector
 from kdet.detectors.cascade_rcnn import CascadeRCNN

@@ -21,6 +21,6 @@ def recipe_main(recipes, argv=None) -> int:
     return train_main(recipes, argv)
 
 
-__all__ = ["BackupError", "DetectionImages", "Recipe", "Run", "SGDWithL2", "StepBackup", "StepSchedule", "TerminateOnNaNTerm", "TrainResult",
-           "WarmupStepDecay", "backup_position", "choose_strategy", "recipe_main", "restore_backup", "set_precision", "train",
-           "training_stream"]
+__all__ = ["BackupError", "DetectionImages", "Recipe", "Run", "SGDWithL2", "StepBackup", "StepSchedule",
+           "TerminateOnNaNTerm", "TrainResult", "WarmupStepDecay", "backup_position", "choose_strategy", "recipe_main",
+           "restore_backup", "set_precision", "train", "training_stream"]

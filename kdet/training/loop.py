@@ -380,9 +380,9 @@ def _log_dir(model_dir: str, strategy) -> str:
 
 
 def _write_outputs(result: TrainResult, recipe: Recipe, info: DetectionInfo, *, seed, mixed_precision) -> None:
+    record = _recipe_record(recipe, seed=seed, mixed_precision=mixed_precision, steps=result.steps)
     save_model_dir(result.model, result.model_dir, input_size=recipe.image_size, class_names=info.class_names,
-                   category_ids=info.category_ids, data=recipe.val_data, recipe=_recipe_record(recipe, seed=seed, mixed_precision=mixed_precision,
-                                                               steps=result.steps))
+                   category_ids=info.category_ids, data=recipe.val_data, recipe=record)
     summary = {"recipe": recipe.name, "metrics": result.metrics, "steps": result.steps,
                "resumed_from_step": result.start_step, "seconds": result.seconds,
                "final_logs": {k: v[-1] for k, v in result.history.items() if v}}

@@ -35,7 +35,7 @@ class PauseAt(keras.callbacks.Callback):
 
 
 def main():
-    from tests.scripts.tiny_recipe import RECIPES  # the repository root is on PYTHONPATH (tests/test_training_processes.py)
+    from tests.scripts.tiny_recipe import RECIPES  # the repository root is on PYTHONPATH (the test sets it)
 
     from kdet.training import loop
 
