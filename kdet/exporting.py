@@ -7,6 +7,8 @@ from typing import Sequence
 
 import numpy as np
 
+from kdet.files import check_output_path
+
 FORMATS = ("savedmodel", "tflite")
 
 
@@ -51,10 +53,9 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
         raise ValueError("--quantization applies to --format tflite only (a SavedModel keeps float32 weights)")
     if format == "tflite" and max_pixels is not None:
         raise ValueError("--max-pixels applies to --format savedmodel only (a TFLite model takes decoded pixels)")
-    if format == "tflite" and os.path.isdir(out):
-        raise ValueError(f"--out {out!r} is a folder; give the .tflite file's path")
-    if format == "savedmodel" and os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out!r} is a file; give the SavedModel's folder (e.g. serving/NAME/1)")
+    check_output_path(out, "--out", folder=format == "savedmodel",
+                      what="the SavedModel's folder (e.g. serving/NAME/1)" if format == "savedmodel"
+                      else "the .tflite file's path")
     model, info = load_model_dir(model_dir)
     size = tuple(int(s) for s in (input_size or info.input_size))
     if format == "savedmodel":

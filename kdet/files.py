@@ -73,3 +73,22 @@ def read_json_object(path: str, *, kind: str) -> dict:
     if not isinstance(record, dict):
         raise ValueError(f"{path}: malformed {kind}: expected an object, got {type(record).__name__}")
     return record
+
+
+def check_output_path(path: str, flag: str, *, folder: bool, what: str = "") -> None:
+    """Refuses, before any work, an output path that cannot be written, with a message naming ``flag``.
+
+    Refused: a folder where a file is wanted or a file where a folder is
+    wanted, a path under an existing file, and an existing folder that is not
+    writable. ``what`` says what the path is for (``"the .tflite file"``).
+    """
+    want = what or ("a folder" if folder else "a file path")
+    if os.path.exists(path) and os.path.isdir(path) != folder:
+        raise ValueError(f"{flag} {path!r} is a {'file' if folder else 'folder'}; give {want}")
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent != os.path.abspath(path) and not os.path.isdir(parent):
+        raise ValueError(f"{flag} {path!r} cannot be written: {parent!r} is a file, so no folder can be made there")
+    if os.path.isdir(parent) and not os.access(parent, os.W_OK):
+        raise ValueError(f"{flag} {path!r} cannot be written: the folder {parent!r} is not writable")

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from kdet.data.pipeline import make_pipeline
 from kdet.data.sources import open_source
+from kdet.files import check_output_path
 from kdet.model_dir import build_for, load_model_dir
 
 
@@ -92,7 +93,7 @@ def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: i
     from kdet.evaluation import CocoEvaluator, FaceEvaluator, evaluate_model
 
     if results_json:
-        _check_writable_file(results_json, "--results-json")
+        check_output_path(results_json, "--results-json", folder=False)
     model, info = load_model_dir(model_dir)
     data = data or info.data
     if not data:
@@ -117,19 +118,6 @@ def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: i
     if results_json and hasattr(evaluator, "write_results_json"):
         evaluator.write_results_json(results_json)
     return metrics
-
-
-def _check_writable_file(path: str, flag: str) -> None:
-    """Refuses, before any work, an output file path that cannot be written (a folder, or under a file)."""
-    if os.path.isdir(path):
-        raise ValueError(f"{flag} {path!r} is a folder; give a file path")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"{flag} {path!r}: {parent!r} is a file, so the folder cannot be created")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"{flag} {path!r}: the folder {parent!r} is not writable")
 
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
@@ -212,12 +200,6 @@ def _check_threshold(score_threshold: float) -> float:
     return value
 
 
-def _output_folder(out_dir: str) -> str:
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ValueError(f"--out {out_dir!r} is a file; give a folder for the drawn images")
-    return out_dir
-
-
 def detect_files(model_dir: str, paths: Sequence[str], *, out_dir: str,
                  score_threshold: float = 0.3) -> Iterator[tuple[str, str, dict]]:
     """Detects on image files (folders: their images) and draws ``out_dir/NAME.png`` for each.
@@ -235,7 +217,7 @@ def detect_files(model_dir: str, paths: Sequence[str], *, out_dir: str,
     from kdet.visualize import draw_detections
 
     score_threshold = _check_threshold(score_threshold)
-    _output_folder(out_dir)
+    check_output_path(out_dir, "--out", folder=True, what="a folder for the drawn images")
     paths = image_files(paths)
     images = [read_image_file(p) for p in paths]
     model, info = load_model_dir(model_dir)

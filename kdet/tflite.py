@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from kdet.files import check_output_path
 from kdet.inference import detect_function, freeze
 
 QUANTIZATIONS = ("float32", "float16", "int8")
@@ -219,8 +220,7 @@ def summary(flatbuffer: bytes) -> dict:
 
 def write(flatbuffer: bytes, path: str) -> str:
     """Writes the flatbuffer to ``path`` (folders created) through a temporary name and a rename; returns the path."""
-    if os.path.isdir(path):
-        raise ValueError(f"--out {path!r} is a folder; give the .tflite file's path")
+    check_output_path(path, "--out", folder=False, what="the .tflite file's path")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     partial = f"{path}.partial-{os.getpid()}"
     with open(partial, "wb") as f:

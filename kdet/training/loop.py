@@ -47,7 +47,7 @@ import tensorflow as tf
 from kdet.data.example import DetectionInfo
 from kdet.data.pipeline import make_pipeline
 from kdet.data.sources import open_source
-from kdet.files import write_json_atomic
+from kdet.files import check_output_path, write_json_atomic
 from kdet.model_dir import build_for, is_complete, load_model_dir, save_model_dir
 from kdet.training.backup import restore_backup
 from kdet.training.callbacks import DetectionImages, StepBackup, TerminateOnNaNTerm
@@ -361,8 +361,7 @@ def _already_trained(recipe: Recipe, model_dir: str, started: float, *, model=No
 
 def _check_writable(model_dir: str) -> None:
     """Creates ``model_dir`` and proves it writable before any slow work (an error names the folder)."""
-    if os.path.exists(model_dir) and not os.path.isdir(model_dir):
-        raise ValueError(f"--model-dir {model_dir!r} is a file; give a folder")
+    check_output_path(model_dir, "--model-dir", folder=True)
     try:
         os.makedirs(model_dir, exist_ok=True)
         probe = os.path.join(model_dir, f".write-test-{os.getpid()}")
