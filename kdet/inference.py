@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Iterator, Sequence
 
@@ -120,16 +121,17 @@ def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: i
     return metrics
 
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
-
-
 def image_files(inputs: Sequence[str]) -> list[str]:
     """The image files named by ``inputs``: files as given, folders by their images (sorted, not recursive).
+
+    A folder's images are its files with an :data:`kdet.serving.image.IMAGE_SUFFIXES` ending.
 
     Raises:
       FileNotFoundError: an input does not exist.
       ValueError: a folder holds no image files.
     """
+    from kdet.serving.image import IMAGE_SUFFIXES
+
     files = []
     for item in inputs:
         if os.path.isdir(item):
@@ -160,7 +162,7 @@ def output_names(paths: Sequence[str], suffix: str = ".png") -> list[str]:
 
     names = [name(p, 0) for p in paths]
     for depth in range(1, 64):
-        counts = {n: names.count(n) for n in names}
+        counts = collections.Counter(names)
         if all(c == 1 for c in counts.values()):
             break
         names = [name(p, depth) if counts[n] > 1 else n for p, n in zip(paths, names)]

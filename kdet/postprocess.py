@@ -211,11 +211,21 @@ def suppress_non_finite(images: tf.Tensor, detections: dict[str, tf.Tensor]) -> 
     proper = ((boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
               & tf.reduce_all(tf.math.is_finite(boxes), axis=-1) & tf.math.is_finite(scores))
     keep = finite[:, None] & proper & (tf.range(k)[None, :] < detections["num_detections"][:, None])
+    return keep_detections(detections, keep)
+
+
+def keep_detections(detections: dict[str, tf.Tensor], keep: tf.Tensor) -> dict[str, tf.Tensor]:
+    """The contract dict with only the rows where ``keep`` (bool ``[B, K]``) holds, moved up in their order.
+
+    A stable sort keeps the score order of the kept rows; the rest become
+    padding (boxes 0, scores 0, classes -1) and ``num_detections`` counts
+    the kept rows.
+    """
     order = tf.argsort(tf.cast(~keep, tf.int32), axis=1, stable=True)  # kept rows first, in their order
     keep = tf.gather(keep, order, batch_dims=1)
     return {
-        "boxes": tf.where(keep[..., None], tf.gather(boxes, order, batch_dims=1), 0.0),
-        "scores": tf.where(keep, tf.gather(scores, order, batch_dims=1), 0.0),
+        "boxes": tf.where(keep[..., None], tf.gather(detections["boxes"], order, batch_dims=1), 0.0),
+        "scores": tf.where(keep, tf.gather(detections["scores"], order, batch_dims=1), 0.0),
         "classes": tf.where(keep, tf.gather(detections["classes"], order, batch_dims=1), -1),
         "num_detections": tf.reduce_sum(tf.cast(keep, detections["num_detections"].dtype), axis=1),
     }

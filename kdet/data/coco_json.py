@@ -256,17 +256,17 @@ def _load_image(element: dict, *, stats: DataStats, loader: _ImageLoader) -> dic
     return {**element, "image": image, "ok": ok}
 
 
-def _encodable_paths(records: list[dict], image_dir: str, *, stats_note: list) -> tuple[list[dict], list[bytes]]:
-    """Records whose file path the file system can encode, and those paths as bytes; the rest named and dropped."""
-    kept, paths = [], []
+def _encodable_paths(records: list[dict], image_dir: str) -> tuple[list[dict], list[bytes], list[str]]:
+    """``(records, their paths as bytes, file names left out)``: the file system cannot encode those names."""
+    kept, paths, unencodable = [], [], []
     for record in records:
         try:
             paths.append(os.fsencode(os.path.join(image_dir, record["file_name"])))
         except UnicodeEncodeError:
-            stats_note.append(record["file_name"])
+            unencodable.append(record["file_name"])
             continue
         kept.append(record)
-    return kept, paths
+    return kept, paths, unencodable
 
 
 def load_coco_json(
@@ -304,8 +304,7 @@ def load_coco_json(
     )
     records = parse_annotations(data, info=info, source=source,
                                 allow_missing_annotations=allow_missing_annotations)
-    unencodable: list[str] = []
-    records, paths = _encodable_paths(records, image_dir, stats_note=unencodable)
+    records, paths, unencodable = _encodable_paths(records, image_dir)
     if unencodable:
         logger.warning("kdet.data: %s: skipping %d images whose file names this file system cannot encode: %s",
                        source, len(unencodable), ", ".join(ascii(n) for n in unencodable[:5]))

@@ -30,6 +30,8 @@ import tensorflow as tf
 TF_FORMATS = {"JPEG": (b"\xff\xd8\xff",), "PNG": (b"\x89PNG\r\n\x1a\n",), "GIF": (b"GIF87a", b"GIF89a"),
               "BMP": (b"BM",), "WebP": (b"RIFF",)}
 TF_FORMAT_NAMES = "JPEG, PNG, GIF, BMP or WebP"
+#: File endings of the images :func:`read_image_file` reads (TIFF through PIL), for picking them out of a folder.
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class ImageFileError(ValueError):

@@ -47,6 +47,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from kdet import postprocess
 from kdet.model_dir import build_for
 from kdet.serving.image import (
     DEFAULT_MAX_PIXELS,
@@ -95,20 +96,15 @@ def to_detection_api(detections: dict, scale: tf.Tensor, original_hw: tf.Tensor,
     hw = tf.broadcast_to(tf.reshape(tf.cast(original_hw, tf.float32), [-1, 2]), [batch, 2])
     extent = tf.maximum(tf.concat([hw, hw], axis=1), 1.0)[:, None, :]
     boxes = tf.clip_by_value(detections["boxes"] / scale[:, None, None] / extent, 0.0, 1.0)
-    # Boxes that lay wholly in the letterbox padding are empty once clipped: drop them and close the gaps
-    # (a stable sort keeps the score order of the rest).
+    # Boxes that lay wholly in the letterbox padding are empty once clipped: drop them and close the gaps.
     inside = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
     keep = (tf.range(k)[None, :] < detections["num_detections"][:, None]) & inside & valid[:, None]
-    order = tf.argsort(tf.cast(~keep, tf.int32), axis=1, stable=True)
-    keep = tf.gather(keep, order, batch_dims=1)
-    boxes = tf.gather(boxes, order, batch_dims=1)
-    scores = tf.gather(detections["scores"], order, batch_dims=1)
-    classes = tf.gather(detections["classes"], order, batch_dims=1)
+    kept = postprocess.keep_detections({**detections, "boxes": boxes}, keep)
     return {
-        "detection_boxes": tf.where(keep[..., None], boxes, 0.0),
-        "detection_scores": tf.where(keep, scores, 0.0),
-        "detection_classes": tf.where(keep, tf.cast(classes + 1, tf.float32), 0.0),
-        "num_detections": tf.reduce_sum(tf.cast(keep, tf.float32), axis=1),
+        "detection_boxes": kept["boxes"],
+        "detection_scores": kept["scores"],
+        "detection_classes": tf.cast(kept["classes"] + 1, tf.float32),  # padding: -1 + 1 = 0
+        "num_detections": tf.cast(kept["num_detections"], tf.float32),
     }
 
 

@@ -300,8 +300,8 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(_log_dir(model_dir, strategy), update_freq=max(
             1, min(100, recipe.steps_per_epoch // 10))))
-    if recipe.train is not None and _finished(model_dir):
-        return _already_trained(recipe, model_dir, started)
+    if recipe.train is not None and (summary := _finished(model_dir)):
+        return _already_trained(recipe, model_dir, summary, started)
     if recipe.train is not None:
         run = Run(recipe=recipe, model_dir=model_dir, train_examples=train_examples, train_info=train_info,
                   val_examples=val_examples, val_info=val_info, batch_size=recipe.batch_size, strategy=strategy,
@@ -313,8 +313,8 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
             recipe, model_dir=model_dir, train_examples=train_examples, info=train_info, val=val,
             epochs=epochs, steps=steps, seed=seed, strategy=strategy, backup_every=backup_every,
             evaluate=evaluate, callbacks=callbacks, verbose=verbose)
-        if start_step == total and _finished(model_dir, steps=total):
-            return _already_trained(recipe, model_dir, started, model=model, steps=total)
+        if start_step == total and (summary := _finished(model_dir, steps=total)):
+            return _already_trained(recipe, model_dir, summary, started, model=model)
     metrics = {}
     if evaluated is not None and evaluated.last_step == int(model.optimizer.iterations.numpy()):
         metrics = evaluated.last_metrics  # the last epoch ended with the final weights: no second pass
@@ -330,8 +330,8 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     return result
 
 
-def _finished(model_dir: str, *, steps: int | None = None) -> bool:
-    """True when ``model_dir`` holds a complete model directory and the metrics of the run that wrote it.
+def _finished(model_dir: str, *, steps: int | None = None) -> dict | None:
+    """The metrics summary of the run that wrote ``model_dir``, when that directory is complete (else None).
 
     With ``steps``, that run must also have ended at that global step (a
     directory left by a shorter earlier run is not this run's result).
@@ -340,17 +340,15 @@ def _finished(model_dir: str, *, steps: int | None = None) -> bool:
         with open(os.path.join(model_dir, METRICS_FILE)) as f:
             summary = json.load(f)
     except (OSError, ValueError):
-        return False
-    if steps is not None and (not isinstance(summary, dict) or summary.get("steps") != steps):
-        return False
-    return is_complete(model_dir)
+        return None
+    if not isinstance(summary, dict) or (steps is not None and summary.get("steps") != steps):
+        return None
+    return summary if is_complete(model_dir) else None
 
 
-def _already_trained(recipe: Recipe, model_dir: str, started: float, *, model=None, steps=None) -> TrainResult:
-    """The result of a rerun whose training is done: nothing is trained, evaluated or written."""
-    with open(os.path.join(model_dir, METRICS_FILE)) as f:
-        summary = json.load(f)
-    steps = int(summary.get("steps", 0) if steps is None else steps)
+def _already_trained(recipe: Recipe, model_dir: str, summary: dict, started: float, *, model=None) -> TrainResult:
+    """The result of a rerun whose training is done (``summary``: its metrics.json): nothing is written."""
+    steps = int(summary.get("steps", 0))
     if model is None:
         model, _ = load_model_dir(model_dir)
     print(f"kdet train: {recipe.name} is already trained ({steps} steps); {model_dir} is complete and was not "
