@@ -30,7 +30,7 @@ detectors see the images scaled by ``--rcnn-scale`` (0.5: 240x320) and
 zero-padded to a multiple of 64 (P6: 256x320), with anchors and RoI level
 assignment scaled alike (16-256 VGA pixels, as ``face_rcnn_config``); at
 test they run on the same scaled image and their boxes are mapped back to
-VGA pixels. Optimiser: ``face_training.default_optimizer`` (Adam,
+VGA pixels. Optimiser: ``kdet.face.procedures.default_optimizer`` (Adam,
 ``--learning-rate`` 1e-3), fresh for every training step.
 
 ``--bootstrap`` (on by default; ``--no-bootstrap`` reproduces the first
@@ -40,7 +40,7 @@ trained alone on the sliding-window samples (E epochs; ``--bootstrap-depth
 and the windows it passes at its threshold control are sampled
 (``--bootstrap-negatives`` non-faces per image, ``--bootstrap-positives``
 faces per face, flipped) and appended to the sliding-window samples
-(``face_training.bootstrap_samples``). ``--bootstrap-x12`` (on by
+(``kdet.face.procedures.bootstrap_samples``). ``--bootstrap-x12`` (on by
 default): every branch trains on the merged set, x12 included
 (``cascade_separate`` branch after branch, the joint cascades with every
 sample in every branch's loss): x12 learns to reject the windows it used
@@ -72,7 +72,7 @@ Settings that differ from the kdet defaults, for reasons measured here:
   ``detect`` and ``rpn_proposals`` use); pretrained with frozen BatchNorm,
   5% / 55% / 98% in both modes.
 * ``--cascade-test-thresholds 0.01 0.05 0.5`` (default) and the rest of the
-  cascades' test pipeline, ``--cascade-test-config`` (``CASCADE_TEST_CONFIG``:
+  cascades' test pipeline, ``--cascade-test-config`` (``VALIDATED_TEST_SETTINGS``:
   the area pyramid, nearest crops, 160 windows to x12-x24 after NMS at IoU
   0.7, 32 to x12-x24-x48 after NMS at 0.7) and ``--cascade-compute-dtype
   auto`` (bfloat16 branches where the CPU has bfloat16 units), chosen on the
@@ -239,14 +239,19 @@ LABELS = {
     "blazeface": "BlazeFace short-range",
 }
 WORKER_TAG = "FACE_BENCHMARK_LATENCY "
-#: The cascades' test pipeline besides the thresholds (FaceCascade keyword arguments), chosen on the
-#: validation split with face_speed_sweep.py and face_speed_profile.py (see the module docstring).
-CASCADE_TEST_CONFIG = {"pyramid": "area", "crop_method": "nearest", "stage1_max_boxes": 160,
-                       "stage1_nms_iou": 0.7, "stage2_max_boxes": 32, "stage2_nms_iou": 0.7}
+
+
+def cascade_test_config() -> dict:
+    """The cascades' test pipeline besides the thresholds: kdet.face.cascade.VALIDATED_TEST_SETTINGS (the recipes')."""
+    from kdet.face.cascade import VALIDATED_TEST_SETTINGS
+
+    return {k: v for k, v in VALIDATED_TEST_SETTINGS.items() if k != "test_thresholds"}
 
 
 # ----------------------------------------------------------------------------- arguments
 def parse_args(argv=None) -> argparse.Namespace:
+    from kdet.face.cascade import VALIDATED_TEST_SETTINGS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (mean ± std if several)")
     parser.add_argument("--train-images", type=int, default=500)
@@ -270,15 +275,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrained-dir", default="benchmarks/results/pretrained",
                         help="the ablations' pretrained tiny backbone cache (pretrained there if missing, ~5 min)")
     parser.add_argument("--pretrain-steps", type=int, default=3000)
-    parser.add_argument("--cascade-test-thresholds", type=float, nargs=3, default=[0.01, 0.05, 0.5],
+    parser.add_argument("--cascade-test-thresholds", type=float, nargs=3,
+                        default=list(VALIDATED_TEST_SETTINGS["test_thresholds"]),
                         metavar=("X12", "X24", "X48"),
                         help="face probability kept after each branch at test (chosen on the validation split; "
                              "FaceCascade's defaults: 0.1 0.003 0.7)")
     parser.add_argument("--cascade-x24-trunk", choices=("li", "li32", "rnet"), default="li",
-                        help="x12-x24's conv trunk (kdet.heads.face.X24_TRUNKS; FaceCascade's default is li)")
-    parser.add_argument("--cascade-test-config", type=json.loads, default=dict(CASCADE_TEST_CONFIG),
+                        help="x12-x24's conv trunk (kdet.face.nets.X24_TRUNKS; FaceCascade's default is li)")
+    parser.add_argument("--cascade-test-config", type=json.loads, default=cascade_test_config(),
                         metavar="JSON", help="the cascades' other test-time FaceCascade settings (chosen on the "
-                                             "validation split, see CASCADE_TEST_CONFIG; '{}': the trained config's)")
+                                             "validation split, kdet.face.cascade.VALIDATED_TEST_SETTINGS; '{}': the trained "
+                                             "config's)")
     parser.add_argument("--cascade-compute-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
                         help="FaceCascade compute_dtype at test; auto: bfloat16 where the CPU has bfloat16 units")
     parser.add_argument("--fast-thresholds", type=float, nargs=3, default=[0.5, 0.5, 0.7],
@@ -286,10 +293,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the target cascade is also evaluated and timed at these thresholds (FaceCascade's "
                              "defaults: fewer windows reach the later stages)")
     parser.add_argument("--no-fast", action="store_true", help="skip the --fast-thresholds row")
-    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam (face_training.default_optimizer)")
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="Adam (kdet.face.procedures.default_optimizer)")
     parser.add_argument("--bootstrap", action=argparse.BooleanOptionalAction, default=True,
-                        help="cascades: add hard samples mined by a greedily trained x12 (face_training."
-                             "bootstrap_samples) to the sliding-window samples (default: on)")
+                        help="cascades: add hard samples mined by a greedily trained x12 (kdet.face."
+                             "procedures.bootstrap_samples) to the sliding-window samples (default: on)")
     parser.add_argument("--bootstrap-depth", type=int, choices=(1, 2), default=1,
                         help="mine with x12 (1) or x12 then x12-x24 (2)")
     parser.add_argument("--bootstrap-x12", action=argparse.BooleanOptionalAction, default=True,
@@ -362,7 +369,7 @@ def rcnn_config(scale: float, backbone_weights: str | None = None) -> dict:
     BatchNorm; without, it trains from scratch with batch statistics, as
     ``face_rcnn_config`` has it.
     """
-    from kdet.detectors.face_rcnn import FACE_RCNN, FACE_RPN, face_rcnn_config
+    from kdet.face.rcnn import FACE_RCNN, FACE_RPN, face_rcnn_config
 
     rpn = dict(anchor_size=FACE_RPN["anchor_size"] * scale)
     if backbone_weights:
@@ -420,7 +427,7 @@ def labels_for(args) -> dict[str, str]:
 def build_model(kind: str, config: dict):
     """A built model of a saved config, to be given its weights (so no backbone weights are read)."""
     from kdet.detectors.cascade_rcnn import CascadeRCNN
-    from kdet.detectors.face_cascade import FaceCascade
+    from kdet.face.cascade import FaceCascade
 
     if kind == "cascade":
         model = FaceCascade.from_config(config)
@@ -513,7 +520,6 @@ class TrainingData:
     def __init__(self, args):
         self.args = args
         self._examples = self._samples = self._rcnn = None
-        self.sliding_samples = None  # with --bootstrap: the first this many samples are the sliding-window ones
 
     def examples(self) -> list[dict]:
         if self._examples is None:
@@ -525,39 +531,20 @@ class TrainingData:
         return self._examples
 
     def samples(self):
-        """``(FaceSamples, offset mean, offset std, mining s)``: 48x48 samples (faces >= MIN_FACE px), flipped.
+        """The cascades' :class:`~kdet.face.procedures.CascadeSamples` (mined once, seed 0, for every seed).
 
-        With ``--bootstrap`` the hard samples of :func:`bootstrap_samples` follow the sliding-window ones
-        (mined once, seed 0, for every seed); the offset statistics stay the sliding-window samples'.
+        48x48 samples (faces >= MIN_FACE px, flipped); with ``--bootstrap`` the hard samples of
+        :func:`~kdet.face.procedures.bootstrap_samples` follow the sliding-window ones; the offset
+        statistics stay the sliding-window samples'.
         """
         if self._samples is None:
-            from kdet.data import face_mining
+            from kdet.face import procedures
 
-            examples = self.examples()
-            started = time.perf_counter()
-            samples = face_mining.mine_face_samples(examples, seed=0, min_face_size=MIN_FACE, progress=False)
-            seconds = time.perf_counter() - started
-            print(f"mined {len(samples)} samples ({int((samples.labels == 1).sum())} faces) from {len(examples)} "
-                  f"images in {seconds:.0f}s ({seconds / len(examples):.2f} s/image)", flush=True)
-            mean, std = face_mining.offset_statistics(samples)
-            if self.args.bootstrap:
-                from kdet import face_training
-
-                args, before = self.args, len(samples)
-                started = time.perf_counter()
-                samples, _ = face_training.bootstrap_samples(
-                    cascade_config(mean, std, args.cascade_x24_trunk), samples, examples, epochs=args.cascade_epochs,
-                    depth=args.bootstrap_depth, batch_size=args.cascade_batch_size,
-                    optimizer=face_training.default_optimizer(args.learning_rate), seed=0, verbose=2,
-                    min_face_size=MIN_FACE, negatives_per_image=args.bootstrap_negatives,
-                    positives_per_face=args.bootstrap_positives)
-                hard = samples.take(np.arange(before, len(samples)))
-                self.sliding_samples = before
-                boot = time.perf_counter() - started
-                seconds += boot
-                print(f"bootstrapping: {len(hard)} hard samples ({int((hard.labels == 1).sum())} faces) in "
-                      f"{boot:.0f}s; {len(samples)} samples in all", flush=True)
-            self._samples = (samples, mean, std, round(seconds, 1))
+            args = self.args
+            self._samples = procedures.prepare_cascade(
+                cascade_config(args.cascade_x24_trunk), self.examples(), cascade_training(args), seed=0,
+                optimizer=procedures.default_optimizer(args.learning_rate), verbose=2)
+            print(f"mined {len(self._samples.samples)} samples in {self._samples.seconds:.0f}s", flush=True)
         return self._samples
 
     def backbone_weights(self) -> str | None:
@@ -586,10 +573,26 @@ class TrainingData:
         return self._rcnn
 
 
-def cascade_config(offset_mean, offset_std, x24_trunk: str = "li") -> dict:
-    """The cascades' FaceCascade arguments (besides the training switches)."""
-    return {"offset_mean": offset_mean, "offset_std": offset_std, "min_face_size": float(MIN_FACE),
-            "x24_trunk": x24_trunk}
+def cascade_config(x24_trunk: str = "li") -> dict:
+    """The cascades' FaceCascade arguments (besides the training switches; the offsets come from mining)."""
+    return {"min_face_size": float(MIN_FACE), "x24_trunk": x24_trunk}
+
+
+def cascade_training(args, name: str = "cascade_joint_from_separate"):
+    """The :class:`~kdet.face.procedures.CascadeTraining` that trains the cascade ``name``.
+
+    At the defaults, ``cascade_joint_from_separate``'s is ``kdet train face_cascade:embedded``'s
+    (checked in tests/test_face_procedures.py).
+    """
+    from kdet.face.procedures import CascadeTraining
+
+    start = {"cascade_separate": "none", "cascade_joint": "scratch"}.get(name, "separate")
+    joint = 3 * args.cascade_epochs if name == "cascade_joint" else args.from_separate_epochs
+    return CascadeTraining(
+        epochs=args.cascade_epochs, joint_epochs=joint, start=start, batch_size=args.cascade_batch_size,
+        min_face_size=float(MIN_FACE), bootstrap_depth=args.bootstrap_depth if args.bootstrap else None,
+        bootstrap_negatives=args.bootstrap_negatives, bootstrap_positives=args.bootstrap_positives,
+        hard_samples="all" if args.bootstrap_x12 else "later_only")
 
 
 def training_key(name: str, seed: int, args) -> dict:
@@ -632,37 +635,23 @@ def _summary(steps: dict, per_epoch: int | dict) -> dict:
 
 def train(name: str, seed: int, args, data: TrainingData, models: dict):
     """Trains one kdet detector; returns ``(model, record)``."""
-    from kdet import face_training
+    from kdet.face import procedures
 
-    optimizer = face_training.default_optimizer(args.learning_rate)
+    optimizer = procedures.default_optimizer(args.learning_rate)
     verbose = 2
     print(f"\n== training {name}, seed {seed} ==", flush=True)
     if name in CASCADES:
-        samples, mean, std, mining_seconds = data.samples()
-        config = cascade_config(mean, std, args.cascade_x24_trunk)
-        common = dict(batch_size=args.cascade_batch_size, optimizer=optimizer, seed=seed, verbose=verbose)
-        per_epoch = len(samples) // args.cascade_batch_size
+        prepared = data.samples()
+        samples = prepared.samples
         started = time.perf_counter()
-        if name == "cascade_separate" and args.bootstrap and not args.bootstrap_x12:  # x12 on sliding windows only
-            sliding = samples.take(np.arange(data.sliding_samples))
-            per_epoch = {"x12": len(sliding) // args.cascade_batch_size, "x24": per_epoch, "x48": per_epoch}
-            model, steps = face_training.train_cascade_separate(
-                config, sliding, epochs=args.cascade_epochs, branch_samples={"x24": samples, "x48": samples},
-                **common)
-        elif name == "cascade_separate":
-            model, steps = face_training.train_cascade_separate(config, samples, epochs=args.cascade_epochs, **common)
-        else:
-            if args.bootstrap and not args.bootstrap_x12:  # the hard samples train the later branches only
-                common["later_only"] = np.arange(len(samples)) >= data.sliding_samples
-            if name == "cascade_joint":
-                model, steps = face_training.train_cascade_joint(config, samples, epochs=3 * args.cascade_epochs,
-                                                                 **common)
-            else:
-                model, steps = face_training.train_cascade_joint(config, samples, epochs=args.from_separate_epochs,
-                                                                 init_from=models[("cascade_separate", seed)][0],
-                                                                 **common)
+        separate = models[("cascade_separate", seed)][0] if name == "cascade_joint_from_separate" else None
+        model, steps = procedures.train_cascade(prepared, cascade_training(args, name), seed=seed,
+                                                optimizer=optimizer, verbose=verbose, separate=separate)
+        per_epoch = {step: len(samples) // args.cascade_batch_size for step in steps}
+        if "x12" in steps and prepared.sliding < len(samples) and not args.bootstrap_x12:
+            per_epoch["x12"] = prepared.sliding // args.cascade_batch_size  # x12 on the sliding windows only
         extra = {"samples": len(samples), "faces": int((samples.labels == 1).sum()),
-                 "mining_seconds": mining_seconds}
+                 "mining_seconds": prepared.seconds}
     else:
         images, targets = data.rcnn()
         config = rcnn_config(args.rcnn_scale, data.backbone_weights())
@@ -670,10 +659,10 @@ def train(name: str, seed: int, args, data: TrainingData, models: dict):
         per_epoch = len(images) // args.rcnn_batch_size
         started = time.perf_counter()
         if name == "rcnn_joint":
-            model, steps = face_training.train_rcnn_joint(config, images, targets, rpn_epochs=args.rpn_epochs,
+            model, steps = procedures.train_rcnn_joint(config, images, targets, rpn_epochs=args.rpn_epochs,
                                                           joint_epochs=args.joint_epochs, **common)
         else:
-            model, steps = face_training.train_rcnn_alternating(config, images, targets, rpn_epochs=args.rpn_epochs,
+            model, steps = procedures.train_rcnn_alternating(config, images, targets, rpn_epochs=args.rpn_epochs,
                                                                 rcnn_epochs=args.joint_epochs, **common)
         extra = {"input_size": list(images.shape[1:3])}
     seconds = time.perf_counter() - started

@@ -5,14 +5,14 @@ cached ``cascade_joint_from_separate_seed0``; nothing is trained here) at
 each named test-time setting of :data:`SETTINGS` (``FaceCascade`` keyword
 overrides of the trained config at the benchmark's test thresholds:
 ``before`` is the benchmark's pipeline before this profile, ``benchmark``
-its current one, ``face_benchmark.CASCADE_TEST_CONFIG``) and reports, per
+its current one, ``kdet.face.cascade.VALIDATED_TEST_SETTINGS``) and reports, per
 setting:
 
 * accuracy on ``--split`` (``validation`` by default: choose settings there,
   report the chosen one on ``test``): AP50, recall and precision at the
   operating point on faces >= 20 px (``face_benchmark.evaluate``);
 * windows per image reaching x12-x24 and x12-x24-x48, and detections;
-* the milliseconds of each step of ``FaceCascade.detect_steps`` (pyramid,
+* the milliseconds of each step of ``kdet.face.stages.detect_steps`` (pyramid,
   x12 + its budget, x12-x24 + its budget, x12-x24-x48, final NMS): each
   prefix of the steps is traced as its own graph and timed on every frame, a
   step's time is the median over frames of the difference of consecutive
@@ -74,8 +74,8 @@ SETTINGS = {
     "octave_nearest_bf16": {**BEFORE, "pyramid": "octave", "crop_method": "nearest", "compute_dtype": _BF16},
     "octave_budgets": OCTAVE,
     "area_budgets": {**OCTAVE, "pyramid": "area"},
-    "benchmark": {**face_benchmark.CASCADE_TEST_CONFIG, "compute_dtype": _BF16},  # at the benchmark's thresholds
-    "benchmark_fast_thresholds": {**face_benchmark.CASCADE_TEST_CONFIG, "compute_dtype": _BF16,
+    "benchmark": {**face_benchmark.cascade_test_config(), "compute_dtype": _BF16},  # at the benchmark's thresholds
+    "benchmark_fast_thresholds": {**face_benchmark.cascade_test_config(), "compute_dtype": _BF16,
                                   "test_thresholds": [0.5, 0.5, 0.7]},
 }
 
@@ -121,11 +121,13 @@ def step_graphs(model):
     """``{step: graph(uint8 [1, 480, 640, 3]) -> that step's outputs}`` over detect_steps' prefixes."""
     import tensorflow as tf
 
+    from kdet.face import stages
+
     spec = [tf.TensorSpec([1, *face_benchmark.VGA, 3], tf.uint8)]
 
     def prefix(stop):
         def run(images):
-            for name, outputs in model.detect_steps(images):
+            for name, outputs in stages.detect_steps(model, images):
                 if name == stop:
                     return outputs
         return tf.function(run, input_signature=spec)
@@ -137,10 +139,12 @@ def counts_graph(model):
     """graph(images) -> windows passed on after x12, x12-x24, x12-x24-x48 and detections."""
     import tensorflow as tf
 
+    from kdet.face import stages
+
     @tf.function(input_signature=[tf.TensorSpec([1, *face_benchmark.VGA, 3], tf.uint8)])
     def counts(images):
         out = {}
-        for name, outputs in model.detect_steps(images):
+        for name, outputs in stages.detect_steps(model, images):
             if name == "nms":
                 out[name] = outputs["num_detections"][0]
             elif name != "pyramid":

@@ -19,7 +19,7 @@ images in float32 and in bfloat16).
 
 The cost of a setting is the windows it sends to each branch: x12-x24 and
 x12-x24-x48 run on the survivors padded to a multiple of
-``PATCH_BATCH_MULTIPLE`` (``FaceCascade._refine``), so the table gives the padded counts and an
+``PATCH_BATCH_MULTIPLE`` (``kdet.face.stages.refine``), so the table gives the padded counts and an
 estimate of the later stages' milliseconds from ``--ms-per-patch`` (CPU ms
 per padded patch on one core, measured with ``face_speed_profile.py``).
 Choose on ``validation``; report the choice on ``test`` with
@@ -131,21 +131,23 @@ def collect(args, examples) -> list[dict]:
         print(f"{args.cache} holds another pass (other weights or images): collecting again", flush=True)
     import tensorflow as tf
 
+    from kdet.face import stages
+
     model, _ = pass_model(args)
     size = face_benchmark.VGA
 
     @tf.function(input_signature=[tf.TensorSpec([1, *size, 3], tf.uint8)])
     def every_window(images):
-        for name, outputs in model.detect_steps(images):  # up to x12's (unlimited) budget, as detect runs it
+        for name, outputs in stages.detect_steps(model, images):  # up to x12's (unlimited) budget, as detect runs it
             if name == "pyramid":
                 x, levels = outputs["image"], outputs["levels"]
             if name == "x12":
                 break
         s12, b12 = outputs["scores"], outputs["boxes"]
-        sources = model.crop_sources(x, levels, model.test_scales(size))
+        sources = stages.crop_sources(model, x, levels, stages.test_scales(model, size))
         # what detect_steps does next, minus the budgets (they reorder; the replay applies them)
-        s24, b24 = model._refine(sources, b12, s12, depth=2, threshold=0.0, image_size=size)
-        s48, b48 = model._refine(sources, b24, s24, depth=3, threshold=0.0, image_size=size)
+        s24, b24 = stages.refine(model, sources, b12, s12, depth=2, threshold=0.0, image_size=size)
+        s48, b48 = stages.refine(model, sources, b24, s24, depth=3, threshold=0.0, image_size=size)
         n = tf.reduce_sum(tf.cast(s12[0] > 0, tf.int32))  # sorted: the kept windows come first
         return {"s12": s12[0, :n], "b12": b12[0, :n], "s24": s24[0, :n], "b24": b24[0, :n], "s48": s48[0, :n],
                 "b48": b48[0, :n]}
@@ -162,7 +164,7 @@ def collect(args, examples) -> list[dict]:
 
 def greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_output: int) -> np.ndarray:
     """Indices kept by NonMaxSuppressionV5's rule (highest first, stable; drop IoU > threshold; scores > 0)."""
-    from kdet.face_lite import greedy_nms as nms
+    from kdet.face.lite import greedy_nms as nms
 
     positive = np.flatnonzero(scores > 0)
     return positive[nms(boxes[positive], scores[positive], iou_threshold, max_output)]
@@ -212,8 +214,8 @@ def replay(d: dict, p: dict, **kwargs):
 
 
 def padded(n: float) -> int:
-    """Patches a later stage runs for ``n`` survivors (``FaceCascade._refine``'s padding)."""
-    from kdet.detectors.face_cascade import PATCH_BATCH_MULTIPLE as multiple
+    """Patches a later stage runs for ``n`` survivors (``kdet.face.stages.refine``'s padding)."""
+    from kdet.face.stages import PATCH_BATCH_MULTIPLE as multiple
 
     return max(int(np.ceil(n / multiple)) * multiple, multiple)
 

@@ -13,7 +13,7 @@ Models (all converted with builtin ops only, :mod:`kdet.tflite`):
   model.
 * ``face``: the joint face cascade trained by ``face_benchmark.py``
   (``--face-record``), at 640x480, as one TFLite model (``one``) and as
-  three models with the NumPy host loop (``three``, :mod:`kdet.face_lite`),
+  three models with the NumPy host loop (``three``, :mod:`kdet.face.lite`),
   each float32 / float16 / int8: face AP50 (faces >= 20 px) on the
   validation split, and latency; Keras alongside.
 * peers for reference in the same run: MTCNN (TF/Keras) and BlazeFace
@@ -110,7 +110,7 @@ def shapes_model(args):
 
 
 def face_model(args, *, use_gather: bool = False):
-    from kdet.detectors.face_cascade import FaceCascade
+    from kdet.face.cascade import FaceCascade
 
     with open(args.face_record + ".json") as f:
         config = json.load(f)["config"]
@@ -169,7 +169,8 @@ def is_stale(path: str, source: str | None = None) -> bool:
 
 def convert_all(args) -> dict:
     """Converts (or reuses from ``--work-dir``) every TFLite variant; returns ``{name: path}`` and timings."""
-    from kdet import face_lite, tflite
+    from kdet import tflite
+    from kdet.face import lite
 
     os.makedirs(args.work_dir, exist_ok=True)
     paths, seconds = {}, {}
@@ -203,10 +204,10 @@ def convert_all(args) -> dict:
             cached(f"face_one_{variant}", lambda v=variant: tflite.convert(
                 model, input_size=FACE_SIZE, quantization=v, representative_images=calibration), face_weights)
             stages = None
-            for stage in face_lite.STAGES:
+            for stage in lite.STAGES:
                 path = os.path.join(args.work_dir, f"face_three_{variant}_{stage}.tflite")
                 if args.quick or is_stale(path, face_weights):
-                    stages = stages or face_lite.convert_stages(model, input_size=FACE_SIZE, quantization=variant,
+                    stages = stages or lite.convert_stages(model, input_size=FACE_SIZE, quantization=variant,
                                                                 representative_images=calibration)
                     tflite.write(stages[stage], path)
                 paths[f"face_three_{variant}_{stage}"] = path
@@ -215,12 +216,13 @@ def convert_all(args) -> dict:
 
 def runner(name: str, paths: dict, args, threads: int):
     """A callable ``image [H, W, 3] uint8 -> output contract`` for a named setting."""
-    from kdet import face_lite, tflite
+    from kdet import tflite
+    from kdet.face import lite
 
     if name.startswith("face_three_"):
         variant = name[len("face_three_"):]
-        flatbuffers = {s: open(paths[f"face_three_{variant}_{s}"], "rb").read() for s in face_lite.STAGES}
-        return face_lite.FaceCascadeLite(flatbuffers, face_model(args).get_config(), num_threads=threads)
+        flatbuffers = {s: open(paths[f"face_three_{variant}_{s}"], "rb").read() for s in lite.STAGES}
+        return lite.FaceCascadeLite(flatbuffers, face_model(args).get_config(), num_threads=threads)
     if name in paths:
         return tflite.LiteRTDetector(paths[name], num_threads=threads)
     import tensorflow as tf  # the Keras models, as a tf.function

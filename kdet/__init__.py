@@ -1,9 +1,63 @@
 """kdet: object detection papers as one TensorFlow 2.20 / Keras 3 library.
 
+The public API (imported on first use, so ``import kdet`` and ``kdet --help``
+stay fast)::
+
+    import kdet
+
+    model = kdet.RetinaNet(num_classes=3, backbone="tiny")          # or CascadeRCNN, FaceCascade, ...
+    result = kdet.train(kdet.resolve_recipe("retinanet")[0], model_dir="runs/retinanet", smoke=True)
+    model, info = kdet.load_model("runs/retinanet_smoke")          # a model directory
+    found = kdet.detect_image(model, image_uint8_hwc, info.input_size)
+    metrics = kdet.evaluate("runs/retinanet_smoke", data="embedded:shapes:validation")
+    kdet.export("runs/retinanet_smoke", format="savedmodel", out="serving/shapes/1")
+
 Inside the package every box is ``[ymin, xmin, ymax, xmax]`` float32 in absolute
 pixels of the image the tensor belongs to. Conversions to other formats happen
 only in :mod:`kdet.data` (on the way in) and :mod:`kdet.evaluation` / export
 (on the way out).
 """
 
+import importlib
+
 __version__ = "0.1.0"
+
+#: public name -> (module, attribute)
+_PUBLIC = {
+    # detectors (keras.Model subclasses of kdet.detectors.base.Detector)
+    "Detector": ("kdet.detectors.base", "Detector"),
+    "RetinaNet": ("kdet.detectors.retinanet", "RetinaNet"),
+    "CascadeRCNN": ("kdet.detectors.cascade_rcnn", "CascadeRCNN"),
+    "RegionProposalNetwork": ("kdet.detectors.rpn", "RegionProposalNetwork"),
+    "FaceCascade": ("kdet.face.cascade", "FaceCascade"),
+    "face_rcnn": ("kdet.face.rcnn", "face_rcnn"),
+    # model directories
+    "load_model": ("kdet.model_dir", "load_model_dir"),
+    "save_model": ("kdet.model_dir", "save_model_dir"),
+    # training
+    "Recipe": ("kdet.training.recipe", "Recipe"),
+    "StepSchedule": ("kdet.training.recipe", "StepSchedule"),
+    "train": ("kdet.training.loop", "train"),
+    "resolve_recipe": ("kdet.cli", "resolve_recipe"),
+    # inference, evaluation, export
+    "detect_image": ("kdet.inference", "detect_image"),
+    "evaluate": ("kdet.inference", "evaluate_model_dir"),
+    "export": ("kdet.exporting", "export_model_dir"),
+    "export_saved_model": ("kdet.serving.savedmodel", "export_saved_model"),
+    "convert_tflite": ("kdet.tflite", "convert"),
+}
+
+__all__ = ["__version__", *sorted(_PUBLIC)]
+
+
+def __getattr__(name):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'kdet' has no attribute {name!r}")
+    module, attribute = _PUBLIC[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

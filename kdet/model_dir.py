@@ -132,7 +132,9 @@ def build_for(model, input_size: Sequence[int]):
 
 def load_model_dir(path: str, **overrides):
     """``(model with its weights, ModelInfo)``; ``overrides`` replace config entries (e.g. ``use_gather=True``)."""
-    import kdet.detectors  # noqa: F401  (registers the detector classes)
+    from kdet.detectors import register_all
+
+    register_all()
 
     info = read_model_info(path)
     cls = keras.saving.get_registered_object(info.detector)

@@ -5,7 +5,7 @@ Paper: Qin et al., "Joint Training of Cascaded CNN for Face Detection"
 tiny backbone with FPN P2-P6 in place of the paper's ZF-net without LRN)
 shares its convolutions between an RPN branch and a RoI branch (one Fast
 R-CNN stage, RoIAlign); multi-scale square anchors replace the cascade's
-image pyramid. Training (Sec. 5.2, :func:`kdet.training.face.train_face_rcnn`),
+image pyramid. Training (Sec. 5.2, :func:`kdet.face.recipe.train_face_rcnn`),
 the two-step joint procedure: the RPN "as in separate training", then the
 joint network fine-tuned from it, its RoI branch fed the proposals of that
 RPN on the training images and both losses summed; a fixed number of
@@ -36,19 +36,19 @@ Settings the paper leaves open, and what is used:
   anchors at up to 1:1, Eq. 1 with lambda = 10);
 * anchors 16-256 px (one square size per level), 300 proposals per image in
   training, 128 RoIs, a 256-wide box head (kdet's face detector,
-  :mod:`kdet.detectors.face_rcnn`);
+  :mod:`kdet.face.rcnn`);
 * trained from scratch the backbone's batch normalisation learns its
   statistics (batches of 8); with ``--backbone-weights`` (a tiny backbone
   trained before) it is frozen, as kdet's face benchmark does;
-* ``max_train_images``: :func:`kdet.face_training.train_rcnn_joint` holds the
+* ``max_train_images``: :func:`kdet.face.procedures.train_rcnn_joint` holds the
   training images in memory ([N, 768, 1024, 3] uint8, 2.4 MB each, twice
   with their mirrored copies, and again in tf.data's copy); 1,000 images
   spread over WIDER FACE train are ~5 GB. None uses all 12,880 (~60 GB).
 """
 
 from kdet.detectors import CascadeRCNN
+from kdet.face.recipe import train_face_rcnn
 from kdet.training import Recipe, StepSchedule, recipe_main
-from kdet.training.face import train_face_rcnn
 
 PAPER = "Qin et al. 2016, Joint Training of Cascaded CNN for Face Detection, Sec. 5.2 / 6.6 (RPN + Fast R-CNN)"
 BATCH = 8
@@ -109,7 +109,7 @@ RECIPES = {
         image_size=(768, 1024),  # WIDER FACE images are 1024 px wide: kept at their size
         batch_size=BATCH,
         # Faster R-CNN's solver (papers/004 Sec. 3.1.3: 0.001 at one image per mini-batch, then 0.0001; momentum
-        # 0.9, weight decay 5e-4). kdet.training.face counts this schedule in EPOCHS: 16 for the RPN and 16 for
+        # 0.9, weight decay 5e-4). kdet.face.recipe counts this schedule in EPOCHS: 16 for the RPN and 16 for
         # the joint network, the rate / 10 from epoch 12.
         schedule=StepSchedule(base_lr=0.001, reference_batch=1, total_steps=16, boundaries=(12,), decay_factor=0.1,
                               optimizer="sgd", momentum=0.9, weight_decay=5e-4),

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from kdet.detectors import CascadeRCNN, Detector, FaceCascade, RegionProposalNetwork, RetinaNet
-from kdet.detectors.face_rcnn import face_rcnn
+from kdet.face.rcnn import face_rcnn
 from kdet.model_dir import load_model_dir, read_model_info, save_model_dir
 from tests.test_serving import RPN
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from kdet import cli
 from kdet.data.sources import open_source
-from kdet.detectors.face_cascade import FaceCascade
+from kdet.face.cascade import FaceCascade
 from kdet.detectors.retinanet import RetinaNet
 from kdet.model_dir import load_model_dir, read_model_info, save_model_dir
 

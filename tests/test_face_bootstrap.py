@@ -7,9 +7,9 @@ import pytest
 import tensorflow as tf
 
 from kdet import boxes as box_ops
-from kdet import face_training
-from kdet.data import face_mining
-from kdet.detectors.face_cascade import FaceCascade
+from kdet.face import procedures
+from kdet.face import mining, stages
+from kdet.face.cascade import FaceCascade
 
 FACE = np.array([[32.0, 40.0, 80.0, 88.0]], np.float32)  # 48 px on the stride-8 grid at scale 1
 
@@ -30,7 +30,7 @@ def _row_scorer(row=32, value=1.0, calls=None):
 
 def test_mine_hard_image_keeps_only_passing_windows_labelled_and_counted():
     image, calls = _image(), []
-    samples = face_mining.mine_hard_image(image, FACE, _row_scorer(calls=calls), threshold=0.5,
+    samples = mining.mine_hard_image(image, FACE, _row_scorer(calls=calls), threshold=0.5,
                                           rng=np.random.default_rng(0), min_face_size=48, negatives_per_image=100)
     # the scorer saw every level's windows: level 0 is the image, 15 x 10 windows of stride 8
     assert calls[0] == ((120, 160, 3), 10 * 15) and len(calls) > 1
@@ -51,26 +51,26 @@ def test_mine_hard_image_keeps_only_passing_windows_labelled_and_counted():
 
 def test_mine_hard_image_threshold_caps_and_ignore_regions():
     image, rng = _image(), np.random.default_rng(1)
-    below = face_mining.mine_hard_image(image, FACE, _row_scorer(value=0.4), threshold=0.5, rng=rng,
+    below = mining.mine_hard_image(image, FACE, _row_scorer(value=0.4), threshold=0.5, rng=rng,
                                         min_face_size=48)
     assert len(below) == 0 and below.patches.shape == (0, 48, 48, 3)
-    capped = face_mining.mine_hard_image(image, FACE, _row_scorer(), threshold=0.5, rng=rng, min_face_size=48,
+    capped = mining.mine_hard_image(image, FACE, _row_scorer(), threshold=0.5, rng=rng, min_face_size=48,
                                          negatives_per_image=5, positives_per_face=0)
     assert len(capped) == 5 and (capped.labels == 0).all()
     # a face marked as an ignore region gives neither faces nor non-faces near it
-    ignored = face_mining.mine_hard_image(image, FACE, _row_scorer(), threshold=0.5, rng=rng, min_face_size=48,
+    ignored = mining.mine_hard_image(image, FACE, _row_scorer(), threshold=0.5, rng=rng, min_face_size=48,
                                           ignore=np.array([True]), negatives_per_image=100)
     assert len(ignored) == 10 and (ignored.labels == 0).all()
     iou = box_ops.pairwise_iou_numpy(ignored.windows, FACE)[:, 0]
     assert (iou < 0.5).all()
     with pytest.raises(ValueError, match="scores"):
-        face_mining.mine_hard_image(image, FACE, lambda level, corners: np.zeros(3), threshold=0.5, rng=rng,
+        mining.mine_hard_image(image, FACE, lambda level, corners: np.zeros(3), threshold=0.5, rng=rng,
                                     min_face_size=48)
 
 
 def test_mine_hard_samples_flips_and_indexes_images():
     examples = [{"image": _image(s), "boxes": FACE, "is_crowd": np.array([False])} for s in range(2)]
-    samples = face_mining.mine_hard_samples(examples, _row_scorer(), threshold=0.5, progress=False,
+    samples = mining.mine_hard_samples(examples, _row_scorer(), threshold=0.5, progress=False,
                                             min_face_size=48, negatives_per_image=4)
     assert len(samples) == 2 * 2 * 5  # 2 images x (1 face + 4 non-faces), flipped
     assert sorted(np.unique(samples.image_index).tolist()) == [0, 1]
@@ -90,31 +90,31 @@ def test_cascade_window_scorer_matches_the_training_forward_pass():
     out = model(tf.constant(patches))
     p12 = tf.nn.softmax(out["x12_logits"], -1)[:, 1].numpy()
     p24 = tf.nn.softmax(out["x24_logits"], -1)[:, 1].numpy()
-    x12 = face_mining.cascade_window_scorer(model)
+    x12 = stages.window_scorer(model)
     np.testing.assert_allclose(x12(level, corners), p12, atol=1e-5)  # fully convolutional on the stride-8 grid
     off = corners[:7] + 3  # off the grid: cut and run as patches
     expected = tf.nn.softmax(model(tf.constant(np.stack([level[y:y + 48, x:x + 48] for y, x in off])))["x12_logits"],
                              -1)[:, 1].numpy()
     np.testing.assert_allclose(x12(level, off), expected, atol=1e-5)
-    every = face_mining.cascade_window_scorer(model, depth=2, thresholds=(0.0,))
+    every = stages.window_scorer(model, depth=2, thresholds=(0.0,))
     np.testing.assert_allclose(every(level, corners), p24, atol=1e-5)
     cut = float(np.median(p12))
-    some = face_mining.cascade_window_scorer(model, depth=2, thresholds=(cut,))(level, corners)
+    some = stages.window_scorer(model, depth=2, thresholds=(cut,))(level, corners)
     np.testing.assert_allclose(some[p12 >= cut], p24[p12 >= cut], atol=1e-5)
     assert (some[p12 < cut] == -1).all()
     with pytest.raises(ValueError, match="depth"):
-        face_mining.cascade_window_scorer(model, depth=3)
+        stages.window_scorer(model, depth=3)
 
 
 def test_bootstrap_samples_appends_what_the_trained_x12_passes():
     rng = np.random.default_rng(4)
     examples = [{"image": rng.integers(0, 255, (96, 96, 3)).astype(np.uint8),
                  "boxes": np.array([[10.0, 10.0, 50.0, 50.0]], np.float32)} for _ in range(2)]
-    samples = face_mining.mine_face_samples(examples, positive_fraction=None, progress=False, min_face_size=24,
+    samples = mining.mine_face_samples(examples, positive_fraction=None, progress=False, min_face_size=24,
                                             negatives_per_image=30)
     # x12 threshold 0: every window passes, so the hard set is the capped sample of all windows
     config = {"thresholds": (0.0, 0.003), "min_face_size": 24.0}
-    merged, steps = face_training.bootstrap_samples(config, samples, examples, epochs=1, batch_size=16, verbose=0,
+    merged, steps = procedures.bootstrap_samples(config, samples, examples, epochs=1, batch_size=16, verbose=0,
                                                     min_face_size=24, negatives_per_image=7, positives_per_face=1)
     assert set(steps) == {"x12"} and steps["x12"]["model"].get_config()["train_branches"] == ("x12",)
     hard = merged.take(np.arange(len(samples), len(merged)))
@@ -123,30 +123,30 @@ def test_bootstrap_samples_appends_what_the_trained_x12_passes():
     ious = box_ops.pairwise_iou_numpy(hard.windows, examples[0]["boxes"])[:, 0]
     assert (ious[hard.labels == 1] > 0.8).all() and (ious[hard.labels == 0] < 0.5).all()
     with pytest.raises(ValueError, match="depth"):
-        face_training.bootstrap_samples(config, samples, examples, epochs=1, depth=3)
+        procedures.bootstrap_samples(config, samples, examples, epochs=1, depth=3)
 
 
 def test_separate_training_rejects_unknown_branch_samples():
     with pytest.raises(ValueError, match="branch_samples"):
-        face_training.train_cascade_separate({}, None, epochs=1, branch_samples={"x96": None})
+        procedures.train_cascade_separate({}, None, epochs=1, branch_samples={"x96": None})
 
 
 def test_joint_training_later_only_samples_skip_the_x12_loss():
     rng = np.random.default_rng(5)
     n = 64
     labels = (np.arange(n) % 4 == 0).astype(np.int32)
-    samples = face_mining.FaceSamples(rng.integers(0, 255, (n, 48, 48, 3)).astype(np.uint8), labels,
+    samples = mining.FaceSamples(rng.integers(0, 255, (n, 48, 48, 3)).astype(np.uint8), labels,
                                       np.zeros((n, 4), np.float32), np.zeros((n, 4), np.float32),
                                       np.zeros(n, np.int32))
     config = {"thresholds": (0.0, 0.0)}  # every sample reaches every branch
     half = np.arange(n) >= n // 2
-    model, steps = face_training.train_cascade_joint(config, samples, epochs=1, batch_size=n, verbose=0,
+    model, steps = procedures.train_cascade_joint(config, samples, epochs=1, batch_size=n, verbose=0,
                                                      later_only=half)
     history = steps["joint"]["history"]
     assert history["x12_samples"][-1] == n // 2 and history["x24_samples"][-1] == n
     assert history["x48_samples"][-1] == n
     assert model.get_config()["train_branches"] == ("x12", "x24", "x48")
-    _, steps = face_training.train_cascade_joint(config, samples, epochs=1, batch_size=n, verbose=0)
+    _, steps = procedures.train_cascade_joint(config, samples, epochs=1, batch_size=n, verbose=0)
     assert steps["joint"]["history"]["x12_samples"][-1] == n
     with pytest.raises(ValueError, match="later_only"):
-        face_training.train_cascade_joint(config, samples, epochs=1, later_only=half[:3])
+        procedures.train_cascade_joint(config, samples, epochs=1, later_only=half[:3])

@@ -6,9 +6,9 @@ import tensorflow as tf
 import keras
 
 from kdet import boxes as box_ops
-from kdet.data import face_mining
-from kdet.detectors.face_cascade import BRANCHES, FaceCascade
-from kdet.face_pyramid import (
+from kdet.face import mining
+from kdet.face.cascade import BRANCHES, FaceCascade
+from kdet.face.pyramid import (
     best_levels,
     block_cells,
     block_maxima_values,
@@ -18,14 +18,13 @@ from kdet.face_pyramid import (
     gather_crops,
     pyramid_scales,
     pyramid_sources,
-    resize_level,
-    resize_level_gather,
-    resize_taps,
     response_map_max_pool,
     square_boxes,
     window_boxes,
 )
-from kdet.heads.face import Face12Net, ThresholdControl, trunk_extent
+from kdet.face.nets import Face12Net, ThresholdControl, trunk_extent
+from kdet.face.resize import resize_level, resize_level_gather, resize_taps
+from kdet.face import stages
 
 
 # ------------------------------------------------------------------ pyramid maths
@@ -135,11 +134,11 @@ def test_label_windows_hand_built():
         [50, 52, 60, 62],  # 0.667 with the ignored face -> unused, never a face
         [50, 55, 60, 65],  # 0.333 with the ignored face -> non-face
     ], np.float32)
-    labels, matched, max_iou = face_mining.label_windows(windows, gt, ignore=np.array([False, True]))
+    labels, matched, max_iou = mining.label_windows(windows, gt, ignore=np.array([False, True]))
     np.testing.assert_array_equal(labels, [1, 1, -1, 0, 0, -1, 0])
     np.testing.assert_array_equal(matched, [0, 0, -1, -1, -1, -1, -1])
     np.testing.assert_allclose(max_iou[:4], [1, 90 / 110, 80 / 120, 50 / 150], rtol=1e-6)
-    labels, _, _ = face_mining.label_windows(windows, np.zeros((0, 4), np.float32))
+    labels, _, _ = mining.label_windows(windows, np.zeros((0, 4), np.float32))
     assert (labels == 0).all()
 
 
@@ -147,7 +146,7 @@ def test_mine_image_patches_offsets_and_flip():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (120, 160, 3)).astype(np.uint8)
     face = np.array([[32.0, 40.0, 80.0, 88.0]], np.float32)  # 48 px on the stride-8 grid: a window at scale 1 is it
-    samples = face_mining.mine_image(image, face, rng=rng, min_face_size=48, negatives_per_image=20)
+    samples = mining.mine_image(image, face, rng=rng, min_face_size=48, negatives_per_image=20)
     pos = samples.labels == 1
     assert pos.sum() >= 1 and (samples.labels == 0).sum() == 20
     ious = box_ops.pairwise_iou_numpy(samples.windows, face)[:, 0]
@@ -158,7 +157,7 @@ def test_mine_image_patches_offsets_and_flip():
     np.testing.assert_array_equal(samples.patches[best], image[32:80, 40:88])
     decoded = box_ops.BoxCoder().decode(tf.constant(samples.offsets[pos]), tf.constant(samples.windows[pos]))
     np.testing.assert_allclose(decoded.numpy(), np.repeat(face, pos.sum(), 0), atol=1e-3)
-    flipped = face_mining.flip_samples(samples)
+    flipped = mining.flip_samples(samples)
     np.testing.assert_array_equal(flipped.patches[best], image[32:80, 40:88][:, ::-1])
     np.testing.assert_allclose(flipped.offsets[:, 1], -samples.offsets[:, 1])
 
@@ -168,12 +167,12 @@ def test_mine_face_samples_keeps_the_positive_fraction():
     examples = [{"image": rng.integers(0, 255, (96, 96, 3)).astype(np.uint8),
                  "boxes": np.array([[10.0, 10.0, 40.0, 40.0], [50.0, 40.0, 90.0, 80.0]], np.float32)}
                 for _ in range(3)]
-    samples = face_mining.mine_face_samples(examples, positive_fraction=0.25, progress=False, min_face_size=24,
+    samples = mining.mine_face_samples(examples, positive_fraction=0.25, progress=False, min_face_size=24,
                                             negatives_per_image=200)
     pos = (samples.labels == 1).sum()
     assert pos > 0 and abs(pos / len(samples) - 0.25) < 0.02
     assert set(np.unique(samples.image_index)) == {0, 1, 2}
-    mean, std = face_mining.offset_statistics(samples)
+    mean, std = mining.offset_statistics(samples)
     assert len(mean) == 4 and all(s > 0 for s in std)
 
 
@@ -357,7 +356,7 @@ def test_gather_crops_match_per_level_crop_and_resize():
     boxes = tf.constant([[10, 10, 40, 40], [0, 0, 24, 24], [50, 60, 118, 128], [-5, 140, 20, 165],
                          [30, 30, 33, 33]], tf.float32)
     index = tf.constant([0, 1, 0, 1, 0], tf.int32)
-    reference = FaceCascade().crop_patches(levels, level_scales, boxes, index, (120, 160), 24)
+    reference = stages.crop_patches(FaceCascade(), levels, level_scales, boxes, index, (120, 160), 24)
     got = gather_crops(levels, level_scales, boxes, index, image_size=(120, 160), crop=24)
     assert got.shape == (5, 24, 24, 3)
     np.testing.assert_allclose(got.numpy(), reference.numpy(), atol=1e-3, rtol=0)
@@ -371,8 +370,8 @@ def test_crops_of_the_first_samples_are_the_top_left_of_the_full_crops(method):
     boxes = tf.constant([[10, 10, 58, 58], [-7, 3, 41, 51], [50, 60, 118, 128], [30, 30, 33, 33]], tf.float32)
     index = tf.constant([0, 1, 0, 1], tf.int32)
     model = FaceCascade(crop_method=method)
-    full = model.crop_patches(levels, level_scales, boxes, index, (120, 160), 48).numpy()
-    part = model.crop_patches(levels, level_scales, boxes, index, (120, 160), 48, samples=41).numpy()
+    full = stages.crop_patches(model, levels, level_scales, boxes, index, (120, 160), 48).numpy()
+    part = stages.crop_patches(model, levels, level_scales, boxes, index, (120, 160), 48, samples=41).numpy()
     assert part.shape == (4, 41, 41, 3)
     np.testing.assert_allclose(part, full[:, :41, :41], atol=1e-3, rtol=0)
     twin = gather_crops(levels, level_scales, boxes, index, image_size=(120, 160), crop=48, samples=41)
@@ -451,20 +450,20 @@ def test_octave_pyramid_averages_exact_halvings_and_its_gather_twin_agrees():
 
 
 def _run_steps(model, images):
-    return {name: outputs for name, outputs in model.detect_steps(images)}
+    return {name: outputs for name, outputs in stages.detect_steps(model, images)}
 
 
 def test_detect_steps_in_order_and_detect_is_their_last():
     model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
     images = tf.constant(np.random.default_rng(1).integers(0, 255, (1, 96, 128, 3)).astype(np.uint8))
-    steps = list(model.detect_steps(images))
+    steps = list(stages.detect_steps(model, images))
     assert [name for name, _ in steps] == ["pyramid", "x12", "x24", "x48", "nms"]
     out = dict(steps)
     assert out["x12"]["scores"].shape == (1, 40) and out["x24"]["boxes"].shape == (1, 10, 4)
     detected = model.detect(images)
     for key in detected:
         np.testing.assert_allclose(detected[key].numpy(), out["nms"][key].numpy(), atol=1e-6)
-    assert [name for name, _ in model.detect_steps(tf.zeros([1, 8, 8, 3], tf.uint8))] == ["nms"]
+    assert [name for name, _ in stages.detect_steps(model, tf.zeros([1, 8, 8, 3], tf.uint8))] == ["nms"]
 
 
 def test_stage_nms_passes_on_boxes_that_overlap_at_most_the_threshold():
@@ -518,7 +517,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_close_scores():
 
 
 def test_x24_rnet_trunk_is_leaner_and_round_trips():
-    from kdet.heads.face import Face24Net
+    from kdet.face.nets import Face24Net
 
     li, rnet = FaceCascade(), FaceCascade(x24_trunk="rnet")
     li.build(None)

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet import face_training
-from kdet.data import face_mining
+from kdet.face import procedures
+from kdet.face import mining
 from kdet.detectors.cascade_rcnn import CascadeRCNN, given_proposals
-from kdet.detectors.face_rcnn import face_rcnn, face_rcnn_config
+from kdet.face.rcnn import face_rcnn, face_rcnn_config
 
 SIZE = 64
 
@@ -83,7 +83,7 @@ def _same(a, b):
 def test_two_step_joint_and_four_step_alternating_training():
     images, targets = _faces(8)
     config = _small_config()
-    joint, steps = face_training.train_rcnn_joint(config, images, targets, rpn_epochs=1, joint_epochs=1,
+    joint, steps = procedures.train_rcnn_joint(config, images, targets, rpn_epochs=1, joint_epochs=1,
                                                   batch_size=4, verbose=0)
     assert set(steps) == {"rpn", "joint"}
     assert "stage1_cls_loss" in steps["joint"]["history"] and "rpn_cls_loss" in steps["joint"]["history"]
@@ -92,7 +92,7 @@ def test_two_step_joint_and_four_step_alternating_training():
     out = joint.predict(images[:2], verbose=0)
     assert out["boxes"].shape == (2, 100, 4)
 
-    final, steps = face_training.train_rcnn_alternating(config, images, targets, rpn_epochs=1, rcnn_epochs=1,
+    final, steps = procedures.train_rcnn_alternating(config, images, targets, rpn_epochs=1, rcnn_epochs=1,
                                                         batch_size=4, verbose=0)
     assert list(steps) == ["rpn1", "rcnn2", "rpn3", "rcnn4"]
     # steps 3 and 4 keep the step-2 Fast R-CNN's convolutions; step 4 keeps step 3's RPN head
@@ -104,16 +104,16 @@ def test_two_step_joint_and_four_step_alternating_training():
 
 def test_cascade_separate_freezes_earlier_branches_and_joint_can_start_from_it():
     rng = np.random.default_rng(0)
-    samples = face_mining.FaceSamples(
+    samples = mining.FaceSamples(
         patches=rng.integers(0, 255, (64, 48, 48, 3)).astype(np.uint8),
         labels=(rng.random(64) < 0.3).astype(np.int32),
         offsets=rng.normal(0, 0.05, (64, 4)).astype(np.float32),
         windows=np.zeros((64, 4), np.float32), image_index=np.zeros(64, np.int32))
-    final, steps = face_training.train_cascade_separate({}, samples, epochs=1, batch_size=32, verbose=0)
+    final, steps = procedures.train_cascade_separate({}, samples, epochs=1, batch_size=32, verbose=0)
     assert list(steps) == ["x12", "x24", "x48"]
     assert _same(final.x12, steps["x12"]["model"].x12) and _same(final.x24, steps["x24"]["model"].x24)
     assert not _same(steps["x24"]["model"].x24, steps["x12"]["model"].x24)
-    joint, steps = face_training.train_cascade_joint({}, samples, epochs=1, batch_size=32, init_from=final,
+    joint, steps = procedures.train_cascade_joint({}, samples, epochs=1, batch_size=32, init_from=final,
                                                      verbose=0)
     assert not _same(joint.x12, final.x12)  # joint training moves x12 too
     assert "x48_cls_loss" in steps["joint"]["history"]

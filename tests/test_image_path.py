@@ -93,7 +93,7 @@ def test_output_names_never_collide(tmp_path):
 
 
 def _faces(**overrides):
-    from kdet.detectors.face_cascade import FaceCascade
+    from kdet.face.cascade import FaceCascade
 
     return FaceCascade(**{**dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10,
                                  max_detections=7), **overrides})

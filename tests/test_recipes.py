@@ -164,8 +164,8 @@ def test_recipe_names_are_unique():
 
 
 def test_face_schedules_count_epochs():
-    """kdet.training.face: the rate scales with the batch, decays at the boundary epochs."""
-    from kdet.training.face import epoch_decay, learning_rate, optimizer_factory
+    """kdet.face.recipe: the rate scales with the batch, decays at the boundary epochs."""
+    from kdet.face.recipe import epoch_decay, learning_rate, optimizer_factory
 
     recipe = load_recipe_module(RECIPES_DIR / "face_cascade.py").RECIPES["wider_face"]
     recipe = recipe.replace(schedule=dataclasses.replace(recipe.schedule, base_lr=0.001, reference_batch=128,

@@ -9,7 +9,7 @@ from PIL import Image
 
 from kdet import serving
 from kdet.detectors.cascade_rcnn import CascadeRCNN
-from kdet.detectors.face_cascade import FaceCascade
+from kdet.face.cascade import FaceCascade
 from kdet.detectors.retinanet import RetinaNet
 from tests.detection_parity import assert_same_detections, block_image
 

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from kdet import tflite
-from kdet.detectors.face_cascade import FaceCascade
+from kdet.face.cascade import FaceCascade
 from kdet.detectors.retinanet import RetinaNet
 from tests.detection_parity import assert_same_detections, block_image, match_fraction
 
@@ -103,7 +103,7 @@ def test_flex_ops_are_found_and_refused():
 def test_face_cascade_three_models_and_host_loop_match_keras():
     import keras
 
-    from kdet import face_lite
+    from kdet.face import lite
 
     keras.utils.set_random_seed(7)
     # no budget cuts after x12 (an untrained net scores windows nearly alike: a 1e-6 difference would reorder them)
@@ -111,10 +111,10 @@ def test_face_cascade_three_models_and_host_loop_match_keras():
                   crop_source="image")
     model = FaceCascade(**config)
     model.build(None)
-    stages = face_lite.convert_stages(model.export_variant((96, 128)), input_size=(96, 128))
+    stages = lite.convert_stages(model.export_variant((96, 128)), input_size=(96, 128))
     for flatbuffer in stages.values():
         assert tflite.flex_ops(flatbuffer) == []
-    loop = face_lite.FaceCascadeLite(stages, model.get_config())
+    loop = lite.FaceCascadeLite(stages, model.get_config())
     for seed in range(2):
         # noise everywhere: flat regions give an untrained x12 exactly tied scores, and ties may resolve either way
         image = np.random.default_rng(seed).integers(0, 255, (96, 128, 3)).astype(np.uint8)
@@ -122,26 +122,26 @@ def test_face_cascade_three_models_and_host_loop_match_keras():
         assert expected["num_detections"][0] > 0
         assert_same_detections(expected, loop(image), min_iou=0.99, score_tolerance=1e-4)
     calibration = [block_image(seed, (96, 128)) for seed in range(3)]
-    int8 = face_lite.convert_stages(model, input_size=(96, 128), quantization="int8",
+    int8 = lite.convert_stages(model, input_size=(96, 128), quantization="int8",
                                     representative_images=calibration)
-    out = face_lite.FaceCascadeLite(int8, model.get_config())(calibration[0])
+    out = lite.FaceCascadeLite(int8, model.get_config())(calibration[0])
     assert out["boxes"].shape == (1, 50, 4) and all(tflite.flex_ops(f) == [] for f in int8.values())
 
 
 def test_host_loop_pieces_match_their_tensorflow_twins():
-    from kdet import face_lite
-    from kdet.face_pyramid import crop_boxes_for, square_boxes
+    from kdet.face import lite
+    from kdet.face.pyramid import crop_boxes_for, square_boxes
 
     image = np.random.default_rng(0).uniform(0, 255, (30, 40, 3)).astype(np.float32)
     boxes = np.array([[2, 3, 14, 20], [-4, 30, 10, 44], [5.5, 6.25, 29, 39]], np.float32)
     expected = tf.image.crop_and_resize(image[None], crop_boxes_for(tf.constant(boxes), image_size=(30, 40), crop=12),
                                         tf.zeros([3], tf.int32), (12, 12)).numpy()
-    np.testing.assert_allclose(face_lite.crop_patches(image, boxes, 12), expected, atol=1e-3)
-    np.testing.assert_allclose(face_lite.square_boxes(boxes), square_boxes(tf.constant(boxes)).numpy(), atol=1e-6)
+    np.testing.assert_allclose(lite.crop_patches(image, boxes, 12), expected, atol=1e-3)
+    np.testing.assert_allclose(lite.square_boxes(boxes), square_boxes(tf.constant(boxes)).numpy(), atol=1e-6)
     scores = np.array([0.9, 0.8, 0.7], np.float32)
     overlapping = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
-    assert face_lite.greedy_nms(overlapping, scores, 0.3, 10).tolist() == [0, 2]
-    assert face_lite.greedy_nms(overlapping, scores, 0.3, 1).tolist() == [0]
+    assert lite.greedy_nms(overlapping, scores, 0.3, 10).tolist() == [0, 2]
+    assert lite.greedy_nms(overlapping, scores, 0.3, 1).tolist() == [0]
 
 
 def test_face_cascade_without_survivors_returns_zero_detections():

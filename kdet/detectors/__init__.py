@@ -1,9 +1,34 @@
-"""The detectors: subclasses of :class:`~kdet.detectors.base.Detector` (a ``keras.Model``), registered as ``kdet>Name``."""
+"""The detectors: subclasses of :class:`~kdet.detectors.base.Detector` (a ``keras.Model``), registered as ``kdet>Name``.
 
-from kdet.detectors.base import Detector
-from kdet.detectors.cascade_rcnn import CascadeRCNN
-from kdet.detectors.face_cascade import FaceCascade
-from kdet.detectors.retinanet import RetinaNet
-from kdet.detectors.rpn import RegionProposalNetwork
+Names are imported on first use (``kdet.detectors.RetinaNet``), so importing
+one detector does not build the others' modules; the face detectors live in
+:mod:`kdet.face`.
+"""
 
-__all__ = ["CascadeRCNN", "Detector", "FaceCascade", "RegionProposalNetwork", "RetinaNet"]
+import importlib
+
+_WHERE = {
+    "Detector": "kdet.detectors.base",
+    "CascadeRCNN": "kdet.detectors.cascade_rcnn",
+    "RetinaNet": "kdet.detectors.retinanet",
+    "RegionProposalNetwork": "kdet.detectors.rpn",
+    "FaceCascade": "kdet.face.cascade",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'kdet.detectors' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)
+
+
+def register_all() -> None:
+    """Imports every detector module, registering its class with Keras (``kdet>Name``) for deserialisation."""
+    for module in sorted(set(_WHERE.values())):
+        importlib.import_module(module)
+
+
+def __dir__():
+    return __all__

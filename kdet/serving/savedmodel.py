@@ -5,7 +5,7 @@ method that returns kdet's output contract (:mod:`kdet.postprocess`):
 :class:`~kdet.detectors.retinanet.RetinaNet` (focal, AP-loss and
 consistent: one inference graph), :class:`~kdet.detectors.cascade_rcnn.CascadeRCNN`
 (also the Faster R-CNN and RPN face detectors) and
-:class:`~kdet.detectors.face_cascade.FaceCascade`. Signatures:
+:class:`~kdet.face.cascade.FaceCascade`. Signatures:
 
 * ``serving_default(input_tensor: uint8 [B, H, W, 3])``: a batch of images of
   any one height and width (the signature accepts any rank so that a wrong

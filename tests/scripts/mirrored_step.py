@@ -25,7 +25,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kdet.detectors.cascade_rcnn import CascadeRCNN  # noqa: E402
-from kdet.detectors.face_cascade import FaceCascade  # noqa: E402
+from kdet.face.cascade import FaceCascade  # noqa: E402
 from kdet.detectors.retinanet import RetinaNet  # noqa: E402
 
 KWARGS = dict(num_classes=3, backbone="tiny", freeze_batchnorm=True, fpn_filters=16, head_convs=1, head_filters=16,

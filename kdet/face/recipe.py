@@ -4,20 +4,15 @@ Both are :attr:`Recipe.train <kdet.training.recipe.Recipe.train>`
 procedures ``train(recipe, run) -> model``: these detectors do not train by
 ``fit`` on whole images with one optimiser, so :func:`kdet.training.train`
 hands them its :class:`~kdet.training.loop.Run` (data, batch, strategy,
-callbacks) and evaluates what they return.
+callbacks) and evaluates what they return. Both only translate the recipe
+into :mod:`kdet.face.procedures`, the module ``benchmarks/face_benchmark.py``
+calls too:
 
-* :func:`train_face_cascade` -- Sec. 4.2: 48x48 samples mined by sliding
-  windows over the training images' pyramids
-  (:func:`~kdet.data.face_mining.mine_face_samples`), optionally hard samples
-  mined by a first greedily trained x12 (:func:`~kdet.face_training.bootstrap_samples`),
-  the three branches trained separately (greedy), then the joint network
-  initialised from them, as the paper does "to make it converge easily".
-  The same procedure as ``benchmarks/face_benchmark.py``'s
-  ``cascade_joint_from_separate``.
+* :func:`train_face_cascade` -- Sec. 4.2: :func:`~kdet.face.procedures.prepare_cascade`
+  then :func:`~kdet.face.procedures.train_cascade` with the recipe's
+  :class:`~kdet.face.procedures.CascadeTraining` (``extra["procedure"]``).
 * :func:`train_face_rcnn` -- Sec. 5.2: the RPN + Fast R-CNN detector's
-  two-step joint training (:func:`~kdet.face_training.train_rcnn_joint`: the
-  RPN, then the joint network fine-tuned from it on that RPN's proposals of
-  the training images).
+  two-step joint training (:func:`~kdet.face.procedures.train_rcnn_joint`).
 
 Schedules count epochs, not steps. The paper sizes its training in epochs of
 its samples ("5 to 10 epochs", Sec. 4.2), whose number is known only after
@@ -34,26 +29,23 @@ Recipe ``extra`` settings read here (all optional):
 * ``max_train_images``: train on at most this many training images, spread
   evenly over the split (``Dataset.shard``: WIDER FACE is ordered by event,
   its first images are all "Parade"); None uses all of them;
-* cascade: ``mining`` (keyword arguments of the sliding-window pyramid and
-  labels: ``stride``, ``levels_per_octave``, ``positive_iou``,
-  ``negative_iou``), ``positive_fraction``, ``max_positives_per_face``,
-  ``negatives_per_image`` and ``bootstrap`` (None, or ``{"depth",
-  "negatives_per_image", "positives_per_face"}``);
+* cascade: ``procedure``, :class:`~kdet.face.procedures.CascadeTraining`
+  fields (``epochs`` and ``batch_size`` come from the schedule and the run);
 * ``min_face_size``: read by the evaluation (faces below it are ignored).
 """
 
 from __future__ import annotations
 
 import bisect
-from typing import Any, Mapping
+import dataclasses
+from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from kdet import face_training
-from kdet.data import face_mining
 from kdet.data.pipeline import make_pipeline
+from kdet.face import procedures
 
 #: Keys of an example dict the cascade's mining reads.
 _MINING_KEYS = ("image", "boxes", "is_crowd")
@@ -66,7 +58,7 @@ def learning_rate(recipe, batch_size: int) -> float:
     return schedule.base_lr * batch_size / schedule.reference_batch
 
 
-def optimizer_factory(recipe, batch_size: int) -> face_training.OptimizerFactory:
+def optimizer_factory(recipe, batch_size: int) -> procedures.OptimizerFactory:
     """Fresh optimisers of ``recipe.schedule``'s kind at a constant (callback-settable) rate.
 
     A float rate, not the schedule object: the epoch-wise decay is a callback
@@ -93,9 +85,9 @@ def _epochs(recipe, run) -> int:
 
 
 def _fit_settings(recipe, run) -> dict[str, Any]:
-    """Keyword arguments common to the :mod:`kdet.face_training` procedures."""
-    return dict(batch_size=run.batch_size, optimizer=optimizer_factory(recipe, run.batch_size), seed=run.seed,
-                verbose=run.verbose, callbacks=list(run.callbacks) + [epoch_decay(recipe, run.batch_size)])
+    """Keyword arguments common to the :mod:`kdet.face.procedures` procedures."""
+    return dict(optimizer=optimizer_factory(recipe, run.batch_size), seed=run.seed, verbose=run.verbose,
+                callbacks=list(run.callbacks) + [epoch_decay(recipe, run.batch_size)])
 
 
 # ----------------------------------------------------------------------------- data
@@ -154,47 +146,26 @@ def _model_config(recipe) -> dict:
     return recipe.build_model(1, backbone=recipe.backbone, backbone_weights=recipe.backbone_weights).get_config()
 
 
-def mine_cascade_samples(recipe, run, examples: list, config: Mapping) -> tuple[face_mining.FaceSamples, dict]:
-    """Sliding-window samples of ``examples`` (Sec. 4.2) and the config with their offset statistics."""
-    settings: Mapping[str, Any] = recipe.extra
-    window_settings = dict(settings.get("mining", {}))
-    samples = face_mining.mine_face_samples(
-        examples, seed=run.seed, flip=recipe.flip, positive_fraction=settings.get("positive_fraction", 0.05),
-        progress=run.verbose == 1, min_face_size=config["min_face_size"],
-        max_positives_per_face=settings.get("max_positives_per_face", 4),
-        negatives_per_image=settings.get("negatives_per_image", 80), **window_settings)
-    mean, std = face_mining.offset_statistics(samples)
-    if run.verbose:
-        print(f"face cascade: {len(samples)} samples ({int((samples.labels == 1).sum())} faces) mined from "
-              f"{len(examples)} images")
-    return samples, {**config, "offset_mean": mean, "offset_std": std}
+def cascade_training(recipe, run) -> procedures.CascadeTraining:
+    """The recipe's :class:`~kdet.face.procedures.CascadeTraining`: ``extra["procedure"]``, epochs and batch of the run."""
+    settings = dict(recipe.extra.get("procedure", {}))
+    unknown = set(settings) - {f.name for f in dataclasses.fields(procedures.CascadeTraining)}
+    if unknown:
+        raise ValueError(f"recipe {recipe.name!r}: extra['procedure'] has unknown field(s) {sorted(unknown)}")
+    epochs = _epochs(recipe, run)
+    return procedures.CascadeTraining(**{**settings, "epochs": epochs, "batch_size": run.batch_size})
 
 
 def train_face_cascade(recipe, run) -> keras.Model:
     """Sec. 4.2: mine, optionally bootstrap, train the branches separately, then jointly from them."""
-    settings: Mapping[str, Any] = recipe.extra
-    examples = numpy_examples(run.train_examples, settings.get("max_train_images"))
-    samples, config = mine_cascade_samples(recipe, run, examples, _model_config(recipe))
-    epochs, common = _epochs(recipe, run), _fit_settings(recipe, run)
-    merged, later_only, branch_samples = samples, None, None
+    training = cascade_training(recipe, run)
+    examples = numpy_examples(run.train_examples, recipe.extra.get("max_train_images"))
+    common = _fit_settings(recipe, run)
     with run.strategy.scope():
-        if settings.get("bootstrap"):
-            boot = dict(settings["bootstrap"])
-            merged, _ = face_training.bootstrap_samples(
-                config, samples, examples, epochs=epochs, depth=boot.get("depth", 1), progress=run.verbose == 1,
-                min_face_size=config["min_face_size"], negatives_per_image=boot.get("negatives_per_image", 64),
-                positives_per_face=boot.get("positives_per_face", 2), **dict(settings.get("mining", {})), **common)
-            # x12 trains on the sliding windows; the later branches also on the hard samples x12 lets through,
-            # which x12's own loss skips in the joint network (see face_training.train_cascade_joint)
-            later_only = np.arange(len(merged)) >= len(samples)
-            branch_samples = {"x24": merged, "x48": merged}
-            if run.verbose:
-                print(f"face cascade: {len(merged) - len(samples)} hard samples added by bootstrapping")
-        separate, _ = face_training.train_cascade_separate(config, samples, epochs=epochs,
-                                                           branch_samples=branch_samples, **common)
-        joint, _ = face_training.train_cascade_joint(config, merged, epochs=epochs, init_from=separate,
-                                                     later_only=later_only, **common)
-    return joint
+        prepared = procedures.prepare_cascade(_model_config(recipe), examples, training, progress=run.verbose == 1,
+                                              **common)
+        model, _ = procedures.train_cascade(prepared, training, **common)
+    return model
 
 
 def train_face_rcnn(recipe, run) -> keras.Model:
@@ -206,6 +177,7 @@ def train_face_rcnn(recipe, run) -> keras.Model:
                          f"got {len(images)}")
     epochs = _epochs(recipe, run)
     with run.strategy.scope():
-        model, _ = face_training.train_rcnn_joint(_model_config(recipe), images, targets, rpn_epochs=epochs,
-                                                  joint_epochs=epochs, **_fit_settings(recipe, run))
+        model, _ = procedures.train_rcnn_joint(_model_config(recipe), images, targets, rpn_epochs=epochs,
+                                               joint_epochs=epochs, batch_size=run.batch_size,
+                                               **_fit_settings(recipe, run))
     return model

@@ -34,40 +34,24 @@ import numpy as np
 import tensorflow as tf
 
 from kdet import boxes as box_ops
-from kdet import losses, postprocess
+from kdet import losses
 from kdet.detectors.base import Detector
-from kdet.face_pyramid import (
-    PYRAMID_METHODS,
-    best_levels,
-    block_cells,
-    block_maxima_values,
-    block_winners,
-    build_pyramid,
-    crop_boxes_for,
-    gather_crops,
-    level_crop_boxes,
-    pyramid_scales,
-    square_boxes,
-    window_boxes,
-)
-from kdet.heads.face import Face12Net, Face24Net, Face48Net, ThresholdControl
-
-BRANCHES = ("x12", "x24", "x48")
+from kdet.face import stages
+from kdet.face.nets import Face12Net, Face24Net, Face48Net, ThresholdControl
+from kdet.face.pyramid import PYRAMID_METHODS
+from kdet.face.stages import BRANCHES
 CROP_SOURCES = ("pyramid", "image")
 #: compute_dtype -> the branches' Keras dtype policy (variables float32 in both).
 COMPUTE_DTYPES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 #: ImageNet RGB mean and a common scale: "patches are mean removed" (Sec. 4.2).
 PIXEL_MEAN = (123.68, 116.78, 103.94)
 PIXEL_SCALE = 1.0 / 64.0
-#: The later stages run on their survivors padded to a multiple of this. Their cost is linear in the
-#: batch (x12-x24-x48: ~0.3 ms a patch on one core), and the CPU kernels set themselves up once per batch
-#: size (1.5-3 ms, then cached): 4 pads ~2 patches on average (x12-x24-x48 sees 30-40 survivors a VGA
-#: frame), with at most 12 batch sizes under a budget of 48, all met within a few frames of a video; 8 was
-#: ~3% slower a VGA frame on one core.
-PATCH_BATCH_MULTIPLE = 4
-#: With ``stage1_nms_iou``, x12's NMS sees its best ``STAGE1_NMS_CANDIDATES * stage1_max_boxes`` windows
-#: above the threshold (the same budget as NMS over all of them unless it suppressed more than 7 in 8).
-STAGE1_NMS_CANDIDATES = 8
+#: The test pipeline chosen on the embedded face set's validation split (``benchmarks/face_speed_sweep.py``
+#: and ``face_speed_profile.py``; the numbers are in docs/benchmarks.md): the face recipes and the face
+#: benchmark test with it.
+VALIDATED_TEST_SETTINGS = {"test_thresholds": (0.01, 0.05, 0.5), "pyramid": "area", "crop_method": "nearest",
+                           "stage1_max_boxes": 160, "stage1_nms_iou": 0.7, "stage2_max_boxes": 32,
+                           "stage2_nms_iou": 0.7}
 
 
 @keras.saving.register_keras_serializable(package="kdet")
@@ -81,13 +65,13 @@ class FaceCascade(Detector):
       smooth_l1_beta: smooth-L1's quadratic zone (1 as in Fast R-CNN).
       offset_mean: per-coordinate mean of the raw offsets (``ty, tx, th, tw``).
       offset_std: their standard deviation; see
-        :func:`kdet.data.face_mining.offset_statistics`.
+        :func:`kdet.face.mining.offset_statistics`.
       dropout: rate before every classification / regression layer.
       train_branches: branches whose weights learn and whose losses count.
       min_face_size: smallest face found at test, pixels.
       levels_per_octave: test pyramid levels per halving (2 ~ factor 0.71).
       pyramid: how the test pyramid is built, see
-        :func:`kdet.face_pyramid.build_pyramid`: "antialias" (every level
+        :func:`kdet.face.pyramid.build_pyramid`: "antialias" (every level
         an antialiased resize, as training-sample mining builds it),
         "octave" (a level half the size of the one an octave up is its 2x2
         average: ~1 ms less at VGA, the same recall on the embedded set) or
@@ -113,8 +97,8 @@ class FaceCascade(Detector):
       nms_iou_threshold: the final NMS.
       max_detections: K of the output contract.
       use_gather: build the pyramid and crop the patches with gathers and
-        arithmetic (:func:`kdet.face_pyramid.resize_level_gather`,
-        :func:`kdet.face_pyramid.gather_crops`) instead of ``tf.image``
+        arithmetic (:func:`kdet.face.pyramid.resize_level_gather`,
+        :func:`kdet.face.pyramid.gather_crops`) instead of ``tf.image``
         resize / ``crop_and_resize``: the same values to float rounding,
         and TFLite builtins only (what :mod:`kdet.tflite` converts).
         Bilinear crops only.
@@ -128,7 +112,7 @@ class FaceCascade(Detector):
       x24_trunk: x12-x24's conv trunk, "li" (Li et al.'s 24-net), "li32"
         (it with 32 filters, ~0.6x the time per patch) or "rnet" (MTCNN's
         R-net trunk, ~0.55x), see
-        :data:`kdet.heads.face.X24_TRUNKS`. Changes the weights: train with it.
+        :data:`kdet.face.nets.X24_TRUNKS`. Changes the weights: train with it.
     """
 
     default_evaluation = "face"
@@ -187,7 +171,7 @@ class FaceCascade(Detector):
             if len(value) != size:
                 raise ValueError(f"{name} needs {size} values, got {list(value)}")
         # Keras gives a layer's sublayers the global dtype policy, not the layer's own: set it while the
-        # branches are built (the output layers are float32 whatever it is, see kdet.heads.face).
+        # branches are built (the output layers are float32 whatever it is, see kdet.face.nets).
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(COMPUTE_DTYPES[compute_dtype])
         try:
@@ -270,7 +254,7 @@ class FaceCascade(Detector):
         """Which samples each branch's loss sees: valid for x12, then the threshold controls.
 
         ``later_only`` ``[N]`` bool marks samples that x12's own loss skips
-        (bootstrapped hard samples, :func:`kdet.face_training.bootstrap_samples`);
+        (bootstrapped hard samples, :func:`kdet.face.procedures.bootstrap_samples`);
         they still pass x12's threshold control to the later branches.
         """
         valid = tf.cast(labels >= 0, tf.float32)
@@ -316,7 +300,7 @@ class FaceCascade(Detector):
         """Rows (and columns) of a ``depth`` patch (24 or 48 pixels) that :meth:`branches` reads.
 
         Every branch sees the patch average-pooled to its own size and reads
-        only its top-left ``input_extent`` (:func:`kdet.heads.face.trunk_extent`):
+        only its top-left ``input_extent`` (:func:`kdet.face.nets.trunk_extent`):
         23 of x12-x24's 24 and 46 of x12-x24-x48's 48 (x12-x24 needs 23 of
         the 24 it pools the 48 to); the test pipeline crops only these.
         """
@@ -324,180 +308,11 @@ class FaceCascade(Detector):
         branches = (self.x12, self.x24, self.x48)[:depth]
         return max(branch.input_extent * (size // side) for branch, side in zip(branches, (12, 24, 48)))
 
-    def crop_patches(self, levels, level_scales, boxes, box_index, image_size, crop: int,
-                     samples: int | None = None) -> tf.Tensor:
-        """``[n, crop, crop, 3]`` patches of ``boxes [n, 4]`` (image pixels) of images ``box_index [n]``.
-
-        With ``samples``, only the first ``samples`` rows and columns of
-        each (``[n, samples, samples, 3]``, see :func:`kdet.face_pyramid.crop_boxes_for`).
-
-        Each box is cut from one source: the level of ``levels`` (scales
-        ``level_scales``, decreasing, the image first at 1.0) where it is
-        smallest but still at least ``crop`` pixels (Sec. 6.5), so the
-        resampling never shrinks by more than one pyramid step. The crop
-        boxes of all boxes are computed at once from a table of the levels'
-        (static) sizes, then partitioned by level: one ``crop_and_resize``
-        per level on its own boxes only (per-level box arithmetic was ~550
-        small ops a VGA frame, ~4% of its time on one core).
-        """
-        method = self._config["crop_method"]
-        side = crop if samples is None else samples
-        if self._config["use_gather"]:
-            return gather_crops(levels, level_scales, boxes, box_index, image_size=image_size, crop=crop,
-                                samples=samples)
-        if len(levels) == 1:
-            return tf.image.crop_and_resize(
-                levels[0], crop_boxes_for(boxes, image_size=image_size, crop=crop, samples=samples),
-                box_index, (side, side), method)
-        chosen = best_levels(boxes, level_scales, crop=crop)
-        sizes = [(int(level.shape[1]), int(level.shape[2])) for level in levels]  # static
-        crop_boxes = level_crop_boxes(boxes, chosen, sizes, image_size=image_size, crop=crop, samples=samples)
-        count = len(levels)
-        positions = tf.dynamic_partition(tf.range(tf.shape(boxes)[0]), chosen, count)
-        level_boxes = tf.dynamic_partition(crop_boxes, chosen, count)
-        level_index = tf.dynamic_partition(box_index, chosen, count)
-        parts = [tf.image.crop_and_resize(level, b, i, (side, side), method)
-                 for level, b, i in zip(levels, level_boxes, level_index)]
-        return tf.dynamic_stitch(positions, parts)
-
-    def test_scales(self, image_size) -> list[float]:
-        """The test pyramid's scales for ``(height, width)`` images (empty: smaller than one window)."""
-        return pyramid_scales(image_size, min_face_size=self._config["min_face_size"], window=12,
-                              levels_per_octave=self._config["levels_per_octave"])
-
-    def crop_sources(self, x, levels, scales):
-        """``(maps, their scales)`` the later stages crop from: the image, and the levels below it (Sec. 6.5)."""
-        if self._config["crop_source"] == "pyramid" and scales[0] < 1.0:
-            return [x] + list(levels), [1.0] + list(scales)
-        return [x], [1.0]
-
-    def _stage1(self, levels, image_size, *, threshold: float, keep: int):
-        """x12 over every level: the best ``keep`` windows scoring at least ``threshold``.
-
-        Returns ``(scores [B, K], boxes [B, K, 4])``, ``K = min(keep,
-        blocks)``, best first; scores below ``threshold`` are 0 (padding).
-        Response-map max pooling (Sec. 4.3) leaves one window per ``k x k``
-        block, so the budget is taken over the blocks' maxima
-        (:func:`kdet.face_pyramid.block_maxima_values`), and only the ``K``
-        blocks chosen are resolved to their winning window (the first
-        maximum in row-major order, :func:`kdet.face_pyramid.response_map_max_pool`'s
-        rule), box-regressed and decoded: a VGA frame has ~50,000 windows,
-        ~12,500 blocks. TFLite builtins only.
-        """
-        k = self._config["pool_size"]
-        faces, features, anchors, maxima, shapes = [], [], [], [], []
-        for level in levels:
-            feature = self.x12.trunk(level)
-            logits = self.x12.logits(feature)
-            # the softmax's face probability, two classes: one op instead of softmax + slice
-            face = tf.sigmoid(logits[..., 1] - logits[..., 0])
-            h, w = int(face.shape[1]), int(face.shape[2])
-            batch = tf.shape(face)[0]
-            best = block_maxima_values(face, k)
-            maxima.append(tf.reshape(best, [batch, int(best.shape[1]) * int(best.shape[2])]))  # static H, W
-            faces.append(tf.reshape(face, [batch, h * w]))
-            features.append(tf.reshape(feature, [batch, h * w, feature.shape[-1]]))
-            shapes.append((h, w))
-            level_hw = level.shape[1:3]
-            anchors.append(window_boxes((h, w), stride=2, window=12,
-                                        scale_yx=(level_hw[0] / image_size[0], level_hw[1] / image_size[1])))
-        maxima = tf.concat(maxima, axis=1)
-        top, blocks = tf.math.top_k(tf.where(maxima >= threshold, maxima, 0.0), k=min(keep, int(maxima.shape[1])))
-        chosen = block_winners(tf.concat(faces, axis=1), block_cells(shapes, k), blocks)  # [B, K] windows
-        feature = tf.gather(tf.concat(features, axis=1), chosen, batch_dims=1)  # [B, K, 16]
-        codes = self.denormalize_offsets(self.x12.offsets(feature[:, :, None, :])[:, :, 0, :])
-        return top, self.box_coder.decode(codes, tf.gather(tf.concat(anchors, axis=0), chosen))
-
-    def _refine(self, sources, boxes, scores, *, depth: int, threshold: float, image_size):
-        """One later stage on the boxes still scored above 0: ``(scores, boxes)``, same shapes.
-
-        Only the survivors are cropped and run (compute follows the
-        survivors, not the padded budget); the others keep score 0.
-        """
-        batch, k = tf.shape(boxes)[0], tf.shape(boxes)[1]
-        squares = tf.reshape(square_boxes(boxes), [-1, 4])
-        keep = tf.cast(tf.where(tf.reshape(scores, [-1]) > 0)[:, 0], tf.int32)  # int32: TFLite has no int64 FloorDiv
-        total = batch * k
-
-        # Pad the survivors to a multiple of PATCH_BATCH_MULTIPLE (at least that) by repeating the first
-        # (or row 0): the CPU kernels set themselves up once per batch size (1.5-3 ms, then cached), so
-        # a few sizes beat a new one every frame, and TF's CPU Conv2D mishandles an empty batch. No
-        # tf.cond: TFLite keeps variables read inside an IF branch as resource variables, not constants.
-        count = tf.size(keep)
-        multiple = PATCH_BATCH_MULTIPLE
-        padded = tf.maximum((count + multiple - 1) // multiple * multiple, multiple)
-        rows = tf.concat([keep, tf.fill([padded - count], tf.concat([keep, [0]], axis=0)[0])], axis=0)
-        kept = tf.gather(squares, rows)
-        crop = {2: 24, 3: 48}[depth]
-        patches = self.crop_patches(*sources, kept, rows // k, image_size, crop, self.patch_samples(depth))
-        out = self.branches(patches, depth=depth)
-        name = BRANCHES[depth - 1]
-        probs = tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:, 1]
-        refined = self.box_coder.decode(self.denormalize_offsets(out[f"{name}_offsets"]), kept)
-        # Padding rows scatter into one extra slot that is then dropped: no tensor is ever empty
-        # (TFLite's UNPACK refuses an empty input, so an image without survivors would fail there).
-        targets = tf.concat([keep, tf.fill([padded - count], total)], axis=0)[:, None]
-        new_scores = tf.scatter_nd(targets, tf.where(probs >= threshold, probs, 0.0), [total + 1])[:total]
-        new_boxes = tf.scatter_nd(targets, refined, tf.stack([total + 1, 4]))[:total]
-        return tf.reshape(new_scores, [batch, k]), tf.reshape(new_boxes, [batch, k, 4])
-
-    @staticmethod
-    def _top(scores, boxes, keep: int):
-        top, index = tf.math.top_k(scores, k=tf.minimum(keep, tf.shape(scores)[1]))
-        return top, tf.gather(boxes, index, batch_dims=1)
-
-    def _nms_budget(self, scores, boxes, keep: int, iou_threshold: float | None):
-        """The best ``keep`` boxes: top-k, or greedy NMS at ``iou_threshold`` (zero scores are padding)."""
-        if iou_threshold is None:
-            return self._top(scores, boxes, keep)
-        out = postprocess.class_aware_nms(boxes, scores, tf.zeros_like(scores, tf.int32),
-                                          iou_threshold=iou_threshold, max_detections=keep)
-        return out["scores"], out["boxes"]
-
-    def detect_steps(self, images: tf.Tensor):
-        """:meth:`detect` one step at a time: yields ``(step, outputs)`` after each.
-
-        Steps ``"pyramid"`` (``{"image": preprocessed, "levels": [...]}``), ``"x12"``, ``"x24"``,
-        ``"x48"`` (``{"scores": [B, K], "boxes": [B, K, 4]}``: the boxes
-        passed on, score 0 on padding) and ``"nms"`` (the output contract).
-        ``detect`` runs them all; a profiler stops early to time a prefix.
-        An image smaller than one window at ``min_face_size`` yields only ``"nms"``.
-        """
-        cfg = self._config
-        if images.shape.rank != 4 or images.shape[-1] != 3 or images.shape[1] is None or images.shape[2] is None:
-            raise ValueError(f"FaceCascade.detect needs [B, H, W, 3] images with static H, W; got {images.shape}")
-        image_size = (int(images.shape[1]), int(images.shape[2]))
-        self.build()  # the branches' parts are called one by one below (x12's trunk, then its outputs)
-        scales = self.test_scales(image_size)
-        if not scales:
-            yield "nms", postprocess.empty_detections(tf.shape(images)[0], cfg["max_detections"])
-            return
-        x = self.preprocess(images)
-        levels = build_pyramid(x, scales, use_gather=cfg["use_gather"], method=cfg["pyramid"])
-        yield "pyramid", {"image": x, "levels": levels}
-        t1, t2, t3 = cfg["test_thresholds"]
-        budget, iou = cfg["stage1_max_boxes"], cfg["stage1_nms_iou"]
-        scores, boxes = self._stage1(levels, image_size, threshold=t1,
-                                     keep=budget if iou is None else STAGE1_NMS_CANDIDATES * budget)
-        if iou is not None:  # without it _stage1's top-k already is the budget
-            scores, boxes = self._nms_budget(scores, boxes, budget, iou)
-        yield "x12", {"scores": scores, "boxes": boxes}
-        sources = self.crop_sources(x, levels, scales)
-        scores, boxes = self._refine(sources, boxes, scores, depth=2, threshold=t2, image_size=image_size)
-        scores, boxes = self._nms_budget(scores, boxes, cfg["stage2_max_boxes"], cfg["stage2_nms_iou"])
-        yield "x24", {"scores": scores, "boxes": boxes}
-        scores, boxes = self._refine(sources, boxes, scores, depth=3, threshold=t3, image_size=image_size)
-        yield "x48", {"scores": scores, "boxes": boxes}
-        boxes = box_ops.clip_boxes(boxes, image_size)
-        yield "nms", postprocess.class_aware_nms(boxes, scores, tf.zeros_like(scores, tf.int32),
-                                                 iou_threshold=cfg["nms_iou_threshold"],
-                                                 max_detections=cfg["max_detections"])
-
     def detect_clean(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         """Detects faces in finite ``[B, H, W, 3]`` images in [0, 255] (static H, W; ``detect`` guards the input).
 
         Returns the output contract with boxes in pixels of ``images``.
         """
-        for _, outputs in self.detect_steps(images):
+        for _, outputs in stages.detect_steps(self, images):
             pass
         return outputs

@@ -21,7 +21,7 @@ through, and among random sliding windows x12 rejects almost every
 non-face, so x12-x24 and x12-x24-x48 would see mostly faces. Classical
 cascades (and MTCNN) mine the next stage's training set from the previous
 stage's detections instead: the same windows are scored by a trained stage
-(:func:`cascade_window_scorer`), and only those that pass its threshold
+(:func:`kdet.face.stages.window_scorer`), and only those that pass its threshold
 are labelled and sampled. Merged with the sliding-window samples
 (``FaceSamples.concatenate``), they raise the share of every batch that
 reaches the later branches.
@@ -37,7 +37,7 @@ import tensorflow as tf
 from tqdm.auto import tqdm
 
 from kdet import boxes as box_ops
-from kdet.face_pyramid import build_pyramid, level_size, pyramid_scales
+from kdet.face.pyramid import build_pyramid, level_size, pyramid_scales
 
 
 @dataclasses.dataclass
@@ -282,7 +282,7 @@ def mine_hard_image(
     Args:
       image: ``[H, W, 3]`` uint8.
       gt_boxes: ``[G, 4]`` yxyx faces.
-      score_windows: see :data:`WindowScorer` (e.g. :func:`cascade_window_scorer`).
+      score_windows: see :data:`WindowScorer` (e.g. :func:`kdet.face.stages.window_scorer`).
       threshold: a window passes when its score is at least this.
       rng: samples the kept windows.
 
@@ -362,71 +362,6 @@ def mine_hard_samples(
     if flip:
         samples = samples.concatenate(flip_samples(samples))
     return samples
-
-
-def cascade_window_scorer(model, *, depth: int = 1, thresholds: tuple[float, ...] | None = None,
-                          window: int = 48, batch_size: int = 512) -> WindowScorer:
-    """A :data:`WindowScorer` of a :class:`~kdet.detectors.face_cascade.FaceCascade`, as its training sees windows.
-
-    ``depth=1`` scores x12's face probability. x12 runs fully convolutionally
-    on the level average-pooled by ``window / 12``: with a window stride of
-    ``2 * window / 12`` level pixels (8 for 48) every window is one output
-    cell, and its score is x12's on the window's patch pooled to 12x12,
-    exactly what x12 sees of a training sample. Windows off that grid are
-    cut and run as patches. ``depth=2`` scores x12-x24's face probability
-    on the windows that reach ``thresholds[0]`` (default: the model's
-    training threshold control) at x12, and ``-1`` on the others; use it
-    with ``threshold = thresholds[1]`` for the samples that reach x12-x24-x48.
-
-    Args:
-      model: a built FaceCascade.
-      depth: 1 (x12) or 2 (x12 then x12-x24).
-      thresholds: ``(x12,)`` threshold for depth 2.
-      window: the sample size (48).
-      batch_size: patches per forward pass.
-    """
-    if depth not in (1, 2):
-        raise ValueError(f"depth must be 1 or 2, got {depth}")
-    if window % 12:
-        raise ValueError(f"window must be a multiple of 12, got {window}")
-    factor = window // 12
-    first = float((thresholds or model.get_config()["thresholds"])[0])
-
-    def pooled(x, size):
-        return x if size == window else tf.nn.avg_pool2d(x, window // size, window // size, "VALID")
-
-    def run(patches, depth_):
-        out = []
-        for i in range(0, patches.shape[0], batch_size):
-            x = model.preprocess(tf.constant(patches[i:i + batch_size]))
-            name = ("x12", "x24")[depth_ - 1]
-            logits = model.branches(pooled(x, 12 * depth_), depth=depth_)[f"{name}_logits"]
-            out.append(tf.nn.softmax(logits, axis=-1)[:, 1].numpy())
-        return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-    def cut(level_image, corners):
-        return np.stack([level_image[y:y + window, x:x + window] for y, x in corners]) if len(corners) else \
-            np.zeros((0, window, window, 3), np.uint8)
-
-    def x12_scores(level_image, corners):
-        step = 2 * factor
-        if (corners % step).any():
-            return run(cut(level_image, corners), 1)
-        x = tf.nn.avg_pool2d(model.preprocess(tf.constant(level_image[None])), factor, factor, "VALID")
-        probs = tf.nn.softmax(model.x12(x)["logits"], axis=-1)[0, ..., 1].numpy()
-        return probs[corners[:, 0] // step, corners[:, 1] // step]
-
-    def score(level_image, corners):
-        corners = np.asarray(corners, np.int64).reshape(-1, 2)
-        scores = x12_scores(level_image, corners).astype(np.float32)
-        if depth == 1:
-            return scores
-        out = np.full(scores.shape, -1.0, np.float32)
-        passed = np.flatnonzero(scores >= first)
-        out[passed] = run(cut(level_image, corners[passed]), 2)
-        return out
-
-    return score
 
 
 def _limit_negatives(samples: FaceSamples, positive_fraction: float, rng) -> FaceSamples:

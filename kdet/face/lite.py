@@ -13,7 +13,7 @@ This module exports it as three models with the host doing the glue:
 
 The host loop (:class:`FaceCascadeLite`), in NumPy: keep the windows with a
 score, square them, crop ``S x S`` bilinear patches from the image (the
-``crop_source="image"`` rule of :class:`~kdet.detectors.face_cascade.FaceCascade`),
+``crop_source="image"`` rule of :class:`~kdet.face.cascade.FaceCascade`),
 resize the stage model's input to N, run it, threshold, keep the top
 ``stage2_max_boxes``, repeat at 48, then a greedy NMS. So it reproduces
 ``FaceCascade(crop_source="image")`` (checked in the tests).
@@ -27,30 +27,27 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.boxes import pairwise_iou_numpy
-from kdet.detectors.face_cascade import PIXEL_MEAN
-from kdet.face_pyramid import build_pyramid
-
-STAGES = ("x12", "x24", "x48")
+from kdet.face import stages
+from kdet.face.cascade import PIXEL_MEAN
+from kdet.face.pyramid import build_pyramid
+from kdet.face.stages import BRANCHES as STAGES
 
 
 def _stage1(model, images, image_size):
-    cfg = model.get_config()
-    scales = model.test_scales(image_size)
+    scales = stages.test_scales(model, image_size)
     if not scales:
         raise ValueError(f"images of {image_size} are smaller than one window at min_face_size "
-                         f"{cfg['min_face_size']}")
+                         f"{model.get_config()['min_face_size']}")
     levels = build_pyramid(model.preprocess(images), scales, use_gather=True)
-    scores, boxes = model._stage1(levels, image_size, threshold=cfg["test_thresholds"][0],
+    cfg = model.get_config()
+    scores, boxes = stages.stage1(model, levels, image_size, threshold=cfg["test_thresholds"][0],
                                   keep=cfg["stage1_max_boxes"])
     return {"scores": scores, "boxes": boxes}
 
 
 def _later_stage(model, depth: int, patches, boxes):
-    name = STAGES[depth - 1]
-    out = model.branches(model.preprocess(patches), depth=depth)
-    probs = tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:, 1]
-    refined = model.box_coder.decode(model.denormalize_offsets(out[f"{name}_offsets"]), boxes)
-    return {"scores": probs, "boxes": refined}
+    scores, refined = stages.stage_scores(model, model.preprocess(patches), depth, boxes)
+    return {"scores": scores, "boxes": refined}
 
 
 def stage_functions(model, input_size: Sequence[int]) -> dict:
@@ -98,7 +95,7 @@ def crop_patches(image: np.ndarray, boxes: np.ndarray, side: int, *, fill=0.0) -
     """Bilinear ``side x side`` patches of ``boxes [N, 4]`` (yxyx pixels) from ``image [H, W, 3]``.
 
     Sample ``i`` of a box of height ``S`` is at ``ymin + (i + 0.5) S / side -
-    0.5`` (pixel-centre coordinates, :func:`kdet.face_pyramid.crop_boxes_for`);
+    0.5`` (pixel-centre coordinates, :func:`kdet.face.pyramid.crop_boxes_for`);
     samples outside ``[0, H - 1]`` are ``fill`` (a value or a per-channel
     ``[3]``), as ``tf.image.crop_and_resize``'s extrapolation value. The
     cascade crops mean-removed images with 0, which is the mean pixel here.
@@ -133,7 +130,7 @@ def crop_patches(image: np.ndarray, boxes: np.ndarray, side: int, *, fill=0.0) -
 
 
 def square_boxes(boxes: np.ndarray) -> np.ndarray:
-    """NumPy twin of :func:`kdet.face_pyramid.square_boxes`."""
+    """NumPy twin of :func:`kdet.face.pyramid.square_boxes`."""
     cy, cx = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     half = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
     return np.stack([cy - half, cx - half, cy + half, cx + half], axis=1).astype(np.float32)

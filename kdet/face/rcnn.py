@@ -10,7 +10,7 @@ settings, so RoIAlign, the RPN rules, the losses and the output contract
 are the tested ones.
 
 The training procedures (the paper's two-step joint training and the
-four-step alternating baseline) are in :mod:`kdet.face_training`.
+four-step alternating baseline) are in :mod:`kdet.face.procedures`.
 
 From scratch, the backbone's BatchNorm needs batches large enough for its
 moving statistics (the paper trained on GPUs): at batch 4 on a CPU they lag

@@ -1,0 +1,128 @@
+"""One face-cascade procedure: the recipe (``kdet train face_cascade``) and the face benchmark run the same one.
+
+``kdet.face.procedures`` is the only copy of the training procedure; these
+tests check that the ``face_cascade:embedded`` recipe and
+``benchmarks/face_benchmark.py`` ask it for the same thing (settings, data,
+optimiser, test pipeline) and, on a short run, get the same weights; and that
+x12 is trained once when its greedy step is the bootstrapping x12.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+
+import h5py
+import numpy as np
+import pytest
+
+from kdet.face import procedures
+from kdet.face.cascade import VALIDATED_TEST_SETTINGS, FaceCascade
+
+#: FaceCascade arguments that change what training computes.
+TRAINING_KEYS = ("thresholds", "loss_weights", "box_loss_weight", "smooth_l1_beta", "dropout", "x24_trunk",
+                 "min_face_size", "compute_dtype", "train_branches")
+
+
+def _recipe():
+    from kdet import cli
+
+    recipe, _ = cli.resolve_recipe("face_cascade:embedded")
+    return recipe
+
+
+def _run(recipe, **changes):
+    return types.SimpleNamespace(**{"steps": None, "epochs": None, "batch_size": recipe.batch_size, **changes})
+
+
+def test_embedded_recipe_asks_for_the_benchmarks_procedure():
+    from benchmarks import face_benchmark
+    from kdet.face.recipe import _model_config, cascade_training
+
+    args, recipe = face_benchmark.parse_args([]), _recipe()
+    assert cascade_training(recipe, _run(recipe)) == face_benchmark.cascade_training(args)
+    assert recipe.train_data == f"embedded:faces:train[:{args.train_images}]"
+    schedule = recipe.schedule
+    assert (schedule.optimizer, schedule.base_lr, schedule.boundaries) == ("adam", args.learning_rate, ())
+    assert schedule.reference_batch == recipe.batch_size == args.cascade_batch_size
+    assert schedule.total_steps == args.cascade_epochs == args.from_separate_epochs
+    recipe_config = _model_config(recipe)
+    bench_config = FaceCascade(**face_benchmark.cascade_config(args.cascade_x24_trunk)).get_config()
+    assert {k: recipe_config[k] for k in TRAINING_KEYS} == {k: bench_config[k] for k in TRAINING_KEYS}
+    tested = face_benchmark.inference_config("cascade_joint_from_separate", bench_config, args)
+    for key, value in VALIDATED_TEST_SETTINGS.items():  # and both test with the validated pipeline
+        assert list(np.atleast_1d(recipe_config[key])) == list(np.atleast_1d(tested[key])), key
+
+
+def test_benchmark_variants_are_one_procedure_started_differently():
+    from benchmarks import face_benchmark
+
+    args = face_benchmark.parse_args([])
+    target = face_benchmark.cascade_training(args)
+    assert (target.start, target.joint_epochs, target.hard_samples) == ("separate", args.cascade_epochs, "all")
+    assert face_benchmark.cascade_training(args, "cascade_separate").start == "none"
+    scratch = face_benchmark.cascade_training(args, "cascade_joint")
+    assert (scratch.start, scratch.joint_epochs) == ("scratch", 3 * args.cascade_epochs)
+    old_rule = face_benchmark.cascade_training(face_benchmark.parse_args(["--no-bootstrap-x12"]))
+    assert old_rule.hard_samples == "later_only"
+    assert face_benchmark.cascade_training(face_benchmark.parse_args(["--no-bootstrap"])).bootstrap_depth is None
+    with pytest.raises(ValueError, match="hard_samples"):
+        procedures.CascadeTraining(hard_samples="x12")
+    with pytest.raises(ValueError, match="start"):
+        procedures.CascadeTraining(start="greedy")
+
+
+def _tiny_examples():
+    rng = np.random.default_rng(4)
+    return [{"image": rng.integers(0, 255, (96, 96, 3)).astype(np.uint8),
+             "boxes": np.array([[10.0, 10.0, 50.0, 50.0]], np.float32)} for _ in range(2)]
+
+
+def test_x12_is_trained_once_when_the_hard_samples_train_the_later_branches_only():
+    training = procedures.CascadeTraining(epochs=1, batch_size=16, min_face_size=24.0, negatives_per_image=30,
+                                          positive_fraction=0.25, bootstrap_negatives=7, bootstrap_positives=1,
+                                          hard_samples="later_only")
+    config = {"thresholds": (0.0, 0.003)}  # x12 passes every window: hard samples exist
+    prepared = procedures.prepare_cascade(config, _tiny_examples(), training, seed=3, verbose=0)
+    assert prepared.sliding < len(prepared.samples) and set(prepared.trained) == {"x12"}
+    model, steps = procedures.train_cascade(prepared, training, seed=3, verbose=0)
+    assert steps["x12"]["reused"] and steps["x12"]["model"] is prepared.trained["x12"]["model"]
+    assert set(steps) == {"x12", "x24", "x48", "joint"} and "reused" not in steps["x24"]
+    x12 = prepared.trained["x12"]["model"].x12.get_weights()
+    for got, want in zip(steps["x24"]["model"].x12.get_weights(), x12):  # x24's step starts from that x12
+        np.testing.assert_array_equal(got, want)
+    greedy = dataclasses.replace(training, start="none")  # another seed: its own x12 (greedy steps only)
+    _, other = procedures.train_cascade(prepared, greedy, seed=4, verbose=0)
+    assert "reused" not in other["x12"]
+    assert model.get_config()["offset_std"] == prepared.config["offset_std"]
+
+
+def _weights(path) -> dict[str, np.ndarray]:
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: out.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return out
+
+
+@pytest.mark.slow
+def test_a_short_recipe_run_trains_the_benchmarks_weights(tmp_path, capsys):
+    """``kdet train face_cascade:embedded`` on 6 images, 1 epoch = the benchmark's --train-images 6 --cascade-epochs 1."""
+    from benchmarks import face_benchmark
+    from kdet import cli
+
+    out = tmp_path / "bench"
+    face_benchmark.main(["--train-images", "6", "--test-images", "2", "--cascade-epochs", "1",
+                         "--detectors", "cascade_joint_from_separate", "--no-latency", "--no-fast", "--plot", "",
+                         "--out-dir", str(out), "--json", str(tmp_path / "bench.json")])
+    bench_log = capsys.readouterr().out
+    model_dir = tmp_path / "recipe"
+    assert cli.main(["train", "face_cascade:embedded", "--data", "embedded:faces:train[:6]", "--val-data",
+                     "embedded:faces:validation[:2]", "--epochs", "1", "--model-dir", str(model_dir)]) == 0
+    recipe_log = capsys.readouterr().out
+    mined = [line for line in bench_log.splitlines() if line.startswith("face cascade:")]
+    assert len(mined) == 2 and all(line in recipe_log for line in mined), (mined, recipe_log[-2000:])
+    bench = _weights(out / "cascade_joint_from_separate_seed0.weights.h5")
+    recipe = _weights(model_dir / "model.weights.h5")
+    assert len(bench) == len(recipe) > 0
+    for (name, want), got in zip(sorted(bench.items()), [recipe[k] for k in sorted(recipe)]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
