@@ -25,7 +25,7 @@ Variants (``kdet train face_cascade:VARIANT``): ``wider_face``.
 Run::
 
     kdet train face_cascade --data tfds:wider_face:train --model-dir runs/face_cascade
-    python recipes/face_cascade.py --smoke --model-dir /tmp/face_cascade_smoke
+    python -m recipes.face_cascade --smoke --model-dir /tmp/face_cascade_smoke
 
 Settings the paper leaves open, and what is used:
 
@@ -49,6 +49,7 @@ Settings the paper leaves open, and what is used:
 from kdet.detectors import FaceCascade
 from kdet.training import Recipe, StepSchedule, recipe_main
 from kdet.training.face import train_face_cascade
+from recipes.common import WIDER_FACE
 
 PAPER = "Qin et al. 2016, Joint Training of Cascaded CNN for Face Detection, Sec. 4 (4.2 training, 4.3 test)"
 MIN_FACE = 20.0
@@ -84,8 +85,7 @@ RECIPES = {
         name="face_cascade",
         paper=PAPER,
         build_model=build_model,
-        train_data="tfds:wider_face:train",
-        val_data="tfds:wider_face:validation",
+        **WIDER_FACE,
         # evaluation images: WIDER FACE images are 1024 px wide, kept at their size
         image_size=(768, 1024),
         batch_size=128,  # samples per step (not given in the paper)

@@ -1,8 +1,9 @@
 """What a recipe is: a paper experiment as plain Python data.
 
-A recipe file in ``recipes/`` builds its detector by calling the detector's
-constructor (no registry, no string factory) and states the paper's
-hyperparameters in a :class:`Recipe`; :func:`kdet.training.train` runs it.
+A recipe module of the ``recipes`` package builds its detector by calling
+the detector's constructor (no registry, no string factory) and states the
+paper's hyperparameters in a :class:`Recipe`; :func:`kdet.training.train`
+runs it.
 Schedules are written at the paper's batch size (``reference_batch``); a
 run at another global batch size scales them by the linear scaling rule
 (:meth:`StepSchedule.for_batch`).
