@@ -97,7 +97,6 @@ RECIPES = {
         backbone="none",
         flip=True,  # Sec. 4.2: "each sample is horizontally flipped"
         max_boxes=500,  # WIDER FACE has up to ~2,000 faces per image (evaluation)
-        evaluation="face",
         val_images=500,
         train=train_face_cascade,
         extra={

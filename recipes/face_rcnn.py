@@ -97,6 +97,7 @@ def build_model(num_classes, *, backbone, backbone_weights):
         score_threshold=0.05,
         nms_iou_threshold=0.3,
         max_detections=100,
+        evaluation="face",  # kdet's face metrics (AP50, recall at false-positive counts), as the face cascade
     )
 
 
@@ -116,7 +117,6 @@ RECIPES = {
         backbone="tiny",
         flip=True,  # every training image is also used mirrored
         max_boxes=500,  # WIDER FACE has up to ~2,000 faces per image; the RPN's IoU matrices grow with it
-        evaluation="face",
         val_images=500,
         train=train_face_rcnn,
         extra={"max_train_images": 1000, "min_face_size": 20.0},  # see the module docstring

@@ -157,8 +157,10 @@ def test_smoke_overrides_are_recipe_fields(item):
 @pytest.mark.parametrize("item", RECIPES, ids=recipe_id)
 def test_face_recipes_train_their_own_way(item):
     stem, variant, recipe = item
-    is_face = NUM_CLASSES[parse_data_string(recipe.train_data)[1]] == 1
-    assert (recipe.evaluation == "face") == is_face
+    num_classes = NUM_CLASSES[parse_data_string(recipe.train_data)[1]]
+    is_face = num_classes == 1
+    model = recipe.build_model(num_classes, backbone="tiny", backbone_weights=None)
+    assert (model.evaluation == "face") == is_face, "the detector says how it is evaluated (face or COCO metrics)"
     if is_face:
         assert callable(recipe.train) and variant == "wider_face"
         assert recipe.extra.get("min_face_size"), "face metrics ignore faces below the detector's smallest"
