@@ -1,7 +1,7 @@
 """The ``kdet`` command line.
 
 ``kdet demo`` is the main job (train RetinaNet on the embedded data, evaluate,
-draw); ``kdet train`` runs a recipe of ``recipes/``; ``kdet evaluate``,
+draw); ``kdet train`` runs a recipe of the ``recipes`` package; ``kdet evaluate``,
 ``kdet detect`` and ``kdet export`` work on the model directory it writes.
 """
 
@@ -89,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
         demo.add_argument(flag, type=_positive_int, default=defaults[key], help="(default: %(default)s)")
     demo.add_argument("--seed", type=int, default=defaults["seed"], help="(default: %(default)s)")
 
-    train = sub.add_parser("train", help="train a recipe (recipes/NAME.py[:VARIANT] or a path) into a model directory")
+    train = sub.add_parser("train", help="train a recipe (NAME[:VARIANT] of the recipes package, or a file's "
+                                         "PATH.py[:VARIANT]) into a model directory")
     train.add_argument("recipe", help="recipe name (e.g. retinanet, cascade_rcnn_fpn:voc) or path to a recipe file")
     add_train_arguments(train)
 
@@ -148,33 +149,74 @@ def _export(args) -> int:
     return 0
 
 
+#: Modules of the ``recipes`` package that are not recipes (besides private ``_name`` ones).
+NOT_RECIPES = ("common",)
+
+
+def known_recipes() -> list[str]:
+    """The recipe names of the ``recipes`` package (its modules but ``common`` and ``_private`` ones).
+
+    Empty when the package cannot be imported (not a source checkout, or not
+    installed with ``pip install -e .``).
+    """
+    import importlib
+    import pkgutil
+
+    try:
+        package = importlib.import_module("recipes")
+    except ImportError:
+        return []
+    return sorted(m.name for m in pkgutil.iter_modules(package.__path__)
+                  if not m.name.startswith("_") and m.name not in NOT_RECIPES)
+
+
 def resolve_recipe(spec: str):
     """``(Recipe, variant name)`` for ``NAME[:VARIANT]`` or ``PATH.py[:VARIANT]``.
 
-    Names are looked up in ``./recipes`` and then in the ``recipes/`` folder
-    next to the installed ``kdet`` package (a source checkout).
+    A name is a module of the ``recipes`` package (``recipes.NAME``); a path
+    ending in ``.py`` is a recipe file of one's own, loaded from that file (it
+    may import from the ``recipes`` package).
     """
+    target, variant = spec.rsplit(":", 1) if ":" in spec and not spec.endswith(".py") else (spec, "")
+    if target.endswith(".py"):
+        module, where = _recipe_file(target), target
+    else:
+        module, where = _recipe_module(target), f"recipe {target!r}"
+    recipes = getattr(module, "RECIPES", None)
+    if not recipes:
+        raise ValueError(f"{where} defines no RECIPES dict")
+    return _pick_variant(recipes, variant, where=where)
+
+
+def _recipe_module(name: str):
+    """``recipes.NAME``, imported; an unknown name's error lists the known recipes."""
+    import importlib
+
+    known = known_recipes()
+    if name not in known:
+        hint = "" if name.isidentifier() else " (a recipe name is a module name; a recipe file's path ends in .py)"
+        raise ValueError(f"recipe {name!r} not found{hint}; known recipes: {_listed(known)}")
+    return importlib.import_module(f"recipes.{name}")
+
+
+def _listed(known: list[str]) -> str:
+    if known:
+        return ", ".join(known)
+    return "none (the recipes package cannot be imported: run `pip install -e .` in a kdet checkout)"
+
+
+def _recipe_file(path: str):
+    """The module of the recipe file at ``path`` (one's own recipe, loaded from the file)."""
     import importlib.util
     from pathlib import Path
 
-    import kdet
-
-    name, variant = spec.rsplit(":", 1) if ":" in spec and not spec.endswith(".py") else (spec, "")
-    folders = [Path("recipes"), Path(kdet.__file__).resolve().parent.parent / "recipes"]
-    candidates = [Path(name)] if name.endswith(".py") else [folder / f"{name}.py" for folder in folders]
-    path = next((c for c in candidates if c.is_file()), None)
-    if path is None:
-        known = sorted({p.stem for folder in folders if folder.is_dir() for p in folder.glob("*.py")
-                        if not p.stem.startswith("_")})
-        raise ValueError(f"recipe {name!r} not found (looked for {', '.join(str(c) for c in candidates)}); "
-                         f"known recipes: {', '.join(known) or 'none'}")
-    module_spec = importlib.util.spec_from_file_location(f"kdet_recipe_{path.stem}", path)
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"recipe file {path!r} not found (known recipe names: {_listed(known_recipes())})")
+    module_spec = importlib.util.spec_from_file_location(f"kdet_recipe_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    recipes = getattr(module, "RECIPES", None)
-    if not recipes:
-        raise ValueError(f"{path} defines no RECIPES dict")
-    return _pick_variant(recipes, variant, where=str(path))
+    return module
 
 
 def _pick_variant(recipes, variant: str, *, where: str):
@@ -222,7 +264,7 @@ def format_metrics(metrics, evaluation: str) -> str:
 
 
 def train_main(recipes, argv: list[str] | None = None) -> int:
-    """The command line of one recipe file (``python recipes/NAME.py [--variant V] ...``)."""
+    """The command line of one recipe module (``python -m recipes.NAME [--variant V] ...``)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = argparse.ArgumentParser(description="train this recipe (the options of `kdet train`)")
     parser.add_argument("--variant", choices=list(recipes), default=next(iter(recipes)),

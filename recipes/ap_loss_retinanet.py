@@ -28,7 +28,7 @@ Run::
     kdet train ap_loss_retinanet --data tfds:coco/2017:train --model-dir runs/ap_loss
     kdet train ap_loss_retinanet:voc --model-dir runs/ap_loss_voc
     kdet train ap_loss_retinanet:coco_800 --backbone resnet101 --model-dir runs/ap_loss800_r101
-    python recipes/ap_loss_retinanet.py --smoke --model-dir /tmp/ap_loss_smoke
+    python -m recipes.ap_loss_retinanet --smoke --model-dir /tmp/ap_loss_smoke
 
 Settings the paper leaves open or kdet cannot express, and what is used:
 
@@ -48,11 +48,11 @@ Settings the paper leaves open or kdet cannot express, and what is used:
 """
 
 from kdet.detectors import RetinaNet
-from kdet.training import Recipe, StepSchedule, recipe_main
+from kdet.training import StepSchedule, recipe_main
+from recipes.common import COCO, COCO_TRAIN_IMAGES, SMOKE, VOC0712, VOC0712_TRAINVAL_IMAGES, make_variants
+from recipes.retinanet import retinanet_settings
 
 PAPER = "Chen et al., AP-Loss for Accurate One-Stage Object Detection, Sec. 4.1"
-COCO_TRAIN_IMAGES = 118_287  # coco/2017 train (= trainval35k)
-VOC0712_TRAINVAL_IMAGES = 16_551  # VOC 2007 trainval (5,011) + VOC 2012 trainval (11,540)
 BATCH = 16  # Sec. 4.1.1: "mini-batch training on 2 GPUs with 8 images per GPU"
 # RetinaNet's [6] warm-up (Detectron: 500 iterations at batch 16, linear from 1/3); the paper does not mention one
 COMMON_SOLVER = dict(warmup_steps=500, warmup_factor=1.0 / 3.0, optimizer="sgd", momentum=0.9,
@@ -74,47 +74,40 @@ COCO_SCHEDULE = StepSchedule(base_lr=0.001, reference_batch=BATCH, total_steps=e
 VOC_SCHEDULE = StepSchedule(base_lr=0.001, reference_batch=BATCH, total_steps=epochs(160, VOC0712_TRAINVAL_IMAGES),
                             boundaries=(epochs(110, VOC0712_TRAINVAL_IMAGES), epochs(140, VOC0712_TRAINVAL_IMAGES)),
                             **COMMON_SOLVER)
-# --smoke checks this recipe's wiring (its detector settings, data, schedule, evaluation, model directory) in a
-# few seconds, so it swaps the ResNet for the tiny backbone: ResNet-50/101 builds and steps are tested on their
-# own (tests/test_backbones.py, tests/test_cascade_rcnn.py) and its weight files alone made CI slower.
-SMOKE = {"image_size": (128, 128), "batch_size": 2, "steps": 2, "val_images": 2, "steps_per_epoch": 2,
-         "backbone": "tiny"}
+
+#: What AP-loss RetinaNet changes in RetinaNet (:func:`recipes.retinanet.retinanet_settings`, whose other
+#: settings are Sec. 4.1.1's "the same as in [6]": FPN P3-P7, 3 aspect ratios [0.5, 1, 2], frozen batch
+#: normalisation ("We fix the batch normalization layers to be frozen in training phase"), "non-maximum
+#: suppression with IoU of 0.5 for each class").
+AP_LOSS = dict(
+    num_scales=2,  # "2 sub-octave scales (2^(k/2), for k <= 1)" (x 3 aspect ratios)
+    classification_loss="ap",  # the ranking task with the AP-loss (Sec. 3)
+    ap_delta=1.0,  # "We set delta = 1 in Equation 21" (Table 1)
+    ap_interpolate=True,  # "we use interpolated AP in all the following studies" (Table 1)
+    rank_across_replicas=False,  # each GPU ranks its own 8 images (see the module docstring)
+)
 
 
 def build_model(num_classes, *, backbone, backbone_weights):
     """RetinaNet with the interpolated AP-loss instead of the focal loss."""
-    return RetinaNet(
-        num_classes=num_classes,
-        backbone=backbone,
-        backbone_weights=backbone_weights,
-        freeze_batchnorm=True,  # "We fix the batch normalization layers to be frozen in training phase"
-        min_level=3,  # FPN P3-P7 (RetinaNet)
-        max_level=7,
-        num_scales=2,  # "2 sub-octave scales (2^(k/2), for k <= 1)" ...
-        aspect_ratios=(0.5, 1.0, 2.0),  # ... "and 3 aspect ratios [0.5, 1, 2]"
-        anchor_size=4.0,  # RetinaNet's 4 x stride base size
-        fpn_filters=256,
-        head_convs=4,
-        head_filters=256,
-        prior_probability=0.01,
-        match_thresholds=(0.4, 0.5),  # RetinaNet's: background below 0.4, foreground from 0.5
-        allow_low_quality_matches=True,  # as Detectron's RetinaNet: each ground truth's best anchors are foreground
-        box_weights=(1.0, 1.0, 1.0, 1.0),
-        smooth_l1_beta=0.11,  # Detectron's RETINANET.BBOX_REG_BETA
-        box_loss_weight=1.0,
-        pre_nms_top_k=1000,
-        score_threshold=0.05,
-        nms_iou_threshold=0.5,  # "non-maximum suppression with IoU of 0.5 for each class"
-        max_detections=100,
-        classification_loss="ap",  # the ranking task with the AP-loss (Sec. 3)
-        ap_delta=1.0,  # "We set delta = 1 in Equation 21" (Table 1)
-        ap_interpolate=True,  # "we use interpolated AP in all the following studies" (Table 1)
-        rank_across_replicas=False,  # each GPU ranks its own 8 images (see the module docstring)
-    )
+    settings = retinanet_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights)
+    return RetinaNet(**{**settings, **AP_LOSS})
 
 
-# What every variant shares.
-COMMON = dict(
+VARIANTS = {
+    # "the input image is fixed to 512 x 512 in training phase"
+    "coco": dict(suffix="", paper="; ResNet-50, 512, COCO (Table 2)", **COCO, image_size=(512, 512),
+                 schedule=COCO_SCHEDULE, steps_per_epoch=2000),
+    "voc": dict(suffix="_voc", paper="; ResNet-50, 512, VOC 07+12 (Tables 1-3)", **VOC0712, image_size=(512, 512),
+                schedule=VOC_SCHEDULE,
+                steps_per_epoch=epochs(1, VOC0712_TRAINVAL_IMAGES)),  # one epoch of VOC 07+12 at batch 16
+    # "800 x 800 in training" rounded down to a multiple of 128
+    "coco_800": dict(suffix="_800", paper="; AP-loss800, COCO (Table 6, ResNet-101)", **COCO,
+                     image_size=(768, 768), schedule=COCO_SCHEDULE, steps_per_epoch=2000),
+}
+
+RECIPES = make_variants(
+    "ap_loss_retinanet", PAPER, VARIANTS,
     build_model=build_model,
     batch_size=BATCH,
     backbone="resnet50",  # "We fix the ResNet-50 ... as backbone" in the ablations
@@ -124,40 +117,6 @@ COMMON = dict(
     val_images=500,
     smoke=SMOKE,
 )
-
-RECIPES = {
-    "coco": Recipe(
-        name="ap_loss_retinanet",
-        paper=PAPER + "; ResNet-50, 512, COCO (Table 2)",
-        train_data="tfds:coco/2017:train",
-        val_data="tfds:coco/2017:validation",
-        image_size=(512, 512),  # "the input image is fixed to 512 x 512 in training phase"
-        schedule=COCO_SCHEDULE,
-        steps_per_epoch=2000,
-        **COMMON,
-    ),
-    "voc": Recipe(
-        name="ap_loss_retinanet_voc",
-        paper=PAPER + "; ResNet-50, 512, VOC 07+12 (Tables 1-3)",
-        # VOC 2007 + 2012 trainval (the two tfds datasets read one after the other)
-        train_data="tfds:voc/2007:train+validation,tfds:voc/2012:train+validation",
-        val_data="tfds:voc/2007:test",
-        image_size=(512, 512),
-        schedule=VOC_SCHEDULE,
-        steps_per_epoch=epochs(1, VOC0712_TRAINVAL_IMAGES),  # one epoch of VOC 07+12 at batch 16
-        **COMMON,
-    ),
-    "coco_800": Recipe(
-        name="ap_loss_retinanet_800",
-        paper=PAPER + "; AP-loss800, COCO (Table 6, ResNet-101)",
-        train_data="tfds:coco/2017:train",
-        val_data="tfds:coco/2017:validation",
-        image_size=(768, 768),  # "800 x 800 in training" rounded down to a multiple of 128
-        schedule=COCO_SCHEDULE,
-        steps_per_epoch=2000,
-        **COMMON,
-    ),
-}
 
 if __name__ == "__main__":
     raise SystemExit(recipe_main(RECIPES))

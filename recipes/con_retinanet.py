@@ -9,7 +9,7 @@ not shared (Fig. 4(d), footnote 2), at mu_neg = 0.5 / mu_pos = 0.6 (Table 2,
 terms ("#cls 2, #reg 2", the best row of Table 3: 33.7 AP at scale 500) and
 both regressions applied at test ("2*" of Table 3 is one:
 ``test_regressions=1``). Inference scores as RetinaNet does (Sec. 4).
-Everything else is the RetinaNet baseline of Sec. 6.2 (``recipes/retinanet.py``):
+Everything else is the RetinaNet baseline of Sec. 6.2 (:mod:`recipes.retinanet`):
 Detectron's settings on "4 GPUs with a total of 8 images per mini-batch",
 ResNet-50-FPN, shorter side 500.
 
@@ -25,137 +25,43 @@ Variants (``kdet train con_retinanet:VARIANT``):
   metrics); the paper has no VOC experiment: mmdetection's
   ``retinanet_r50_fpn_1x_voc0712`` schedule at batch 8 (as ``retinanet:voc``).
 
-Schedule: Detectron's RetinaNet 1x (batch 16, lr 0.01, 90k iterations, rate
-/ 10 at 60k and 80k, linear warm-up over 500 iterations from 1/3, momentum
-0.9, weight decay 1e-4) at the paper's batch of 8 by the linear scaling rule
-Detectron prescribes for fewer GPUs: lr 0.005, 180k iterations, steps at
-120k and 160k, warm-up 1000.
+Schedule: the baseline's (:mod:`recipes.retinanet`), Detectron's RetinaNet 1x
+at the paper's batch of 8: lr 0.005, 180k iterations, steps at 120k and 160k,
+warm-up 1000 (:data:`recipes.common.COCO_1X`).
 
 Run::
 
     kdet train con_retinanet --data tfds:coco/2017:train --model-dir runs/con_retinanet
     kdet train con_retinanet:coco_800_jitter --backbone resnet101 --model-dir runs/con_retinanet_r101
     kdet train con_retinanet:voc --model-dir runs/con_retinanet_voc
-    python recipes/con_retinanet.py --smoke --model-dir /tmp/con_retinanet_smoke
+    kdet evaluate --model-dir runs/con_retinanet --data tfds:coco/2017:validation
+    python -m recipes.con_retinanet --smoke --model-dir /tmp/con_retinanet_smoke
 """
 
 from kdet.detectors import RetinaNet
-from kdet.training import Recipe, StepSchedule, recipe_main
+from kdet.training import recipe_main
+from recipes import retinanet
+from recipes.common import standard_variants
 
 PAPER = "Kong et al. 2019, Consistent Optimization (ConRetinaNet, Sec. 4, 6; Detectron settings, Sec. 6.2)"
-VOC0712_TRAINVAL_IMAGES = 16_551  # VOC 2007 trainval (5,011) + VOC 2012 trainval (11,540)
-BATCH = 8  # Sec. 6.2: "4 GPUs with a total of 8 images per mini-batch (2 images per GPU)"
-# Detectron's RetinaNet solver (batch 16: lr 0.01, 90k, steps 60k / 80k, warm-up 500 from 1/3) at batch 8
-COCO_SCHEDULE = StepSchedule(base_lr=0.005, reference_batch=BATCH, total_steps=180_000,
-                             boundaries=(120_000, 160_000), warmup_steps=1000, warmup_factor=1.0 / 3.0,
-                             optimizer="sgd", momentum=0.9, weight_decay=1e-4)
-# Table 6: "for 1.5x longer" (the steps too, as the RetinaNet paper's 1.5x schedule)
-LONG_SCHEDULE = StepSchedule(base_lr=0.005, reference_batch=BATCH, total_steps=270_000,
-                             boundaries=(180_000, 240_000), warmup_steps=1000, warmup_factor=1.0 / 3.0,
-                             optimizer="sgd", momentum=0.9, weight_decay=1e-4)
-# mmdetection's voc0712 1x at batch 8: 12 epochs of VOC 07+12 trainval, the rate / 10 after 9
-VOC_SCHEDULE = StepSchedule(base_lr=0.005, reference_batch=BATCH,
-                            total_steps=round(12 * VOC0712_TRAINVAL_IMAGES / BATCH),
-                            boundaries=(round(9 * VOC0712_TRAINVAL_IMAGES / BATCH),), warmup_steps=1000,
-                            warmup_factor=1.0 / 3.0, optimizer="sgd", momentum=0.9, weight_decay=1e-4)
-# --smoke checks this recipe's wiring (its detector settings, data, schedule, evaluation, model directory) in a
-# few seconds, so it swaps the ResNet for the tiny backbone: ResNet-50/101 builds and steps are tested on their
-# own (tests/test_backbones.py, tests/test_cascade_rcnn.py) and its weight files alone made CI slower.
-SMOKE = {"image_size": (128, 128), "batch_size": 2, "steps": 2, "val_images": 2, "steps_per_epoch": 2,
-         "backbone": "tiny"}
+
+#: What consistent optimization adds to the RetinaNet baseline (:class:`RetinaNet` arguments).
+CONSISTENT_OPTIMIZATION = dict(
+    consistent_cls_terms=2,  # Eq. 1: the anchors' labels, plus the refined anchors' labels ...
+    consistent_alpha=1.0,  # ... weighted alpha = 1 (Sec. 6.1)
+    consistent_reg_terms=2,  # Eq. 2: a second regression from the refined anchors
+    consistent_thresholds=((0.5, 0.6),),  # refined anchors: negative below mu_neg 0.5, positive from mu_pos 0.6
+    test_regressions=None,  # both regressions at test (#reg = 2; Table 3's "2*" would be 1)
+)
 
 
 def build_model(num_classes, *, backbone, backbone_weights):
     """ConRetinaNet: Detectron's RetinaNet plus Eq. 1 and Eq. 2's consistent terms."""
-    return RetinaNet(
-        num_classes=num_classes,
-        backbone=backbone,
-        backbone_weights=backbone_weights,
-        freeze_batchnorm=True,  # ImageNet statistics kept (2 images per GPU), as Detectron
-        min_level=3,  # P3-P7
-        max_level=7,
-        num_scales=3,  # 3 octave scales x 3 ratios = 9 anchors per location ...
-        aspect_ratios=(0.5, 1.0, 2.0),
-        anchor_size=4.0,  # ... of 4 x stride: 32 px on P3 ... 512 px on P7
-        fpn_filters=256,
-        head_convs=4,
-        head_filters=256,
-        prior_probability=0.01,
-        match_thresholds=(0.4, 0.5),  # background below 0.4, foreground from 0.5, ignored between
-        allow_low_quality_matches=True,  # Detectron also makes each ground truth's best anchors foreground
-        focal_alpha=0.25,
-        focal_gamma=2.0,
-        box_weights=(1.0, 1.0, 1.0, 1.0),
-        smooth_l1_beta=0.11,  # Detectron's RETINANET.BBOX_REG_BETA
-        box_loss_weight=1.0,
-        pre_nms_top_k=1000,  # per level
-        score_threshold=0.05,
-        nms_iou_threshold=0.5,
-        max_detections=100,
-        classification_loss="focal",
-        consistent_cls_terms=2,  # Eq. 1: the anchors' labels, plus the refined anchors' labels ...
-        consistent_alpha=1.0,  # ... weighted alpha = 1 (Sec. 6.1)
-        consistent_reg_terms=2,  # Eq. 2: a second regression from the refined anchors
-        consistent_thresholds=((0.5, 0.6),),  # refined anchors: negative below mu_neg 0.5, positive from mu_pos 0.6
-        test_regressions=None,  # both regressions at test (#reg = 2; Table 3's "2*" would be 1)
-    )
+    settings = retinanet.retinanet_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights)
+    return RetinaNet(**settings, **CONSISTENT_OPTIMIZATION)
 
 
-# What every variant shares.
-COMMON = dict(
-    build_model=build_model,
-    batch_size=BATCH,
-    backbone="resnet50",  # "ResNet-50 with a Feature Pyramid Network"
-    flip=True,  # Sec. 6.1: "no data augmentation is used except standard horizontal image flipping"
-    steps_per_epoch=2000,
-    val_images=500,
-    smoke=SMOKE,
-)
-
-RECIPES = {
-    "coco": Recipe(
-        name="con_retinanet",
-        paper=PAPER + "; ResNet-50, scale 500, COCO (Tables 1-4)",
-        train_data="tfds:coco/2017:train",
-        val_data="tfds:coco/2017:validation",
-        # shorter side 500, longer <= 833 (Detectron's RetinaNet-500) in kdet's one padded square: 640 x 640
-        # (0.41 Mpx, as 500 x 833; a 4:3 image gets 480 x 640)
-        image_size=(640, 640),
-        schedule=COCO_SCHEDULE,
-        **COMMON,
-    ),
-    "coco_800": Recipe(
-        name="con_retinanet_800",
-        paper=PAPER + "; scale 800, COCO (Table 4)",
-        train_data="tfds:coco/2017:train",
-        val_data="tfds:coco/2017:validation",
-        # shorter side 800, longer <= 1333: a 1024 x 1024 square (1.05 Mpx; a 4:3 image gets 768 x 1024)
-        image_size=(1024, 1024),
-        schedule=COCO_SCHEDULE,
-        **COMMON,
-    ),
-    "coco_800_jitter": Recipe(
-        name="con_retinanet_800_jitter",
-        paper=PAPER + "; scale 800, scale jitter, 1.5x schedule, COCO (Table 6)",
-        train_data="tfds:coco/2017:train",
-        val_data="tfds:coco/2017:validation",
-        image_size=(1024, 1024),
-        scale_jitter=(0.8, 1.0),  # shorter side drawn from 640-800 (0.8-1.0 of the 800 scale)
-        schedule=LONG_SCHEDULE,
-        **COMMON,
-    ),
-    "voc": Recipe(
-        name="con_retinanet_voc",
-        paper=PAPER + "; VOC 07+12 (mmdetection's VOC schedule)",
-        # VOC 2007 + 2012 trainval (the two tfds datasets read one after the other)
-        train_data="tfds:voc/2007:train+validation,tfds:voc/2012:train+validation",
-        val_data="tfds:voc/2007:test",
-        # shorter side 600 / longer <= 1000: a 768 x 768 square (a 4:3 image gets 576 x 768)
-        image_size=(768, 768),
-        schedule=VOC_SCHEDULE,
-        **COMMON,
-    ),
-}
+RECIPES = standard_variants("con_retinanet", PAPER, build_model, **retinanet.COMMON)
 
 if __name__ == "__main__":
     raise SystemExit(recipe_main(RECIPES))

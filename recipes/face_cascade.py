@@ -61,6 +61,7 @@ Settings the paper leaves open, and what is used:
 from kdet.face.cascade import VALIDATED_TEST_SETTINGS, FaceCascade
 from kdet.face.recipe import train_face_cascade
 from kdet.training import Recipe, StepSchedule, recipe_main
+from recipes.common import WIDER_FACE
 
 PAPER = "Qin et al. 2016, Joint Training of Cascaded CNN for Face Detection, Sec. 4 (4.2 training, 4.3 test)"
 MIN_FACE = 20.0
@@ -100,8 +101,7 @@ RECIPES = {
         name="face_cascade",
         paper=PAPER,
         build_model=build_model,
-        train_data="tfds:wider_face:train",
-        val_data="tfds:wider_face:validation",
+        **WIDER_FACE,
         # evaluation images: WIDER FACE images are 1024 px wide, kept at their size
         image_size=(768, 1024),
         batch_size=128,  # samples per step (not given in the paper)
@@ -113,7 +113,6 @@ RECIPES = {
         backbone="none",
         flip=True,  # Sec. 4.2: "each sample is horizontally flipped"
         max_boxes=500,  # WIDER FACE has up to ~2,000 faces per image (evaluation)
-        evaluation="face",
         val_images=500,
         train=train_face_cascade,
         extra={

@@ -22,7 +22,7 @@ Run::
 
     kdet train face_rcnn --data tfds:wider_face:train --model-dir runs/face_rcnn
     kdet train face_rcnn --backbone-weights tiny_backbone.weights.h5 --model-dir runs/face_rcnn_pretrained
-    python recipes/face_rcnn.py --smoke --model-dir /tmp/face_rcnn_smoke
+    python -m recipes.face_rcnn --smoke --model-dir /tmp/face_rcnn_smoke
 
 Settings the paper leaves open, and what is used:
 
@@ -49,6 +49,7 @@ Settings the paper leaves open, and what is used:
 from kdet.detectors import CascadeRCNN
 from kdet.face.recipe import train_face_rcnn
 from kdet.training import Recipe, StepSchedule, recipe_main
+from recipes.common import WIDER_FACE
 
 PAPER = "Qin et al. 2016, Joint Training of Cascaded CNN for Face Detection, Sec. 5.2 / 6.6 (RPN + Fast R-CNN)"
 BATCH = 8
@@ -96,6 +97,7 @@ def build_model(num_classes, *, backbone, backbone_weights):
         score_threshold=0.05,
         nms_iou_threshold=0.3,
         max_detections=100,
+        evaluation="face",  # kdet's face metrics (AP50, recall at false-positive counts), as the face cascade
     )
 
 
@@ -104,8 +106,7 @@ RECIPES = {
         name="face_rcnn",
         paper=PAPER,
         build_model=build_model,
-        train_data="tfds:wider_face:train",
-        val_data="tfds:wider_face:validation",
+        **WIDER_FACE,
         image_size=(768, 1024),  # WIDER FACE images are 1024 px wide: kept at their size
         batch_size=BATCH,
         # Faster R-CNN's solver (papers/004 Sec. 3.1.3: 0.001 at one image per mini-batch, then 0.0001; momentum
@@ -116,7 +117,6 @@ RECIPES = {
         backbone="tiny",
         flip=True,  # every training image is also used mirrored
         max_boxes=500,  # WIDER FACE has up to ~2,000 faces per image; the RPN's IoU matrices grow with it
-        evaluation="face",
         val_images=500,
         train=train_face_rcnn,
         extra={"max_train_images": 1000, "min_face_size": 20.0},  # see the module docstring

@@ -28,7 +28,7 @@ Run::
     kdet train faster_rcnn_fpn:coco_280k --backbone-weights resnet101_notop.h5 --model-dir runs/faster_rcnn_r101
     kdet train faster_rcnn_fpn:voc --model-dir runs/faster_rcnn_voc
     kdet train faster_rcnn_fpn --backbone resnet101 --smoke --model-dir /tmp/smoke
-    python recipes/faster_rcnn_fpn.py --variant voc --model-dir runs/faster_rcnn_voc
+    python -m recipes.faster_rcnn_fpn --variant voc --model-dir runs/faster_rcnn_voc
 
 Settings the paper leaves open, and what is used (each says where it is from):
 image size (FPN's shorter side 800, longer <= 1333), momentum / weight
@@ -39,23 +39,21 @@ decay / warm-up (Detectron's), the box-head regression statistics (stds 0.1 /
 import functools
 
 from kdet.detectors import CascadeRCNN
-from kdet.training import Recipe, StepSchedule, recipe_main
+from kdet.training import StepSchedule, recipe_main
+from recipes.common import BATCH, COCO, SGD, SMOKE, VOC0712, VOC0712_1X, WARMUP, make_variants
 
 PAPER = "Cai & Vasconcelos 2018, Cascade R-CNN, Sec. 5.1.1 (FPN+ baseline); RPN: Ren et al., Faster R-CNN, Sec. 3.1"
-COCO_TRAIN_IMAGES = 118_287  # coco/2017 train (= the trainval35k of the older papers)
-VOC0712_TRAINVAL_IMAGES = 16_551  # VOC 2007 trainval (5,011) + VOC 2012 trainval (11,540)
-BATCH = 8  # Sec. 5.1.1: "8 synchronized GPUs, each holding one image per iteration"
-# Detectron's warm-up (500 iterations at its batch of 16, linear from 1/3), scaled to batch 8 as
-# StepSchedule.for_batch scales it; the paper does not mention one.
-WARMUP = dict(warmup_steps=1000, warmup_factor=1.0 / 3.0)
-# SGD momentum 0.9 and weight decay 1e-4: not stated in the paper; Detectron's (and mmdetection's) defaults.
-SGD = dict(optimizer="sgd", momentum=0.9, weight_decay=1e-4)
-# --smoke keeps ResNet-50: ~37 s through kdet.training.train on a 2-core CPU (~33 s with the tiny backbone)
-# --smoke checks this recipe's wiring (its detector settings, data, schedule, evaluation, model directory) in a
-# few seconds, so it swaps the ResNet for the tiny backbone: ResNet-50/101 builds and steps are tested on their
-# own (tests/test_backbones.py, tests/test_cascade_rcnn.py) and its weight files alone made CI slower.
-SMOKE = {"image_size": (128, 128), "batch_size": 2, "steps": 2, "val_images": 2, "steps_per_epoch": 2,
-         "backbone": "tiny"}
+# Sec. 5.1.1: "a learning rate of 0.005 for 120k iterations and 0.0005 for the next 60k iterations"
+COCO_SCHEDULE = StepSchedule(base_lr=0.005, reference_batch=BATCH, total_steps=180_000, boundaries=(120_000,),
+                             **WARMUP, **SGD)
+# Sec. 5.5: "a total of 280k training iterations ... the learning rate dropped at 160k and 240k"
+COCO_280K_SCHEDULE = StepSchedule(base_lr=0.005, reference_batch=BATCH, total_steps=280_000,
+                                  boundaries=(160_000, 240_000), **WARMUP, **SGD)
+
+# The RPN's proposal budgets: Detectron's FPN (2000 per level before NMS, 2000 per image after, in training;
+# 1000 / 1000 at test), NMS 0.7
+PROPOSALS = dict(pre_nms_top_k_train=2000, pre_nms_top_k_test=1000, max_proposals_train=2000,
+                 max_proposals_test=1000, nms_iou_threshold=0.7, min_size=0.0)
 
 
 def rpn_settings(backbone: str, backbone_weights: str | None) -> dict:
@@ -78,20 +76,13 @@ def rpn_settings(backbone: str, backbone_weights: str | None) -> dict:
         reg_weight=10.0,  # ... lambda = 10
         smooth_l1_beta=1.0,  # Fast R-CNN's smooth L1
         box_weights=(1.0, 1.0, 1.0, 1.0),  # Eq. 2
-        # proposal budgets: Detectron's FPN (2000 per level before NMS, 2000 per image after, in training;
-        # 1000 / 1000 at test), NMS 0.7
-        pre_nms_top_k_train=2000,
-        pre_nms_top_k_test=1000,
-        max_proposals_train=2000,
-        max_proposals_test=1000,
-        nms_iou_threshold=0.7,
-        min_size=0.0,
+        **PROPOSALS,
     )
 
 
-def build_model(num_classes, *, backbone, backbone_weights, num_rois=256):
-    """Faster R-CNN FPN+: one RoI stage at IoU 0.5 (``num_rois`` 256 in the ablations, 512 in Table 5)."""
-    return CascadeRCNN(
+def fpn_plus_settings(num_classes, *, backbone, backbone_weights, num_rois=256) -> dict:
+    """The :class:`CascadeRCNN` arguments of FPN+: the RPN and one RoI stage at IoU 0.5."""
+    return dict(
         num_classes=num_classes,
         rpn=rpn_settings(backbone, backbone_weights),
         stage_ious=(0.5,),  # the u = 0.5 detector
@@ -110,65 +101,50 @@ def build_model(num_classes, *, backbone, backbone_weights, num_rois=256):
     )
 
 
-RECIPES = {
-    "coco": Recipe(
-        name="faster_rcnn_fpn",
-        paper=PAPER + "; ResNet-50, COCO (Tables 1-3 baseline)",
+def build_model(num_classes, *, backbone, backbone_weights, num_rois=256):
+    """Faster R-CNN FPN+: one RoI stage at IoU 0.5 (``num_rois`` 256 in the ablations, 512 in Table 5)."""
+    return CascadeRCNN(**fpn_plus_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights,
+                                           num_rois=num_rois))
+
+
+#: The variants of the FPN+ detectors (this one and Cascade R-CNN); the paper strings of ``coco`` and ``voc``
+#: are each recipe's.
+VARIANTS = {
+    # FPN's shorter side 800 / longer <= 1333 (Sec. 5.1.1: "their default settings were used"); kdet fits every
+    # image into one padded square, 1024 x 1024 (1.05 Mpx, as 800 x 1333; a 4:3 image gets 768 x 1024).
+    # "ResNet-50 was used for ablation studies"
+    "coco": dict(suffix="", **COCO, image_size=(1024, 1024), schedule=COCO_SCHEDULE, backbone="resnet50"),
+    # "ResNet-101 for final detection"; 512 RoIs per image (fpn_plus_variants)
+    "coco_280k": dict(suffix="_280k", paper="; ResNet-101, COCO, Sec. 5.5 (Table 5; Table 6 with ResNet-50)",
+                      **COCO, image_size=(1024, 1024), schedule=COCO_280K_SCHEDULE, backbone="resnet101"),
+    # shorter side 600 / longer <= 1000 (Faster R-CNN's VOC scale): a 768 x 768 square (0.59 Mpx, as 600 x 1000;
+    # a 4:3 image gets 576 x 768); mmdetection's voc0712 1x schedule
+    "voc": dict(suffix="_voc", **VOC0712, image_size=(768, 768), schedule=VOC0712_1X, backbone="resnet50"),
+}
+
+
+def fpn_plus_variants(name: str, paper: str, build_model, *, coco: str, voc: str) -> dict:
+    """``coco``, ``coco_280k`` and ``voc`` (:data:`VARIANTS`) of an FPN+ detector.
+
+    ``build_model`` takes ``num_rois`` (512 in ``coco_280k``); ``coco`` and
+    ``voc`` are what those variants add to ``paper``.
+    """
+    variants = {variant: dict(settings) for variant, settings in VARIANTS.items()}
+    variants["coco"]["paper"], variants["voc"]["paper"] = coco, voc
+    variants["coco_280k"]["build_model"] = functools.partial(build_model, num_rois=512)  # Sec. 5.5: "increased to 512"
+    return make_variants(
+        name, paper, variants,
         build_model=build_model,
-        train_data="tfds:coco/2017:train",
-        val_data="tfds:coco/2017:validation",
-        # FPN's shorter side 800 / longer <= 1333 (the paper: "their default settings were used"); kdet fits
-        # every image into one padded square, 1024 x 1024 (1.05 Mpx, as 800 x 1333; a 4:3 image gets 768 x 1024)
-        image_size=(1024, 1024),
         batch_size=BATCH,
-        # Sec. 5.1.1: "a learning rate of 0.005 for 120k iterations and 0.0005 for the next 60k iterations"
-        schedule=StepSchedule(base_lr=0.005, reference_batch=BATCH, total_steps=180_000, boundaries=(120_000,),
-                              **WARMUP, **SGD),
-        backbone="resnet50",  # "ResNet-50 was used for ablation studies"
         flip=True,  # Sec. 5.1: "No data augmentation was used except standard horizontal image flipping"
         steps_per_epoch=2000,
         val_images=500,
         smoke=SMOKE,
-    ),
-    "coco_280k": Recipe(
-        name="faster_rcnn_fpn_280k",
-        paper=PAPER + "; ResNet-101, COCO, Sec. 5.5 (Table 5; Table 6 with ResNet-50)",
-        build_model=functools.partial(build_model, num_rois=512),  # Sec. 5.5: "increased to 512"
-        train_data="tfds:coco/2017:train",
-        val_data="tfds:coco/2017:validation",
-        image_size=(1024, 1024),
-        batch_size=BATCH,
-        # Sec. 5.5: "a total of 280k training iterations ... the learning rate dropped at 160k and 240k"
-        schedule=StepSchedule(base_lr=0.005, reference_batch=BATCH, total_steps=280_000,
-                              boundaries=(160_000, 240_000), **WARMUP, **SGD),
-        backbone="resnet101",  # "ResNet-101 for final detection"
-        flip=True,
-        steps_per_epoch=2000,
-        val_images=500,
-        smoke=SMOKE,
-    ),
-    "voc": Recipe(
-        name="faster_rcnn_fpn_voc",
-        paper=PAPER + "; VOC 07+12 (Sec. 5.7 protocol; mmdetection's VOC schedule)",
-        build_model=build_model,
-        # VOC 2007 + 2012 trainval (the two tfds datasets read one after the other)
-        train_data="tfds:voc/2007:train+validation,tfds:voc/2012:train+validation",
-        val_data="tfds:voc/2007:test",
-        # shorter side 600 / longer <= 1000 (Faster R-CNN's VOC scale): a 768 x 768 square (0.59 Mpx,
-        # as 600 x 1000; a 4:3 image gets 576 x 768)
-        image_size=(768, 768),
-        batch_size=BATCH,
-        # 12 epochs of VOC 07+12 trainval at batch 8, the rate / 10 after 9 (mmdetection's voc0712 1x)
-        schedule=StepSchedule(base_lr=0.005, reference_batch=BATCH,
-                              total_steps=round(12 * VOC0712_TRAINVAL_IMAGES / BATCH),
-                              boundaries=(round(9 * VOC0712_TRAINVAL_IMAGES / BATCH),), **WARMUP, **SGD),
-        backbone="resnet50",
-        flip=True,
-        steps_per_epoch=2000,
-        val_images=500,
-        smoke=SMOKE,
-    ),
-}
+    )
+
+
+RECIPES = fpn_plus_variants("faster_rcnn_fpn", PAPER, build_model, coco="; ResNet-50, COCO (Tables 1-3 baseline)",
+                            voc="; VOC 07+12 (Sec. 5.7 protocol; mmdetection's VOC schedule)")
 
 if __name__ == "__main__":
     raise SystemExit(recipe_main(RECIPES))

@@ -7,7 +7,7 @@ in [12]" (Detectron) but on "4 GPUs with a total of 8 images per
 mini-batch", ResNet-50-FPN, training and testing at a shorter side of 500
 pixels. Its results are the "RetinaNet baseline" rows of Tables 1-4 (32.5 AP
 on COCO minival at 500) and the RetinaNet rows of Tables 4 and 6; the same
-settings with consistent optimization are ``recipes/con_retinanet.py``.
+settings with consistent optimization are :mod:`recipes.con_retinanet`.
 
 Variants (``kdet train retinanet:VARIANT``):
 
@@ -33,38 +33,19 @@ Run::
     kdet train retinanet --data tfds:coco/2017:train --model-dir runs/retinanet
     kdet train retinanet:coco_800 --backbone resnet101 --model-dir runs/retinanet_r101_800
     kdet train retinanet:voc --model-dir runs/retinanet_voc
-    python recipes/retinanet.py --smoke --model-dir /tmp/retinanet_smoke
+    python -m recipes.retinanet --smoke --model-dir /tmp/retinanet_smoke
 """
 
 from kdet.detectors import RetinaNet
-from kdet.training import Recipe, StepSchedule, recipe_main
+from kdet.training import recipe_main
+from recipes.common import BATCH, SMOKE, standard_variants
 
 PAPER = "Kong et al. 2019, Consistent Optimization, Sec. 6.2 (RetinaNet baseline, Detectron settings)"
-VOC0712_TRAINVAL_IMAGES = 16_551  # VOC 2007 trainval (5,011) + VOC 2012 trainval (11,540)
-BATCH = 8  # Sec. 6.2: "4 GPUs with a total of 8 images per mini-batch (2 images per GPU)"
-# Detectron's RetinaNet solver (batch 16: lr 0.01, 90k, steps 60k / 80k, warm-up 500 from 1/3) at batch 8
-COCO_SCHEDULE = StepSchedule(base_lr=0.005, reference_batch=BATCH, total_steps=180_000,
-                             boundaries=(120_000, 160_000), warmup_steps=1000, warmup_factor=1.0 / 3.0,
-                             optimizer="sgd", momentum=0.9, weight_decay=1e-4)
-# Table 6: "for 1.5x longer" (the steps too, as the RetinaNet paper's 1.5x schedule)
-LONG_SCHEDULE = StepSchedule(base_lr=0.005, reference_batch=BATCH, total_steps=270_000,
-                             boundaries=(180_000, 240_000), warmup_steps=1000, warmup_factor=1.0 / 3.0,
-                             optimizer="sgd", momentum=0.9, weight_decay=1e-4)
-# mmdetection's voc0712 1x at batch 8: 12 epochs of VOC 07+12 trainval, the rate / 10 after 9
-VOC_SCHEDULE = StepSchedule(base_lr=0.005, reference_batch=BATCH,
-                            total_steps=round(12 * VOC0712_TRAINVAL_IMAGES / BATCH),
-                            boundaries=(round(9 * VOC0712_TRAINVAL_IMAGES / BATCH),), warmup_steps=1000,
-                            warmup_factor=1.0 / 3.0, optimizer="sgd", momentum=0.9, weight_decay=1e-4)
-# --smoke checks this recipe's wiring (its detector settings, data, schedule, evaluation, model directory) in a
-# few seconds, so it swaps the ResNet for the tiny backbone: ResNet-50/101 builds and steps are tested on their
-# own (tests/test_backbones.py, tests/test_cascade_rcnn.py) and its weight files alone made CI slower.
-SMOKE = {"image_size": (128, 128), "batch_size": 2, "steps": 2, "val_images": 2, "steps_per_epoch": 2,
-         "backbone": "tiny"}
 
 
-def build_model(num_classes, *, backbone, backbone_weights):
-    """RetinaNet as Detectron configures it (Lin et al.'s settings)."""
-    return RetinaNet(
+def retinanet_settings(num_classes, *, backbone, backbone_weights) -> dict:
+    """The :class:`RetinaNet` arguments of Detectron's RetinaNet (Lin et al.'s settings)."""
+    return dict(
         num_classes=num_classes,
         backbone=backbone,
         backbone_weights=backbone_weights,
@@ -93,9 +74,13 @@ def build_model(num_classes, *, backbone, backbone_weights):
     )
 
 
-# What every variant shares.
+def build_model(num_classes, *, backbone, backbone_weights):
+    """RetinaNet as Detectron configures it (Lin et al.'s settings)."""
+    return RetinaNet(**retinanet_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights))
+
+
+# What every variant shares (ConRetinaNet's too).
 COMMON = dict(
-    build_model=build_model,
     batch_size=BATCH,
     backbone="resnet50",  # "ResNet-50 with a Feature Pyramid Network"
     flip=True,  # Sec. 6.1: "no data augmentation is used except standard horizontal image flipping"
@@ -104,50 +89,7 @@ COMMON = dict(
     smoke=SMOKE,
 )
 
-RECIPES = {
-    "coco": Recipe(
-        name="retinanet",
-        paper=PAPER + "; ResNet-50, scale 500, COCO (Tables 1-4)",
-        train_data="tfds:coco/2017:train",
-        val_data="tfds:coco/2017:validation",
-        # shorter side 500, longer <= 833 (Detectron's RetinaNet-500) in kdet's one padded square: 640 x 640
-        # (0.41 Mpx, as 500 x 833; a 4:3 image gets 480 x 640)
-        image_size=(640, 640),
-        schedule=COCO_SCHEDULE,
-        **COMMON,
-    ),
-    "coco_800": Recipe(
-        name="retinanet_800",
-        paper=PAPER + "; scale 800, COCO (Table 4)",
-        train_data="tfds:coco/2017:train",
-        val_data="tfds:coco/2017:validation",
-        # shorter side 800, longer <= 1333: a 1024 x 1024 square (1.05 Mpx; a 4:3 image gets 768 x 1024)
-        image_size=(1024, 1024),
-        schedule=COCO_SCHEDULE,
-        **COMMON,
-    ),
-    "coco_800_jitter": Recipe(
-        name="retinanet_800_jitter",
-        paper=PAPER + "; scale 800, scale jitter, 1.5x schedule, COCO (Table 6)",
-        train_data="tfds:coco/2017:train",
-        val_data="tfds:coco/2017:validation",
-        image_size=(1024, 1024),
-        scale_jitter=(0.8, 1.0),  # shorter side drawn from 640-800 (0.8-1.0 of the 800 scale)
-        schedule=LONG_SCHEDULE,
-        **COMMON,
-    ),
-    "voc": Recipe(
-        name="retinanet_voc",
-        paper=PAPER + "; VOC 07+12 (mmdetection's VOC schedule)",
-        # VOC 2007 + 2012 trainval (the two tfds datasets read one after the other)
-        train_data="tfds:voc/2007:train+validation,tfds:voc/2012:train+validation",
-        val_data="tfds:voc/2007:test",
-        # shorter side 600 / longer <= 1000: a 768 x 768 square (a 4:3 image gets 576 x 768)
-        image_size=(768, 768),
-        schedule=VOC_SCHEDULE,
-        **COMMON,
-    ),
-}
+RECIPES = standard_variants("retinanet", PAPER, build_model, **COMMON)
 
 if __name__ == "__main__":
     raise SystemExit(recipe_main(RECIPES))

@@ -1,28 +1,34 @@
-"""The paper recipes of ``recipes/``: every file imports and its settings are consistent (no training here).
+"""The paper recipes of the ``recipes`` package: every module imports and its settings are consistent (no training).
 
-Each ``recipes/*.py`` is found by globbing, so a new recipe file is covered
+Each recipe module is found with ``pkgutil.iter_modules`` over the package
+(all but ``common`` and ``_private`` modules), so a new recipe is covered
 without editing this test. The checks read the configuration only (building a
-ResNet-50 detector per variant would be slow); the smoke runs of the recipes
-are the training tests' business.
+ResNet-50 detector per variant would be slow; the tiny backbone compares a
+variant's detector with its base's); the smoke runs of the recipes are the
+training tests' business.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import importlib
 import inspect
+import pkgutil
 import re
 from pathlib import Path
 
 import pytest
 
+import recipes as recipes_package
+from kdet import cli
 from kdet.data.pipeline import check_image_size
 from kdet.data.sources import EMBEDDED, KINDS
 from kdet.data.tfds_readers import FACE_TFDS_NAMES, SUPPORTED_TFDS_NAMES
 from kdet.training import Recipe, StepSchedule
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-RECIPE_FILES = sorted(RECIPES_DIR.glob("*.py"))
+RECIPES_DIR = Path(recipes_package.__file__).resolve().parent
+RECIPE_NAMES = sorted(m.name for m in pkgutil.iter_modules(recipes_package.__path__)
+                      if m.name != "common" and not m.name.startswith("_"))
 #: Split names of the tfds sets the recipes read (the readers' datasets; tfds names them so).
 TFDS_SPLITS = {"coco/2017": {"train", "validation", "test"}, "voc/2007": {"train", "validation", "test"},
                "voc/2012": {"train", "validation", "test"}, "wider_face": {"train", "validation", "test"}}
@@ -32,12 +38,9 @@ SMOKE_EXTRA_KEYS = {"steps"}
 LARGEST_STRIDE = 128  # FPN P7 (the pipeline requires it of every model)
 
 
-def load_recipe_module(path: Path):
-    """Imports ``recipes/NAME.py`` by path (as ``kdet train NAME`` does): the module."""
-    spec = importlib.util.spec_from_file_location(f"kdet_recipe_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_recipe_module(name: str):
+    """Imports ``recipes.NAME`` (as ``kdet train NAME`` does): the module."""
+    return importlib.import_module(f"recipes.{name}")
 
 
 def parse_data_string(spec: str) -> tuple[str, str, str | None]:
@@ -67,27 +70,30 @@ def parse_data_string(spec: str) -> tuple[str, str, str | None]:
 
 
 def all_recipes():
-    """``(file stem, variant, Recipe)`` of every recipe file."""
-    return [(path.stem, variant, recipe) for path in RECIPE_FILES
-            for variant, recipe in load_recipe_module(path).RECIPES.items()]
+    """``(module name, variant, Recipe)`` of every recipe module."""
+    return [(name, variant, recipe) for name in RECIPE_NAMES
+            for variant, recipe in load_recipe_module(name).RECIPES.items()]
 
 
 def recipe_id(item) -> str:
     return f"{item[0]}:{item[1]}"
 
 
-RECIPES = all_recipes() if RECIPE_FILES else []
+RECIPES = all_recipes() if RECIPE_NAMES else []
 
 
 def test_the_paper_recipes_are_there():
-    names = {path.stem for path in RECIPE_FILES}
+    names = set(RECIPE_NAMES)
     assert {"faster_rcnn_fpn", "cascade_rcnn_fpn", "retinanet", "con_retinanet", "ap_loss_retinanet",
             "face_cascade", "face_rcnn"} <= names
+    assert cli.known_recipes() == RECIPE_NAMES, "kdet train lists the same recipes"
+    assert all(f":mod:`recipes.{name}`" in recipes_package.__doc__ for name in names), "the package lists them"
 
 
-@pytest.mark.parametrize("path", RECIPE_FILES, ids=[p.stem for p in RECIPE_FILES])
-def test_recipe_file_imports_and_defines_its_recipes(path):
-    module = load_recipe_module(path)
+@pytest.mark.parametrize("name", RECIPE_NAMES)
+def test_recipe_file_imports_and_defines_its_recipes(name):
+    module = load_recipe_module(name)
+    path = Path(module.__file__)
     assert module.__doc__ and "Run::" in module.__doc__, "the docstring names the paper and the command to run it"
     recipes = module.RECIPES
     assert isinstance(recipes, dict) and recipes
@@ -97,7 +103,7 @@ def test_recipe_file_imports_and_defines_its_recipes(path):
     for name in ("backbone", "backbone_weights"):
         assert parameters[name].kind is inspect.Parameter.KEYWORD_ONLY
     assert "num_classes" in parameters
-    assert "raise SystemExit(recipe_main(RECIPES))" in path.read_text(), "runnable as python recipes/NAME.py"
+    assert "raise SystemExit(recipe_main(RECIPES))" in path.read_text(), "runnable as python -m recipes.NAME"
 
 
 @pytest.mark.parametrize("item", RECIPES, ids=recipe_id)
@@ -151,10 +157,13 @@ def test_smoke_overrides_are_recipe_fields(item):
 @pytest.mark.parametrize("item", RECIPES, ids=recipe_id)
 def test_face_recipes_train_their_own_way(item):
     stem, variant, recipe = item
-    is_face = NUM_CLASSES[parse_data_string(recipe.train_data)[1]] == 1
-    assert (recipe.evaluation == "face") == is_face
+    num_classes = NUM_CLASSES[parse_data_string(recipe.train_data)[1]]
+    is_face = num_classes == 1
+    model = recipe.build_model(num_classes, backbone="tiny", backbone_weights=None)
+    assert (model.evaluation == "face") == is_face, "the detector says how it is evaluated (face or COCO metrics)"
     if is_face:
-        assert callable(recipe.train) and variant == "wider_face"
+        assert callable(recipe.train) and variant in ("wider_face", "embedded")
+        assert (variant == "embedded") == recipe.train_data.startswith("embedded:faces:")
         assert recipe.extra.get("min_face_size"), "face metrics ignore faces below the detector's smallest"
 
 
@@ -167,7 +176,7 @@ def test_face_schedules_count_epochs():
     """kdet.face.recipe: the rate scales with the batch, decays at the boundary epochs."""
     from kdet.face.recipe import epoch_decay, learning_rate, optimizer_factory
 
-    recipe = load_recipe_module(RECIPES_DIR / "face_cascade.py").RECIPES["wider_face"]
+    recipe = load_recipe_module("face_cascade").RECIPES["wider_face"]
     recipe = recipe.replace(schedule=dataclasses.replace(recipe.schedule, base_lr=0.001, reference_batch=128,
                                                          total_steps=8, boundaries=(6,), decay_factor=0.1))
     assert learning_rate(recipe, 64) == pytest.approx(0.0005)
@@ -176,3 +185,83 @@ def test_face_schedules_count_epochs():
     optimizer = optimizer_factory(recipe, 64)()
     assert float(optimizer.learning_rate) == pytest.approx(5e-4)
     assert optimizer_factory(recipe, 64)() is not optimizer, "every training step gets a fresh optimiser"
+
+
+# ---------------------------------------------------------------- the package: names, paths, variants of a base
+def tiny_config(build_model, num_classes: int = 80) -> dict:
+    """``get_config`` of ``build_model``'s detector on the tiny backbone (seconds), without its generated name."""
+    config = build_model(num_classes, backbone="tiny", backbone_weights=None).get_config()
+    config.pop("name")
+    return config
+
+
+def test_a_recipe_resolves_by_name_as_by_path():
+    assert cli.resolve_recipe("con_retinanet")[1] == "coco", "the first variant is the default"
+    by_name, variant = cli.resolve_recipe("con_retinanet:voc")
+    by_path, path_variant = cli.resolve_recipe(f"{RECIPES_DIR / 'con_retinanet.py'}:voc")
+    assert variant == path_variant == "voc"
+    assert by_name is load_recipe_module("con_retinanet").RECIPES["voc"]
+    fields = [f.name for f in dataclasses.fields(Recipe) if f.name != "build_model"]
+    assert {f: getattr(by_name, f) for f in fields} == {f: getattr(by_path, f) for f in fields}
+    assert tiny_config(by_name.build_model, 20) == tiny_config(by_path.build_model, 20)
+
+
+@pytest.mark.parametrize("spec", ["no_such_recipe", "no_such_recipe:coco", "common", "_private", "retina-net"])
+def test_an_unknown_recipe_name_lists_the_known_ones(spec):
+    with pytest.raises(ValueError, match=f"recipe '{spec.split(':')[0]}' not found") as error:
+        cli.resolve_recipe(spec)
+    assert all(name in str(error.value) for name in RECIPE_NAMES), str(error.value)
+
+
+def test_an_unknown_variant_lists_the_recipes_variants():
+    with pytest.raises(ValueError, match="recipe 'retinanet' has no variant 'coco_280k'; variants: coco, coco_800, "
+                                         "coco_800_jitter, voc"):
+        cli.resolve_recipe("retinanet:coco_280k")
+
+
+USER_RECIPE = '''"""One's own recipe outside the package: the paper's RetinaNet on the embedded shapes."""
+
+from kdet.training import Recipe, StepSchedule
+from recipes.retinanet import build_model
+
+RECIPES = {
+    "shapes": Recipe(name="my_retinanet", paper="(mine)", build_model=build_model,
+                     train_data="embedded:shapes:train[:8]", val_data="embedded:shapes:validation[:2]",
+                     image_size=(128, 128), batch_size=2, backbone="tiny",
+                     schedule=StepSchedule(base_lr=1e-3, reference_batch=2, total_steps=4)),
+}
+'''
+
+
+def test_a_recipe_file_outside_the_package_loads_by_path(tmp_path):
+    path = tmp_path / "my_recipe.py"
+    path.write_text(USER_RECIPE)
+    recipe, variant = cli.resolve_recipe(str(path))
+    assert (recipe.name, variant) == ("my_retinanet", "shapes")
+    assert recipe.build_model is load_recipe_module("retinanet").build_model
+    with pytest.raises(ValueError, match="my_recipe.py has no variant 'coco'; variants: shapes"):
+        cli.resolve_recipe(f"{path}:coco")
+    with pytest.raises(ValueError, match="recipe file .*missing.py' not found"):
+        cli.resolve_recipe(str(tmp_path / "missing.py"))
+
+
+@pytest.mark.parametrize("variant, base, changes, differing", [
+    ("con_retinanet", "retinanet", "CONSISTENT_OPTIMIZATION",
+     {"consistent_cls_terms", "consistent_reg_terms", "consistent_thresholds"}),  # alpha, test_regressions: defaults
+    ("ap_loss_retinanet", "retinanet", "AP_LOSS", {"num_scales", "classification_loss"}),
+    ("cascade_rcnn_fpn", "faster_rcnn_fpn", "CASCADE", {"stage_ious", "stage_box_weights", "stage_loss_weights"}),
+])
+def test_a_variant_detector_is_its_base_plus_the_papers_changes(variant, base, changes, differing):
+    module = load_recipe_module(variant)
+    config, base_config = tiny_config(module.build_model), tiny_config(load_recipe_module(base).build_model)
+    assert {k for k in config.keys() | base_config.keys() if config.get(k) != base_config.get(k)} == differing
+    assert differing <= set(getattr(module, changes)), f"{variant} states its changes in {changes}"
+
+
+def test_common_is_not_a_recipe():
+    common = load_recipe_module("common")
+    assert not hasattr(common, "RECIPES") and "common" not in RECIPE_NAMES
+    build_model = load_recipe_module("retinanet").build_model
+    variants = common.standard_variants("x", "paper", build_model, batch_size=8, smoke=common.SMOKE)
+    assert list(variants) == ["coco", "coco_800", "coco_800_jitter", "voc"]
+    assert [r.name for r in variants.values()] == ["x", "x_800", "x_800_jitter", "x_voc"]

@@ -1,10 +1,10 @@
 """Training: recipes, the resumable training loop, distribution, callbacks.
 
 * :class:`Recipe`, :class:`StepSchedule` (:mod:`kdet.training.recipe`) --
-  a paper experiment as data; ``recipes/*.py`` define them.
+  a paper experiment as data; the modules of the ``recipes`` package define them.
 * :func:`train` (:mod:`kdet.training.loop`) -- runs one into a model directory.
-* :func:`recipe_main` -- the command line of a recipe file
-  (``python recipes/retinanet.py --smoke``), the same as ``kdet train``.
+* :func:`recipe_main` -- the command line of a recipe module
+  (``python -m recipes.retinanet --smoke``), the same as ``kdet train``.
 """
 
 from kdet.training.backup import BackupError, backup_position, restore_backup
@@ -15,7 +15,7 @@ from kdet.training.stream import training_stream
 
 
 def recipe_main(recipes, argv=None) -> int:
-    """``kdet train`` for one recipe file's ``RECIPES`` (its ``__main__``)."""
+    """``kdet train`` for one recipe module's ``RECIPES`` (its ``__main__``)."""
     from kdet.cli import train_main
 
     return train_main(recipes, argv)

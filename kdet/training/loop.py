@@ -203,7 +203,7 @@ def _recipe_record(recipe: Recipe, **more) -> dict:
               "schedule": dataclasses.asdict(recipe.schedule), "backbone": recipe.backbone,
               "backbone_weights": recipe.backbone_weights, "flip": recipe.flip,
               "scale_jitter": recipe.scale_jitter, "steps_per_epoch": recipe.steps_per_epoch,
-              "evaluation": recipe.evaluation, "extra": dict(recipe.extra)}
+              "extra": dict(recipe.extra)}
     record.update(more)
     return record
 
@@ -377,7 +377,8 @@ def _log_dir(model_dir: str, strategy) -> str:
 
 
 def _write_outputs(result: TrainResult, recipe: Recipe, info: DetectionInfo, *, seed, mixed_precision) -> None:
-    record = _recipe_record(recipe, seed=seed, mixed_precision=mixed_precision, steps=result.steps)
+    record = _recipe_record(recipe, evaluation=result.model.evaluation, seed=seed, mixed_precision=mixed_precision,
+                            steps=result.steps)
     save_model_dir(result.model, result.model_dir, input_size=recipe.image_size, class_names=info.class_names,
                    category_ids=info.category_ids, data=recipe.val_data, recipe=record)
     summary = {"recipe": recipe.name, "metrics": result.metrics, "steps": result.steps,

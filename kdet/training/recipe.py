@@ -1,8 +1,9 @@
 """What a recipe is: a paper experiment as plain Python data.
 
-A recipe file in ``recipes/`` builds its detector by calling the detector's
-constructor (no registry, no string factory) and states the paper's
-hyperparameters in a :class:`Recipe`; :func:`kdet.training.train` runs it.
+A recipe module of the ``recipes`` package builds its detector by calling
+the detector's constructor (no registry, no string factory) and states the
+paper's hyperparameters in a :class:`Recipe`; :func:`kdet.training.train`
+runs it.
 Schedules are written at the paper's batch size (``reference_batch``); a
 run at another global batch size scales them by the linear scaling rule
 (:meth:`StepSchedule.for_batch`).
@@ -42,7 +43,6 @@ class SGDWithL2(keras.optimizers.SGD):
 
     def get_config(self):
         return {**super().get_config(), "l2": self.l2}
-EVALUATIONS = ("coco", "face")
 
 
 @keras.saving.register_keras_serializable(package="kdet")
@@ -172,7 +172,6 @@ class Recipe:
         (:func:`kdet.data.pipeline.make_pipeline`).
       steps_per_epoch: steps of one Keras epoch, the interval of evaluation,
         best-checkpoint selection and epoch logs.
-      evaluation: "coco" (pycocotools) or "face" (face AP / ROC).
       val_images: images evaluated after each epoch (None: the whole split).
       train: a custom training procedure ``train(recipe, run)`` for models
         that do not train by ``fit`` on images (the face cascade trains on
@@ -196,15 +195,12 @@ class Recipe:
     scale_jitter: tuple[float, float] | None = None
     max_boxes: int = 100
     steps_per_epoch: int = 1000
-    evaluation: str = "coco"
     val_images: int | None = 500
     train: Callable[..., Any] | None = None
     smoke: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
-        if self.evaluation not in EVALUATIONS:
-            raise ValueError(f"recipe {self.name!r}: evaluation must be one of {EVALUATIONS}, got {self.evaluation!r}")
         if self.batch_size < 1 or self.steps_per_epoch < 1:
             raise ValueError(f"recipe {self.name!r}: batch_size and steps_per_epoch must be >= 1")
 
