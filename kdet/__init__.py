@@ -18,46 +18,35 @@ only in :mod:`kdet.data` (on the way in) and :mod:`kdet.evaluation` / export
 (on the way out).
 """
 
-import importlib
+from kdet._lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
-#: public name -> (module, attribute)
+#: public name -> "module" or "module:attribute" (imported on first use)
 _PUBLIC = {
     # detectors (keras.Model subclasses of kdet.detectors.base.Detector)
-    "Detector": ("kdet.detectors.base", "Detector"),
-    "RetinaNet": ("kdet.detectors.retinanet", "RetinaNet"),
-    "CascadeRCNN": ("kdet.detectors.cascade_rcnn", "CascadeRCNN"),
-    "RegionProposalNetwork": ("kdet.detectors.rpn", "RegionProposalNetwork"),
-    "FaceCascade": ("kdet.face.cascade", "FaceCascade"),
-    "face_rcnn": ("kdet.face.rcnn", "face_rcnn"),
+    "Detector": "kdet.detectors.base",
+    "RetinaNet": "kdet.detectors.retinanet",
+    "CascadeRCNN": "kdet.detectors.cascade_rcnn",
+    "RegionProposalNetwork": "kdet.detectors.rpn",
+    "FaceCascade": "kdet.face.cascade",
+    "face_rcnn": "kdet.face.rcnn",
     # model directories
-    "load_model": ("kdet.model_dir", "load_model_dir"),
-    "save_model": ("kdet.model_dir", "save_model_dir"),
+    "load_model": "kdet.model_dir:load_model_dir",
+    "save_model": "kdet.model_dir:save_model_dir",
     # training
-    "Recipe": ("kdet.training.recipe", "Recipe"),
-    "StepSchedule": ("kdet.training.recipe", "StepSchedule"),
-    "train": ("kdet.training.loop", "train"),
-    "resolve_recipe": ("kdet.cli", "resolve_recipe"),
+    "Recipe": "kdet.training.recipe",
+    "StepSchedule": "kdet.training.recipe",
+    "train": "kdet.training.loop",
+    "resolve_recipe": "kdet.training.command",
     # inference, evaluation, export
-    "detect_image": ("kdet.inference", "detect_image"),
-    "evaluate": ("kdet.inference", "evaluate_model_dir"),
-    "export": ("kdet.exporting", "export_model_dir"),
-    "export_saved_model": ("kdet.serving.savedmodel", "export_saved_model"),
-    "convert_tflite": ("kdet.tflite", "convert"),
+    "detect_image": "kdet.inference",
+    "evaluate": "kdet.inference:evaluate_model_dir",
+    "export": "kdet.exporting:export_model_dir",
+    "export_saved_model": "kdet.serving.savedmodel",
+    "convert_tflite": "kdet.tflite:convert",
 }
 
 __all__ = ["__version__", *sorted(_PUBLIC)]
 
-
-def __getattr__(name):
-    if name not in _PUBLIC:
-        raise AttributeError(f"module 'kdet' has no attribute {name!r}")
-    module, attribute = _PUBLIC[name]
-    value = getattr(importlib.import_module(module), attribute)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_PUBLIC))
+__getattr__, __dir__ = lazy_attributes(__name__, _PUBLIC)

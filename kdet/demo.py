@@ -19,16 +19,10 @@ import json
 import os
 import sys
 import time
+from typing import TYPE_CHECKING
 
-import keras
-import numpy as np
-
-from kdet.data.pipeline import make_pipeline
-from kdet.data.synthetic import synthetic_dataset
-from kdet.detectors.retinanet import RetinaNet
-from kdet.evaluation import CocoEvaluator, evaluate_model, format_metrics_table
-from kdet.model_dir import save_model_dir
-from kdet.visualize import save_detection_grid
+if TYPE_CHECKING:  # TensorFlow is imported by run_demo, not by `kdet --help` (which reads its defaults)
+    import keras
 
 IMAGE_SIZE = 128
 
@@ -58,6 +52,8 @@ def warmup_cosine_adam(total_steps: int, *, peak_lr: float = 1e-3) -> keras.opti
     A peak of 2e-3 diverged from scratch in one of two otherwise identical
     runs (the tiny backbone has no pretrained weights); 1e-3 trains reliably.
     """
+    import keras
+
     warmup = max(total_steps // 10, 1)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=peak_lr / 10, decay_steps=max(total_steps - warmup, 1), alpha=0.02,
@@ -88,6 +84,17 @@ def run_demo(
       verbose: Keras fit verbosity; default: a progress bar on a terminal,
         one line per epoch otherwise.
     """
+    import keras
+    import numpy as np
+
+    from kdet.data.pipeline import make_pipeline
+    from kdet.data.synthetic import synthetic_dataset
+    from kdet.detectors.retinanet import RetinaNet
+    from kdet.evaluation.coco import CocoEvaluator, format_metrics_table
+    from kdet.evaluation.loop import evaluate_model
+    from kdet.model_dir import save_model_dir
+    from kdet.visualize import save_detection_grid
+
     keras.utils.set_random_seed(seed)
     os.makedirs(out_dir, exist_ok=True)
     verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose

@@ -25,9 +25,9 @@ TRAINING_KEYS = ("thresholds", "loss_weights", "box_loss_weight", "smooth_l1_bet
 
 
 def _recipe():
-    from kdet import cli
+    from kdet.training import command
 
-    recipe, _ = cli.resolve_recipe("face_cascade:embedded")
+    recipe, _ = command.resolve_recipe("face_cascade:embedded")
     return recipe
 
 

@@ -8,9 +8,10 @@ command line does); the face recipes smoke on the embedded face set.
 import pytest
 
 from kdet import cli
+from kdet.training import command
 from kdet.model_dir import read_model_info
 
-RECIPE_NAMES = cli.known_recipes()
+RECIPE_NAMES = command.known_recipes()
 
 
 def test_the_recipes_are_found():
@@ -22,7 +23,7 @@ def test_recipe_trains_in_smoke_mode(name, tmp_path, capsys):
     model_dir = tmp_path / "model"
     assert cli.main(["train", name, "--smoke", "--model-dir", str(model_dir)]) == 0
     out = capsys.readouterr().out
-    recipe, variant = cli.resolve_recipe(name)
+    recipe, variant = command.resolve_recipe(name)
     smoke = recipe.smoke_version()
     info = read_model_info(str(model_dir))
     assert info.recipe["name"] == recipe.name and tuple(info.input_size) == tuple(smoke.image_size)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import recipes as recipes_package
-from kdet import cli
+from kdet.training import command
 from kdet.data.pipeline import check_image_size
 from kdet.data.sources import EMBEDDED, KINDS
 from kdet.data.tfds_readers import FACE_TFDS_NAMES, SUPPORTED_TFDS_NAMES
@@ -86,7 +86,7 @@ def test_the_paper_recipes_are_there():
     names = set(RECIPE_NAMES)
     assert {"faster_rcnn_fpn", "cascade_rcnn_fpn", "retinanet", "con_retinanet", "ap_loss_retinanet",
             "face_cascade", "face_rcnn"} <= names
-    assert cli.known_recipes() == RECIPE_NAMES, "kdet train lists the same recipes"
+    assert command.known_recipes() == RECIPE_NAMES, "kdet train lists the same recipes"
     assert all(f":mod:`recipes.{name}`" in recipes_package.__doc__ for name in names), "the package lists them"
 
 
@@ -196,9 +196,9 @@ def tiny_config(build_model, num_classes: int = 80) -> dict:
 
 
 def test_a_recipe_resolves_by_name_as_by_path():
-    assert cli.resolve_recipe("con_retinanet")[1] == "coco", "the first variant is the default"
-    by_name, variant = cli.resolve_recipe("con_retinanet:voc")
-    by_path, path_variant = cli.resolve_recipe(f"{RECIPES_DIR / 'con_retinanet.py'}:voc")
+    assert command.resolve_recipe("con_retinanet")[1] == "coco", "the first variant is the default"
+    by_name, variant = command.resolve_recipe("con_retinanet:voc")
+    by_path, path_variant = command.resolve_recipe(f"{RECIPES_DIR / 'con_retinanet.py'}:voc")
     assert variant == path_variant == "voc"
     assert by_name is load_recipe_module("con_retinanet").RECIPES["voc"]
     fields = [f.name for f in dataclasses.fields(Recipe) if f.name != "build_model"]
@@ -209,14 +209,14 @@ def test_a_recipe_resolves_by_name_as_by_path():
 @pytest.mark.parametrize("spec", ["no_such_recipe", "no_such_recipe:coco", "common", "_private", "retina-net"])
 def test_an_unknown_recipe_name_lists_the_known_ones(spec):
     with pytest.raises(ValueError, match=f"recipe '{spec.split(':')[0]}' not found") as error:
-        cli.resolve_recipe(spec)
+        command.resolve_recipe(spec)
     assert all(name in str(error.value) for name in RECIPE_NAMES), str(error.value)
 
 
 def test_an_unknown_variant_lists_the_recipes_variants():
     with pytest.raises(ValueError, match="recipe 'retinanet' has no variant 'coco_280k'; variants: coco, coco_800, "
                                          "coco_800_jitter, voc"):
-        cli.resolve_recipe("retinanet:coco_280k")
+        command.resolve_recipe("retinanet:coco_280k")
 
 
 USER_RECIPE = '''"""One's own recipe outside the package: the paper's RetinaNet on the embedded shapes."""
@@ -236,13 +236,13 @@ RECIPES = {
 def test_a_recipe_file_outside_the_package_loads_by_path(tmp_path):
     path = tmp_path / "my_recipe.py"
     path.write_text(USER_RECIPE)
-    recipe, variant = cli.resolve_recipe(str(path))
+    recipe, variant = command.resolve_recipe(str(path))
     assert (recipe.name, variant) == ("my_retinanet", "shapes")
     assert recipe.build_model is load_recipe_module("retinanet").build_model
     with pytest.raises(ValueError, match="my_recipe.py has no variant 'coco'; variants: shapes"):
-        cli.resolve_recipe(f"{path}:coco")
+        command.resolve_recipe(f"{path}:coco")
     with pytest.raises(ValueError, match="recipe file .*missing.py' not found"):
-        cli.resolve_recipe(str(tmp_path / "missing.py"))
+        command.resolve_recipe(str(tmp_path / "missing.py"))
 
 
 @pytest.mark.parametrize("variant, base, changes, differing", [

@@ -7,6 +7,8 @@ one detector does not build the others' modules; the face detectors live in
 
 import importlib
 
+from kdet._lazy import lazy_attributes
+
 _WHERE = {
     "Detector": "kdet.detectors.base",
     "CascadeRCNN": "kdet.detectors.cascade_rcnn",
@@ -18,10 +20,7 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'kdet.detectors' has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
 
 
 def register_all() -> None:
@@ -29,6 +28,3 @@ def register_all() -> None:
     for module in sorted(set(_WHERE.values())):
         importlib.import_module(module)
 
-
-def __dir__():
-    return __all__

@@ -5,28 +5,21 @@ original image and write COCO ``[x, y, w, h]`` with json category ids. The face
 metrics (WIDER AP, FDDB discrete ROC, AFW) are NumPy in :mod:`kdet.evaluation.face`.
 """
 
-from kdet.evaluation.coco import (
-    CocoEvaluationCallback,
-    CocoEvaluator,
-    average_precision_at_iou,
-    format_metrics_table,
-)
-from kdet.evaluation.face import (
-    FaceEvaluator,
-    format_face_metrics_table,
-    load_wider_difficulty_lists,
-    plot_face_curves,
-)
-from kdet.evaluation.loop import evaluate_model
+from kdet._lazy import lazy_attributes
 
-__all__ = [
-    "CocoEvaluationCallback",
-    "CocoEvaluator",
-    "FaceEvaluator",
-    "average_precision_at_iou",
-    "evaluate_model",
-    "format_face_metrics_table",
-    "format_metrics_table",
-    "load_wider_difficulty_lists",
-    "plot_face_curves",
-]
+_WHERE = {
+    "CocoEvaluationCallback": "kdet.evaluation.coco",
+    "CocoEvaluator": "kdet.evaluation.coco",
+    "average_precision_at_iou": "kdet.evaluation.coco",
+    "format_metrics_table": "kdet.evaluation.coco",
+    "FaceEvaluator": "kdet.evaluation.face",
+    "format_face_metrics_table": "kdet.evaluation.face",
+    "load_wider_difficulty_lists": "kdet.evaluation.face",
+    "plot_face_curves": "kdet.evaluation.face",
+    "evaluate_model": "kdet.evaluation.loop",
+    "format_metrics": "kdet.evaluation.report",
+}
+
+__all__ = sorted(_WHERE)
+
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

@@ -16,7 +16,7 @@
 Names are imported on first use.
 """
 
-import importlib
+from kdet._lazy import lazy_attributes
 
 _WHERE = {
     "FaceCascade": "kdet.face.cascade",
@@ -31,11 +31,4 @@ _WHERE = {
 __all__ = sorted(_WHERE)
 
 
-def __getattr__(name):
-    if name not in _WHERE:
-        raise AttributeError(f"module 'kdet.face' has no attribute {name!r}")
-    return getattr(importlib.import_module(_WHERE[name]), name)
-
-
-def __dir__():
-    return __all__
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

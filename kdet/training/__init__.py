@@ -7,20 +7,29 @@
   (``python -m recipes.retinanet --smoke``), the same as ``kdet train``.
 """
 
-from kdet.training.backup import BackupError, backup_position, restore_backup
-from kdet.training.callbacks import DetectionImages, StepBackup, TerminateOnNaNTerm
-from kdet.training.loop import Run, TrainResult, choose_strategy, set_precision, train
-from kdet.training.recipe import Recipe, SGDWithL2, StepSchedule, WarmupStepDecay
-from kdet.training.stream import training_stream
+from kdet._lazy import lazy_attributes
 
+_WHERE = {
+    "BackupError": "kdet.training.backup",
+    "backup_position": "kdet.training.backup",
+    "restore_backup": "kdet.training.backup",
+    "DetectionImages": "kdet.training.callbacks",
+    "StepBackup": "kdet.training.callbacks",
+    "TerminateOnNaNTerm": "kdet.training.callbacks",
+    "Run": "kdet.training.loop",
+    "TrainResult": "kdet.training.loop",
+    "choose_strategy": "kdet.training.loop",
+    "set_precision": "kdet.training.loop",
+    "train": "kdet.training.loop",
+    "Recipe": "kdet.training.recipe",
+    "SGDWithL2": "kdet.training.recipe",
+    "StepSchedule": "kdet.training.recipe",
+    "WarmupStepDecay": "kdet.training.recipe",
+    "training_stream": "kdet.training.stream",
+    "recipe_main": "kdet.training.command:train_main",
+    "resolve_recipe": "kdet.training.command",
+}
 
-def recipe_main(recipes, argv=None) -> int:
-    """``kdet train`` for one recipe module's ``RECIPES`` (its ``__main__``)."""
-    from kdet.cli import train_main
+__all__ = sorted(_WHERE)
 
-    return train_main(recipes, argv)
-
-
-__all__ = ["BackupError", "DetectionImages", "Recipe", "Run", "SGDWithL2", "StepBackup", "StepSchedule",
-           "TerminateOnNaNTerm", "TrainResult", "WarmupStepDecay", "backup_position", "choose_strategy", "recipe_main",
-           "restore_backup", "set_precision", "train", "training_stream"]
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

@@ -51,11 +51,10 @@ from kdet.files import check_output_path, write_json_atomic
 from kdet.model_dir import build_for, is_complete, load_model_dir, save_model_dir
 from kdet.training.backup import restore_backup
 from kdet.training.callbacks import DetectionImages, StepBackup, TerminateOnNaNTerm
+from kdet.training.command import PRECISIONS, STRATEGIES
 from kdet.training.recipe import Recipe
 from kdet.training.stream import training_stream
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
-PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 BACKUP_DIR = "backup"
 BEST_WEIGHTS = "best.weights.h5"
 METRICS_FILE = "metrics.json"  # written last: its presence marks a finished run
