@@ -380,12 +380,12 @@ def rcnn_config(scale: float, backbone_weights: str | None = None) -> dict:
 def kdet_detector(kind: str, model, rcnn_scale: float):
     """``detect(uint8 [480, 640, 3]) -> (boxes [N, 4] VGA yxyx, scores [N])`` over one frozen graph.
 
-    Frozen (:func:`kdet.inference.freeze`: the weights are constants) as
-    kdet runs a fixed-size CPU stream (:func:`kdet.inference.frozen_detect`).
+    Frozen (:func:`kdet.serving.freeze.freeze`: the weights are constants) as
+    kdet runs a fixed-size CPU stream (:func:`kdet.serving.freeze.frozen_detect`).
     """
     import tensorflow as tf
 
-    from kdet.inference import freeze, frozen_detect
+    from kdet.serving.freeze import freeze, frozen_detect
 
     if kind == "cascade":
         graph = frozen_detect(model, VGA)

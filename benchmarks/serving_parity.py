@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--json", help="also write the JSON here")
     args = parser.parse_args(argv)
 
-    from kdet.exporting import export_model_dir
+    from kdet.serving.export import export_model_dir
     from kdet.inference import evaluate_model_dir
     from kdet.model_dir import read_model_info
 

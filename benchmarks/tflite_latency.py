@@ -1,6 +1,6 @@
 """LiteRT latency and quantisation accuracy of kdet's TFLite exports, with the face peers, in one run.
 
-Models (all converted with builtin ops only, :mod:`kdet.tflite`):
+Models (all converted with builtin ops only, :mod:`kdet.serving.tflite`):
 
 * ``retinanet512``: RetinaNet ResNet-50-FPN, 80 classes, 512x512 (the
   paper's detector; random weights: latency does not depend on them, and
@@ -20,7 +20,7 @@ Models (all converted with builtin ops only, :mod:`kdet.tflite`):
   short-range (LiteRT), as in ``face_peers.py``.
 
 int8 calibrates on training-split images (64 shapes, 32 faces): full-integer
-convolutions, float post-processing (see :mod:`kdet.tflite`).
+convolutions, float post-processing (see :mod:`kdet.serving.tflite`).
 
 Latency: one subprocess per (model, threads) setting pinned to that many
 CPUs (``face_peers.limit_cores``), LiteRT ``num_threads`` (TF intra-op
@@ -169,7 +169,7 @@ def is_stale(path: str, source: str | None = None) -> bool:
 
 def convert_all(args) -> dict:
     """Converts (or reuses from ``--work-dir``) every TFLite variant; returns ``{name: path}`` and timings."""
-    from kdet import tflite
+    from kdet.serving import tflite
     from kdet.face import lite
 
     os.makedirs(args.work_dir, exist_ok=True)
@@ -216,7 +216,7 @@ def convert_all(args) -> dict:
 
 def runner(name: str, paths: dict, args, threads: int):
     """A callable ``image [H, W, 3] uint8 -> output contract`` for a named setting."""
-    from kdet import tflite
+    from kdet.serving import tflite
     from kdet.face import lite
 
     if name.startswith("face_three_"):

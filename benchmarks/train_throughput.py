@@ -116,7 +116,7 @@ def main(argv=None):
         args.backbone, args.image_size, args.steps, args.warmup = "tiny", (128, 128), 8, 3
 
     from kdet.cli import resolve_recipe
-    from kdet.training.loop import choose_strategy
+    from kdet.training.distribute import choose_strategy
 
     recipe, variant = resolve_recipe(args.recipe)
     replicas = choose_strategy("auto").num_replicas_in_sync

@@ -2,7 +2,7 @@
 
     python export/to_tflite.py --model-dir kdet_demo --quantization int8 --out shapes_int8.tflite
 
-Same as ``kdet export --format tflite``; see :mod:`kdet.tflite`.
+Same as ``kdet export --format tflite``; see :mod:`kdet.serving.tflite`.
 """
 
 import sys

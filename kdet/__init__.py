@@ -42,9 +42,9 @@ _PUBLIC = {
     # inference, evaluation, export
     "detect_image": "kdet.inference",
     "evaluate": "kdet.inference:evaluate_model_dir",
-    "export": "kdet.exporting:export_model_dir",
+    "export": "kdet.serving.export:export_model_dir",
     "export_saved_model": "kdet.serving.savedmodel",
-    "convert_tflite": "kdet.tflite:convert",
+    "convert_tflite": "kdet.serving.tflite:convert",
 }
 
 __all__ = ["__version__", *sorted(_PUBLIC)]

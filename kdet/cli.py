@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export(args) -> int:
-    from kdet.exporting import export_model_dir, format_summary
+    from kdet.serving.export import export_model_dir, format_summary
 
     try:
         summary = export_model_dir(args.model_dir, format=args.format, out=args.out, quantization=args.quantization,

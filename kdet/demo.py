@@ -62,6 +62,37 @@ def warmup_cosine_adam(total_steps: int, *, peak_lr: float = 1e-3) -> keras.opti
     return keras.optimizers.Adam(learning_rate=schedule, clipnorm=10.0)
 
 
+def _write_outputs(model, val, evaluator, out_dir: str, *, info, size, val_images: int, recipe: dict) -> str:
+    """The predictions picture, the COCO results json and the model directory; returns the picture's path."""
+    from kdet.model_dir import save_model_dir
+    from kdet.visualize import save_detection_grid
+
+    images, targets = next(iter(val))
+    picture = save_detection_grid(
+        images.numpy()[:8], model.predict_on_batch(images[:8]), os.path.join(out_dir, "predictions.png"),
+        class_names=info.class_names, ground_truth={k: v.numpy()[:8] for k, v in targets.items()},
+    )
+    evaluator.write_results_json(os.path.join(out_dir, "coco_results.json"))
+    save_model_dir(model, out_dir, input_size=size, class_names=info.class_names,
+                   data=f"embedded:shapes:validation[:{val_images}]", recipe=recipe)
+    return picture
+
+
+def _demo_data(train_images: int, val_images: int, batch_size: int, seed: int):
+    """``(train pipeline, validation pipeline, DetectionInfo)`` of the synthetic shapes."""
+    from kdet.data.pipeline import make_pipeline
+    from kdet.data.synthetic import synthetic_dataset
+
+    started, size = time.time(), (IMAGE_SIZE, IMAGE_SIZE)
+    train_examples, info = synthetic_dataset("train", seed=seed, num_images=train_images, image_size=IMAGE_SIZE)
+    train = make_pipeline(train_examples, image_size=size, batch_size=batch_size, training=True, seed=seed)
+    val = make_pipeline(synthetic_dataset("validation", seed=seed, num_images=val_images, image_size=IMAGE_SIZE)[0],
+                        image_size=size, batch_size=16, training=False)
+    print(f"kdet demo: {train_images} train / {val_images} validation synthetic images "
+          f"({', '.join(info.class_names)}) generated in {time.time() - started:.1f}s")
+    return train, val, info
+
+
 def run_demo(
     *,
     out_dir: str = "kdet_demo",
@@ -87,25 +118,15 @@ def run_demo(
     import keras
     import numpy as np
 
-    from kdet.data.pipeline import make_pipeline
-    from kdet.data.synthetic import synthetic_dataset
     from kdet.detectors.retinanet import RetinaNet
     from kdet.evaluation.coco import CocoEvaluator, format_metrics_table
     from kdet.evaluation.loop import evaluate_model
-    from kdet.model_dir import save_model_dir
-    from kdet.visualize import save_detection_grid
 
     keras.utils.set_random_seed(seed)
     os.makedirs(out_dir, exist_ok=True)
     verbose = (1 if sys.stdout.isatty() else 2) if verbose is None else verbose
-    started = time.time()
-    train_examples, info = synthetic_dataset("train", seed=seed, num_images=train_images, image_size=IMAGE_SIZE)
-    val_examples, _ = synthetic_dataset("validation", seed=seed, num_images=val_images, image_size=IMAGE_SIZE)
-    size = (IMAGE_SIZE, IMAGE_SIZE)
-    train = make_pipeline(train_examples, image_size=size, batch_size=batch_size, training=True, seed=seed)
-    val = make_pipeline(val_examples, image_size=size, batch_size=16, training=False)
-    print(f"kdet demo: {train_images} train / {val_images} validation synthetic images "
-          f"({', '.join(info.class_names)}) generated in {time.time() - started:.1f}s")
+    started, size = time.time(), (IMAGE_SIZE, IMAGE_SIZE)
+    train, val, info = _demo_data(train_images, val_images, batch_size, seed)
 
     config = demo_model_config(info.num_classes)
     model = RetinaNet(**config)
@@ -120,26 +141,13 @@ def run_demo(
     print(f"\nCOCO metrics on the validation split ({val_images} images):")
     print(format_metrics_table(metrics))
 
-    images, targets = next(iter(val))
-    detections = model.predict_on_batch(images[:8])
-    picture = save_detection_grid(
-        images.numpy()[:8], detections, os.path.join(out_dir, "predictions.png"),
-        class_names=info.class_names, ground_truth={k: v.numpy()[:8] for k, v in targets.items()},
-    )
-    evaluator.write_results_json(os.path.join(out_dir, "coco_results.json"))
-    save_model_dir(model, out_dir, input_size=size, class_names=info.class_names,
-                   data=f"embedded:shapes:validation[:{val_images}]",
-                   recipe={"name": "kdet demo", "epochs": epochs, "train_images": train_images,
-                           "batch_size": batch_size, "seed": seed})
-    summary = {
-        "metrics": {k: float(v) for k, v in metrics.items()},
-        "config": config,
-        "epochs": epochs,
-        "train_images": train_images,
-        "train_seconds": round(train_seconds, 1),
-        "total_seconds": round(time.time() - started, 1),
-        "final_loss": {k: float(np.asarray(v[-1])) for k, v in history.history.items()},
-    }
+    picture = _write_outputs(model, val, evaluator, out_dir, info=info, size=size, val_images=val_images,
+                             recipe={"name": "kdet demo", "epochs": epochs, "train_images": train_images,
+                                     "batch_size": batch_size, "seed": seed})
+    summary = {"metrics": {k: float(v) for k, v in metrics.items()}, "config": config, "epochs": epochs,
+               "train_images": train_images, "train_seconds": round(train_seconds, 1),
+               "total_seconds": round(time.time() - started, 1),
+               "final_loss": {k: float(np.asarray(v[-1])) for k, v in history.history.items()}}
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(f"\nwrote {picture} and metrics/results/weights to {out_dir}/ "

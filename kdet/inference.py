@@ -3,8 +3,6 @@
 * :func:`evaluate_model_dir` -- COCO metrics (face metrics for face models)
   of a model directory on any data string.
 * :func:`detect_files` -- detections on image files, drawn into PNGs.
-* :func:`frozen_detect` -- ``model.detect`` at a fixed input size as one
-  graph with the weights as constants, for a CPU stream (:func:`freeze`).
 """
 
 from __future__ import annotations
@@ -19,63 +17,7 @@ import tensorflow as tf
 from kdet.data.pipeline import make_pipeline
 from kdet.data.sources import open_source
 from kdet.files import check_output_path
-from kdet.model_dir import build_for, load_model_dir
-
-
-def freeze(concrete):
-    """``concrete`` (dict outputs) with its variables turned into constants, outputs still named.
-
-    With no variables left, grappler folds everything computed from the
-    weights alone (the ``bfloat16`` casts of a ``compute_dtype="bfloat16"``
-    face cascade, every call otherwise), and oneDNN keeps its reordered copy
-    of constant filters between calls. TFLite conversion needs it too (see
-    :mod:`kdet.tflite`). The frozen function does not see later weight
-    changes: freeze again after training.
-    """
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    names = sorted(concrete.structured_outputs)  # a frozen function returns its outputs flattened, keys sorted
-    frozen = convert_variables_to_constants_v2(concrete)
-    count = sum(isinstance(s, tf.TensorSpec) for s in tf.nest.flatten(concrete.structured_input_signature))
-    arguments = concrete.inputs[:count]  # the captured tensors follow the arguments
-    specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name.split(":")[0]) for t in arguments]
-
-    @tf.function(input_signature=specs)
-    def named(*args):
-        return dict(zip(names, frozen(*args)))
-
-    return named.get_concrete_function()
-
-
-def detect_function(model, input_size: Sequence[int], *, batch_size: int = 1):
-    """``images uint8 [batch_size, h, w, 3] -> contract dict`` as a concrete function (the model built first)."""
-    if not model.variables:
-        build_for(model, input_size)
-    height, width = int(input_size[0]), int(input_size[1])
-    spec = tf.TensorSpec([batch_size, height, width, 3], tf.uint8, name="images")
-    return tf.function(lambda images: model.detect(tf.cast(images, tf.float32)),
-                       input_signature=[spec]).get_concrete_function()
-
-
-def frozen_detect(model, image_size: Sequence[int], *, batch_size: int = 1):
-    """``model.detect`` on ``uint8 [batch_size, H, W, 3]`` images as a frozen concrete function.
-
-    For a stream of same-size frames on a CPU (a camera, a video): the
-    output contract dict of ``model.detect``, from one graph whose weights
-    are constants (:func:`freeze` of :func:`detect_function`). The face
-    cascade at 640x480 runs ~6% faster a frame on one core than
-    ``tf.function(model.detect)``, the same detections to float rounding
-    (``benchmarks/face_benchmark.py`` times kdet's detectors this way).
-
-    Args:
-      model: a kdet detector (anything with ``detect(images)``; built here if it is not).
-      image_size: ``(H, W)`` of every frame.
-      batch_size: frames per call.
-    """
-    height, width = (int(v) for v in image_size)
-    if height < 1 or width < 1 or batch_size < 1:
-        raise ValueError(f"frozen_detect needs a positive image_size and batch_size, got {image_size}, {batch_size}")
-    return freeze(detect_function(model, (height, width), batch_size=batch_size))
+from kdet.model_dir import load_model_dir
 
 
 def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: int | None = None,

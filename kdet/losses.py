@@ -144,6 +144,24 @@ def _cumulative_max(values: tf.Tensor) -> tf.Tensor:
     return out
 
 
+def _ap_rows(f_neg, s_i, pos_sorted, running_max, *, delta: float, interpolate: bool):
+    """AP-loss rows of a chunk of positives ``s_i [C]`` (ascending): ``(L_ij [C, N^], running max, sum_j L_ij [C])``.
+
+    ``f_neg [C, N^]`` is ``f(s_j - s_i)`` against the negatives; ``running_max``
+    the interpolated precision of the positives before the chunk.
+    """
+    # rank+(i) = 1 + sum_{k in P, k != i} f(s_k - s_i); f(0) = 0.5 for k = i itself.
+    rank_pos = 0.5 + tf.reduce_sum(piecewise_step(pos_sorted[None, :] - s_i[:, None], delta), axis=1)
+    primary = f_neg / (rank_pos + tf.reduce_sum(f_neg, axis=1))[:, None]  # L_ij, Eq. 3
+    precision = 1.0 - tf.reduce_sum(primary, axis=1)
+    if not interpolate:
+        return primary, running_max, 1.0 - precision
+    # Algorithm 1, lines 10-15: precision made monotone over ascending scores
+    best = tf.maximum(running_max, _cumulative_max(precision))
+    scale = tf.where(precision < best, (1.0 - best) / tf.maximum(1.0 - precision, 1e-12), 1.0)
+    return primary * scale[:, None], best[-1], 1.0 - best  # rows: sum_j L_ij after interpolation
+
+
 def _ranking_value_and_gradient(scores, labels, *, kind: str, delta: float, interpolate: bool,
                                 max_pair_elements: int):
     """Loss value and Algorithm 1's error-driven gradient for flat ``scores [M]`` and ``labels [M]``.
@@ -176,18 +194,8 @@ def _ranking_value_and_gradient(scores, labels, *, kind: str, delta: float, inte
             s_i = pos_sorted[start:tf.minimum(start + chunk, num_pos)]
             f_neg = piecewise_step(neg_scores[None, :] - s_i[:, None], delta)  # [C, N^]
             if kind == "ap":
-                # rank+(i) = 1 + sum_{k in P, k != i} f(s_k - s_i); f(0) = 0.5 for k = i itself.
-                rank_pos = 0.5 + tf.reduce_sum(piecewise_step(pos_sorted[None, :] - s_i[:, None], delta), axis=1)
-                primary = f_neg / (rank_pos + tf.reduce_sum(f_neg, axis=1))[:, None]  # L_ij, Eq. 3
-                precision = 1.0 - tf.reduce_sum(primary, axis=1)
-                if interpolate:  # Algorithm 1, lines 10-15: precision made monotone over ascending scores
-                    best = tf.maximum(running_max, _cumulative_max(precision))
-                    scale = tf.where(precision < best, (1.0 - best) / tf.maximum(1.0 - precision, 1e-12), 1.0)
-                    primary *= scale[:, None]
-                    running_max = best[-1]
-                else:
-                    best = precision
-                row = 1.0 - best  # = sum_j L_ij after interpolation
+                primary, running_max, row = _ap_rows(f_neg, s_i, pos_sorted, running_max, delta=delta,
+                                                     interpolate=interpolate)
             else:  # "auc", Eq. 7
                 primary = f_neg / tf.maximum(num_neg_all, 1.0)
                 row = tf.reduce_sum(primary, axis=1)
@@ -220,6 +228,28 @@ def _step_sums(sorted_values: tf.Tensor, prefix: tf.Tensor, x: tf.Tensor, delta:
     count = tf.cast(hi - lo, tf.float64)
     middle = tf.gather(prefix, hi) - tf.gather(prefix, lo)
     return tf.cast(n - hi, tf.float64) + (middle - count * x) / (2.0 * delta) + 0.5 * count
+
+
+def _negative_sums(sp, sn, lo, hi, num_pos, delta: float) -> tf.Tensor:
+    """``[P]``: ``sum_j f(s_j - s_i)`` for every positive ``sp`` (ascending), from each negative's ranges.
+
+    Negative ``j`` (score ``sn[j]``) counts 1 for the positives ``[0, lo_j)``
+    and ``(s_j - s_i) / 2 delta + 0.5`` for ``[lo_j, hi_j)``: range additions,
+    summed as difference arrays (``unsorted_segment_sum``) then prefix sums.
+    """
+    segments = tf.cast(num_pos + 1, tf.int64)
+
+    def range_sums(values_lo, values_hi):
+        """prefix over positives of (+values_lo at lo_j, -values_hi at hi_j)."""
+        diff = (tf.math.unsorted_segment_sum(values_lo, lo, segments)
+                - tf.math.unsorted_segment_sum(values_hi, hi, segments))
+        return tf.cumsum(diff)[:-1]
+
+    ones = tf.ones_like(sn)
+    below = tf.cast(tf.size(sn), tf.float64) - tf.cumsum(
+        tf.math.unsorted_segment_sum(ones, lo, segments))[:-1]  # negatives with lo_j > i: f = 1 for i
+    slope_part = (sn / (2.0 * delta) + 0.5)
+    return below + range_sums(slope_part, slope_part) - range_sums(ones, ones) * sp / (2.0 * delta)
 
 
 def _sorted_value_and_gradient(scores, labels, *, kind: str, delta: float, interpolate: bool):
@@ -257,20 +287,7 @@ def _sorted_value_and_gradient(scores, labels, *, kind: str, delta: float, inter
         sn = tf.gather(s64, negative)
         lo = tf.searchsorted(sp, sn - delta, side="left", out_type=tf.int64)  # positives with s_i < s_j - delta
         hi = tf.searchsorted(sp, sn + delta, side="right", out_type=tf.int64)  # ... with s_i <= s_j + delta
-        segments = tf.cast(num_pos + 1, tf.int64)
-
-        def range_sums(values_lo, values_hi):
-            """prefix over positives of (+values_lo at lo_j, -values_hi at hi_j)."""
-            diff = (tf.math.unsorted_segment_sum(values_lo, lo, segments)
-                    - tf.math.unsorted_segment_sum(values_hi, hi, segments))
-            return tf.cumsum(diff)[:-1]
-
-        ones = tf.ones_like(sn)
-        below = tf.cast(tf.size(sn), tf.float64) - tf.cumsum(
-            tf.math.unsorted_segment_sum(ones, lo, segments))[:-1]  # negatives with lo_j > i: f = 1 for i
-        slope_part = (sn / (2.0 * delta) + 0.5)
-        linear = range_sums(slope_part, slope_part) - range_sums(ones, ones) * sp / (2.0 * delta)
-        neg_sums = below + linear  # [P]: sum_j f(s_j - s_i)
+        neg_sums = _negative_sums(sp, sn, lo, hi, num_pos, delta)  # [P]: sum_j f(s_j - s_i)
         if kind == "ap":
             rank_pos = 0.5 + _step_sums(sp, tf.concat([tf.zeros([1], tf.float64), tf.cumsum(sp)], 0), sp, delta)
             denominator = rank_pos + neg_sums

@@ -88,30 +88,19 @@ def class_aware_nms(
     shifted = boxes + tf.cast(classes, boxes.dtype)[..., None] * offset
 
     def one_image(args):
-        b, s, sb = args
+        _, s, sb = args
         selected, num_valid = tf.raw_ops.NonMaxSuppressionV5(
-            boxes=sb,
-            scores=s,
-            max_output_size=max_detections,
-            iou_threshold=iou_threshold,
+            boxes=sb, scores=s, max_output_size=max_detections, iou_threshold=iou_threshold,
             score_threshold=score_threshold,  # V5 keeps scores strictly above it
-            soft_nms_sigma=0.0,
-            pad_to_max_output_size=True,
-        )[0::2]
+            soft_nms_sigma=0.0, pad_to_max_output_size=True)[0::2]
         return selected, num_valid
 
     if boxes.shape[0] == 1:  # a static batch of one (TFLite exports): no loop op around the NMS
         selected, num_valid = one_image((boxes[0], scores[0], shifted[0]))
         selected, num_valid = selected[None], num_valid[None]
     else:
-        selected, num_valid = tf.map_fn(
-            one_image,
-            (boxes, scores, shifted),
-            fn_output_signature=(
-                tf.TensorSpec([max_detections], tf.int32),
-                tf.TensorSpec([], tf.int32),
-            ),
-        )
+        selected, num_valid = tf.map_fn(one_image, (boxes, scores, shifted), fn_output_signature=(
+            tf.TensorSpec([max_detections], tf.int32), tf.TensorSpec([], tf.int32)))
     valid = tf.range(max_detections)[None, :] < num_valid[:, None]
     out_boxes = tf.gather(boxes, selected, batch_dims=1)
     out_scores = tf.gather(scores, selected, batch_dims=1)

@@ -298,13 +298,8 @@ def multilevel_roi_align(
 
     flat_boxes = tf.reshape(boxes, [-1, 4])
     box_indices = tf.repeat(tf.range(tf.shape(boxes)[0]), tf.shape(boxes)[1])
-    box_levels = assign_levels(
-        flat_boxes,
-        min_level=min_level,
-        max_level=max_level,
-        canonical_size=canonical_size,
-        canonical_level=canonical_level,
-    )
+    box_levels = assign_levels(flat_boxes, min_level=min_level, max_level=max_level, canonical_size=canonical_size,
+                               canonical_level=canonical_level)
     crop = output_size * sampling_ratio
 
     if use_gather:
@@ -349,16 +344,7 @@ def _gather_all_levels(padded, boxes, box_indices, box_levels, crop):
     The padded levels of each image are laid end to end in one ``[B * P, C]``
     table (``P = sum_l (H_l + 2) (W_l + 2)``); each box carries the offset, size
     and stride of its level, so the crops cost the same as one level's.
-
-    Args:
-      padded: ``{level: [B, H_l + 2, W_l + 2, C]}`` edge-padded maps.
-      boxes: ``[N, 4]`` yxyx pixels.
-      box_indices: ``[N]`` int32 image of each box.
-      box_levels: ``[N]`` int32 level of each box (a key of ``padded``).
-      crop: samples per side.
-
-    Returns:
-      ``[N, crop, crop, C]``.
+    Arguments and result as :func:`_crop_and_resize_by_level`'s.
     """
     levels = sorted(padded)
     sizes = tf.stack([tf.shape(padded[l])[1:3] for l in levels])  # [L, 2] padded (H + 2, W + 2)
@@ -370,12 +356,8 @@ def _gather_all_levels(padded, boxes, box_indices, box_levels, crop):
 
     slot = box_levels - levels[0]
     box_sizes = tf.gather(sizes, slot)  # [N, 2]
-    normalised = level_crop_boxes(
-        boxes,
-        stride=tf.gather(tf.constant([2.0**l for l in levels]), slot),
-        feature_shape=box_sizes - 2,
-        crop=crop,
-    )
+    normalised = level_crop_boxes(boxes, stride=tf.gather(tf.constant([2.0**l for l in levels]), slot),
+                                  feature_shape=box_sizes - 2, crop=crop)
     offsets = box_indices * per_image + tf.gather(starts, slot)
     flat = tf.reshape(table, [-1, channels])
     return bilinear_gather(flat, offsets, box_sizes[:, 0], box_sizes[:, 1], normalised, [crop, crop], 0.0)

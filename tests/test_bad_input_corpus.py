@@ -311,7 +311,7 @@ def test_export_refuses_outputs_it_cannot_write(model_dir, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def served(model_dir, tmp_path_factory):
-    from kdet.exporting import export_model_dir
+    from kdet.serving.export import export_model_dir
 
     path = str(tmp_path_factory.mktemp("served") / "1")
     export_model_dir(model_dir, format="savedmodel", out=path, max_pixels=200 * 200)
@@ -335,7 +335,7 @@ def test_savedmodel_signatures_refuse_bad_requests_clearly(served, signature, te
 
 
 def test_litert_refuses_a_wrong_input_clearly(model_dir, tmp_path):
-    from kdet.tflite import LiteRTDetector
+    from kdet.serving.tflite import LiteRTDetector
 
     path = str(tmp_path / "m.tflite")
     assert cli.main(["export", "--model-dir", model_dir, "--format", "tflite", "--out", path]) == 0

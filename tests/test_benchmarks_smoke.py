@@ -55,6 +55,36 @@ def test_face_benchmark_quick_run_prints_table_and_verdicts(tmp_path, capsys):
                          "--detectors", "cascade_joint_from_separate", "rcnn_joint"])
     out = capsys.readouterr().out
     assert "== training" not in out and out.count("trained before") == 3  # + the separate cascade it starts from
+    _recipe_trains_the_benchmarks_cascade(quick / "cascade_joint_from_separate_seed0.weights.h5", tmp_path, capsys)
+
+
+def _h5_arrays(path) -> dict:
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: out.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return out
+
+
+def _recipe_trains_the_benchmarks_cascade(bench_weights, tmp_path, capsys):
+    """``kdet train face_cascade:embedded`` on the quick run's 8 images for its 1 epoch: the same weights.
+
+    One procedure (kdet.face.procedures): the recipe and the benchmark mine the same samples and train
+    the same steps, so the weights agree to float rounding.
+    """
+    import numpy as np
+
+    from kdet import cli
+
+    model_dir = tmp_path / "recipe"
+    assert cli.main(["train", "face_cascade:embedded", "--data", "embedded:faces:train[:8]", "--val-data",
+                     "embedded:faces:validation[:2]", "--epochs", "1", "--model-dir", str(model_dir)]) == 0
+    assert "face cascade:" in capsys.readouterr().out
+    bench, recipe = _h5_arrays(bench_weights), _h5_arrays(model_dir / "model.weights.h5")
+    assert len(bench) == len(recipe) > 0
+    for (name, want), got in zip(sorted(bench.items()), [recipe[k] for k in sorted(recipe)]):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.slow

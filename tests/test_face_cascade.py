@@ -549,7 +549,7 @@ def test_detect_traces_once_per_image_shape():
 
 
 def test_speed_settings_keep_the_gather_twin_and_tflite_builtins():
-    from kdet import tflite
+    from kdet.serving import tflite
 
     common = dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7,
                   pyramid="octave", stage1_nms_iou=0.8, stage2_nms_iou=0.5)
@@ -560,7 +560,7 @@ def test_speed_settings_keep_the_gather_twin_and_tflite_builtins():
 
 
 def test_frozen_detect_has_no_variables_and_the_same_detections():
-    from kdet.inference import frozen_detect
+    from kdet.serving.freeze import frozen_detect
 
     model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7,
                         compute_dtype="bfloat16", pyramid="area", crop_method="nearest")

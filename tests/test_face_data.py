@@ -18,7 +18,7 @@ from kdet.data import (
     make_pipeline,
     tfds_info,
 )
-from kdet.data import faces
+from kdet.data import face_render, faces
 from kdet.data.example import sanitize_example
 from kdet.data.tfds_readers import wider_face_example_from_tfds
 
@@ -61,7 +61,7 @@ def test_splits_use_disjoint_crops_and_photo_regions():
         assert min(b0, b1) <= max(t0, t1) or min(r0, r1) <= max(l0, l1)  # no overlap
     assert sorted(i for p in parts for i in p.faces) == list(range(100))
     assert sorted(i for p in parts for i in p.non_faces) == list(range(100, 200))
-    photos = faces._photos()
+    photos = face_render._photos()
     for split, part in FACE_SPLITS.items():
         used_faces, used_photos = set(), 0
         for index in range(8):
@@ -114,7 +114,7 @@ def test_distractors_stay_off_faces_and_sizes_are_capped_by_the_image():
         assert np.all((sides >= 12) & (sides <= 40))
         for d in scene.distractor_boxes:
             for f in scene.boxes:
-                assert faces._overlap(d, f[None])[0] <= faces.MAX_DISTRACTOR_OVERLAP
+                assert face_render._overlap(d, f[None])[0] <= faces.MAX_DISTRACTOR_OVERLAP
 
 
 def test_default_is_vga():

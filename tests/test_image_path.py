@@ -14,7 +14,7 @@ import tensorflow as tf
 from PIL import Image
 
 from kdet.data import load_coco_json, make_pipeline
-from kdet.exporting import export_model_dir
+from kdet.serving.export import export_model_dir
 from kdet.inference import detect_files
 from kdet.model_dir import save_model_dir
 from kdet.serving.image import decode_image, letterbox, read_image_file

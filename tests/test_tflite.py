@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet import tflite
+from kdet.serving import tflite
 from kdet.face.cascade import FaceCascade
 from kdet.detectors.retinanet import RetinaNet
 from tests.detection_parity import assert_same_detections, block_image, match_fraction

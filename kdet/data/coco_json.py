@@ -296,12 +296,7 @@ def load_coco_json(
     data = read_json(source)
     stats = DataStats()
     info = parse_categories(data, source=source)
-    info = DetectionInfo(
-        class_names=info.class_names,
-        category_ids=info.category_ids,
-        name=info.name,
-        stats=stats,
-    )
+    info = DetectionInfo(class_names=info.class_names, category_ids=info.category_ids, name=info.name, stats=stats)
     records = parse_annotations(data, info=info, source=source,
                                 allow_missing_annotations=allow_missing_annotations)
     records, paths, unencodable = _encodable_paths(records, image_dir)
@@ -314,9 +309,7 @@ def load_coco_json(
         logger.warning("kdet.data: %s lists no images", source)
     columns = {
         "path": tf.constant(paths, tf.string, shape=[len(paths)]),
-        "image_id": tf.constant(
-            [r["image_id"] for r in records], tf.int64, shape=[len(records)]
-        ),
+        "image_id": tf.constant([r["image_id"] for r in records], tf.int64, shape=[len(records)]),
         "declared_hw": tf.constant([r["size"] or (-1, -1) for r in records], tf.int32, shape=[len(records), 2]),
         **{key: _ragged(records, key) for key in ("boxes", "classes", "is_crowd")},
     }

@@ -119,33 +119,20 @@ def preprocess_example(
     classes, is_crowd = example["classes"], example["is_crowd"]
     original_shape = tf.shape(image)[:2]
     if flip or scale_jitter is not None:
-        flip_seed, jitter_seed = tf.unstack(
-            tf.random.experimental.stateless_split(seed, num=2)
-        )
+        flip_seed, jitter_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
     if flip:
-        image, boxes = transforms.random_horizontal_flip(
-            image, boxes, seed=flip_seed
-        )
+        image, boxes = transforms.random_horizontal_flip(image, boxes, seed=flip_seed)
     if scale_jitter is None:  # the one letterbox of training, evaluation, kdet detect and serving
         image, scale, resized_shape = letterbox(image, image_size)
         boxes = boxes * scale
     else:
         image, boxes, keep, scale = transforms.random_scale_jitter(
-            image,
-            boxes,
-            output_size=image_size,
-            scale_range=scale_jitter,
-            seed=jitter_seed,
-        )
-        boxes = tf.boolean_mask(boxes, keep)
-        classes = tf.boolean_mask(classes, keep)
-        is_crowd = tf.boolean_mask(is_crowd, keep)
+            image, boxes, output_size=image_size, scale_range=scale_jitter, seed=jitter_seed)
+        boxes, classes, is_crowd = (tf.boolean_mask(t, keep) for t in (boxes, classes, is_crowd))
         resized_shape = tf.shape(image)[:2]
         image = transforms.pad_to_size(image, output_size=image_size)
     image_id = tf.cast(example["image_id"], tf.int64)
-    targets = pad_targets(
-        boxes, classes, is_crowd, max_boxes=max_boxes, image_id=image_id
-    )
+    targets = pad_targets(boxes, classes, is_crowd, max_boxes=max_boxes, image_id=image_id)
     targets.update(
         image_id=image_id,
         scale=tf.cast(scale, tf.float32),
@@ -153,6 +140,15 @@ def preprocess_example(
         original_shape=tf.cast(original_shape, tf.int32),
     )
     return image, targets
+
+
+def _checked(image_size, *, stride: int, batch_size: int, max_boxes: int, scale_jitter) -> tuple[int, int]:
+    """``image_size`` as two ints, after checking every sizing argument of :func:`make_pipeline`."""
+    if batch_size <= 0 or max_boxes <= 0:
+        raise ValueError(f"batch_size={batch_size} and max_boxes={max_boxes} must be positive.")
+    if scale_jitter is not None and not 0 < scale_jitter[0] <= scale_jitter[1]:
+        raise ValueError(f"scale_jitter={scale_jitter!r} must be 0 < low <= high.")
+    return check_image_size(image_size, stride=stride)
 
 
 def make_pipeline(
@@ -171,67 +167,45 @@ def make_pipeline(
 ) -> tf.data.Dataset:
     """Builds the batched training or evaluation pipeline.
 
-    Shuffle (training only), parallel map (``AUTOTUNE``) of
-    :func:`preprocess_example`, batch to fixed shapes, prefetch.
+    Shuffle (training only), parallel map of :func:`preprocess_example`, batch to fixed shapes, prefetch.
 
     Args:
         examples: dataset of example dicts (any reader of :mod:`kdet.data`).
         image_size: ``(H, W)``, both multiples of ``stride``.
         batch_size: images per batch.
         training: shuffles, and sets the defaults of ``flip``/``drop_remainder``.
-        max_boxes: ``M``, rows of the padded targets; an image with more boxes
-            keeps its first ``M`` and a warning naming its image_id is printed
-            to stderr.
+        max_boxes: ``M``, rows of the padded targets; an image with more boxes keeps its first ``M`` (a
+            warning names its image_id on stderr).
         flip: random horizontal flip; defaults to ``training``.
         scale_jitter: ``(low, high)`` random scale range with random crop, or
             None. With jitter ``scale`` is the resize factor only (the crop
             offset is not recorded): use it for training, not evaluation.
         shuffle_buffer: size of the shuffle buffer when training.
-        seed: seeds shuffling and augmentation (reproducible pipelines); None
-            draws fresh randomness.
+        seed: seeds shuffling and augmentation (reproducible pipelines); None draws fresh randomness.
         drop_remainder: drop a last partial batch; defaults to ``training``.
         stride: largest stride of the model; ``image_size`` must be a multiple.
 
     Returns:
         Dataset of ``(images, targets)``:
           images: float32 ``[B, H, W, 3]`` raw RGB 0..255, zero-padded.
-          targets: ``boxes`` float32 ``[B, M, 4]`` (pixels of the resized image,
-          padding rows 0), ``classes`` int32 ``[B, M]`` (-1 = padding),
-          ``is_crowd`` bool ``[B, M]``, ``image_id`` int64 ``[B]``, ``scale``
-          float32 ``[B]`` (resized / original, original_box = box / scale),
-          ``image_shape`` int32 ``[B, 2]`` (valid region), ``original_shape``
-          int32 ``[B, 2]``.
+          targets: ``boxes`` float32 ``[B, M, 4]`` (pixels of the resized image, padding rows 0),
+          ``classes`` int32 ``[B, M]`` (-1 = padding), ``is_crowd`` bool ``[B, M]``, ``image_id`` int64
+          ``[B]``, ``scale`` float32 ``[B]`` (resized / original, original_box = box / scale),
+          ``image_shape`` int32 ``[B, 2]`` (valid region), ``original_shape`` int32 ``[B, 2]``.
 
     Raises:
-        ValueError: ``image_size`` is not a multiple of ``stride``, or a bad
-            ``batch_size``/``max_boxes``/``scale_jitter``.
+        ValueError: ``image_size`` not a multiple of ``stride``, a bad ``batch_size``/``max_boxes``/``scale_jitter``.
     """
-    image_size = check_image_size(image_size, stride=stride)
-    if batch_size <= 0 or max_boxes <= 0:
-        raise ValueError(
-            f"batch_size={batch_size} and max_boxes={max_boxes} must be positive."
-        )
-    if scale_jitter is not None and not 0 < scale_jitter[0] <= scale_jitter[1]:
-        raise ValueError(f"scale_jitter={scale_jitter!r} must be 0 < low <= high.")
+    image_size = _checked(image_size, stride=stride, batch_size=batch_size, max_boxes=max_boxes,
+                          scale_jitter=scale_jitter)
     flip = training if flip is None else flip
     drop_remainder = training if drop_remainder is None else drop_remainder
-
-    dataset = examples
-    if training:
-        dataset = dataset.shuffle(
-            shuffle_buffer, seed=seed, reshuffle_each_iteration=True
-        )
-    preprocess = functools.partial(
-        preprocess_example,
-        image_size=image_size,
-        max_boxes=max_boxes,
-        flip=flip,
-        scale_jitter=scale_jitter,
-    )
-    if flip or scale_jitter is not None:
-        # One stateless [2] seed per element keeps parallel maps reproducible.
-        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-        dataset = tf.data.Dataset.zip(dataset, seeds.batch(2))
+    dataset = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True) if training else examples
+    preprocess = functools.partial(preprocess_example, image_size=image_size, max_boxes=max_boxes, flip=flip,
+                                   scale_jitter=scale_jitter)
+    if flip or scale_jitter is not None:  # one stateless [2] seed per element keeps parallel maps reproducible
+        dataset = tf.data.Dataset.zip(dataset, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+                                      .batch(2))
     dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)

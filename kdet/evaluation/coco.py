@@ -20,12 +20,12 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
-import keras
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from kdet.evaluation import batch as batch_lib
+from kdet.evaluation.callback import EvaluationCallback
 from kdet.evaluation.loop import evaluate_model
 
 __all__ = ["CocoEvaluator", "CocoEvaluationCallback", "average_precision_at_iou",
@@ -337,14 +337,8 @@ class CocoEvaluator:
 
 
 
-class CocoEvaluationCallback(keras.callbacks.Callback):
-    """Evaluates a validation dataset with COCO metrics at the end of epochs.
-
-    Metrics are written into the epoch ``logs`` with ``prefix`` (``val_AP``,
-    ``val_AP50``, ...), so callbacks placed AFTER this one in the ``callbacks``
-    list see them: ``ModelCheckpoint(monitor="val_AP", mode="max")``,
-    ``TensorBoard``, and the ``History`` that ``fit`` returns. On epochs that
-    are skipped (``every_n_epochs``) the keys are absent.
+class CocoEvaluationCallback(EvaluationCallback):
+    """:class:`~kdet.evaluation.callback.EvaluationCallback` with a :class:`CocoEvaluator` built for you.
 
     Example:
         model.fit(train, epochs=12, callbacks=[
@@ -352,54 +346,25 @@ class CocoEvaluationCallback(keras.callbacks.Callback):
             keras.callbacks.ModelCheckpoint("best.weights.h5", monitor="val_AP",
                                             mode="max", save_best_only=True,
                                             save_weights_only=True)])
+
+    Args:
+        dataset: finite eval pipeline of ``(images, targets)`` batches.
+        category_ids: label id -> COCO category id.
+        class_names: label id -> name.
+        annotation_file: evaluate against this COCO json instead of the
+            targets' ground truth (see CocoEvaluator.from_annotation_file).
+        **kwargs: ``every_n_epochs``, ``prefix``, ``results_json``, ``steps``,
+            ``verbose`` of :class:`~kdet.evaluation.callback.EvaluationCallback`.
     """
 
-    def __init__(self, dataset, *, category_ids: Sequence[int],
-                 class_names: Sequence[str] | None = None, every_n_epochs: int = 1,
-                 prefix: str = "val_", results_json: str | None = None,
-                 annotation_file: str | None = None, steps: int | None = None,
-                 verbose: int = 1):
-        """Creates the callback.
-
-        Args:
-            dataset: finite eval pipeline of ``(images, targets)`` batches.
-            category_ids: label id -> COCO category id.
-            class_names: label id -> name.
-            every_n_epochs: evaluate after epochs n, 2n, ... (1-based).
-            prefix: prepended to every metric name in ``logs``.
-            results_json: if set, the detections are written there after each
-                evaluation; ``{epoch}`` in it is replaced by the 1-based epoch.
-            annotation_file: evaluate against this COCO json instead of the
-                targets' ground truth (see CocoEvaluator.from_annotation_file).
-            steps: evaluate at most this many batches.
-            verbose: 0 silent; 1 progress bar and metrics table.
-        """
-        super().__init__()
-        if every_n_epochs < 1:
-            raise ValueError(f"every_n_epochs must be >= 1, got {every_n_epochs}.")
-        self.dataset = dataset
-        self.every_n_epochs = int(every_n_epochs)
-        self.prefix = prefix
-        self.results_json = results_json
-        self.steps = steps
-        self.verbose = verbose
+    def __init__(self, dataset, *, category_ids: Sequence[int], class_names: Sequence[str] | None = None,
+                 annotation_file: str | None = None, **kwargs):
         if annotation_file is not None:
-            self.evaluator = CocoEvaluator.from_annotation_file(
-                annotation_file, category_ids=category_ids, class_names=class_names)
+            evaluator = CocoEvaluator.from_annotation_file(annotation_file, category_ids=category_ids,
+                                                           class_names=class_names)
         else:
-            self.evaluator = CocoEvaluator(category_ids=category_ids, class_names=class_names)
-        self.last_metrics: dict[str, float] | None = None
+            evaluator = CocoEvaluator(category_ids=category_ids, class_names=class_names)
+        super().__init__(dataset, evaluator, **kwargs)
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        if (epoch + 1) % self.every_n_epochs:
-            return
-        self.evaluator.reset()
-        metrics = evaluate_model(self.model, self.dataset, self.evaluator,
-                                 steps=self.steps, progress=self.verbose > 0)
-        if self.results_json:
-            self.evaluator.write_results_json(self.results_json.format(epoch=epoch + 1))
-        if logs is not None:
-            logs.update({self.prefix + key: value for key, value in metrics.items()})
-        if self.verbose:
-            print(f"COCO evaluation after epoch {epoch + 1}:\n{format_metrics_table(metrics)}")
-        self.last_metrics = metrics
+    def report(self, epoch: int, metrics: dict[str, float]) -> str:
+        return f"COCO evaluation after epoch {epoch + 1}:\n{format_metrics_table(metrics)}"

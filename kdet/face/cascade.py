@@ -54,6 +54,32 @@ VALIDATED_TEST_SETTINGS = {"test_thresholds": (0.01, 0.05, 0.5), "pyramid": "are
                            "stage2_nms_iou": 0.7}
 
 
+def _check_arguments(cfg: dict) -> None:
+    """Raises ValueError naming the first FaceCascade argument that is out of range."""
+    train_branches, crop_source, crop_method = cfg["train_branches"], cfg["crop_source"], cfg["crop_method"]
+    use_gather, pyramid, compute_dtype = cfg["use_gather"], cfg["pyramid"], cfg["compute_dtype"]
+    unknown = set(train_branches) - set(BRANCHES)
+    if unknown or not train_branches:
+        raise ValueError(f"train_branches must be a non-empty subset of {BRANCHES}, got {train_branches!r}")
+    if crop_source not in CROP_SOURCES:
+        raise ValueError(f"crop_source must be one of {CROP_SOURCES}, got {crop_source!r}")
+    if crop_method not in ("bilinear", "nearest"):
+        raise ValueError(f"crop_method must be 'bilinear' or 'nearest', got {crop_method!r}")
+    if use_gather and crop_method != "bilinear":
+        raise ValueError("use_gather=True crops bilinearly only: pass crop_method='bilinear'")
+    if pyramid not in PYRAMID_METHODS:
+        raise ValueError(f"pyramid must be one of {PYRAMID_METHODS}, got {pyramid!r}")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {compute_dtype!r}")
+    if use_gather and compute_dtype != "float32":
+        raise ValueError("use_gather=True (the TFLite twin) computes float32: pass compute_dtype='float32'")
+    for name, size in (("thresholds", 2), ("loss_weights", 3), ("test_thresholds", 3), ("offset_mean", 4),
+                       ("offset_std", 4)):
+        value = cfg[name]
+        if len(value) != size:
+            raise ValueError(f"{name} needs {size} values, got {list(value)}")
+
+
 @keras.saving.register_keras_serializable(package="kdet")
 class FaceCascade(Detector):
     """The 12/24/48 face cascade as one Keras model.
@@ -100,7 +126,7 @@ class FaceCascade(Detector):
         arithmetic (:func:`kdet.face.pyramid.resize_level_gather`,
         :func:`kdet.face.pyramid.gather_crops`) instead of ``tf.image``
         resize / ``crop_and_resize``: the same values to float rounding,
-        and TFLite builtins only (what :mod:`kdet.tflite` converts).
+        and TFLite builtins only (what :mod:`kdet.serving.tflite` converts).
         Bilinear crops only.
       compute_dtype: "float32", or "bfloat16" to run the three branches'
         convolutions and fully-connected layers in bfloat16 (Keras
@@ -150,26 +176,7 @@ class FaceCascade(Detector):
     ):
         super().__init__(**kwargs)
         self._config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
-        unknown = set(train_branches) - set(BRANCHES)
-        if unknown or not train_branches:
-            raise ValueError(f"train_branches must be a non-empty subset of {BRANCHES}, got {train_branches!r}")
-        if crop_source not in CROP_SOURCES:
-            raise ValueError(f"crop_source must be one of {CROP_SOURCES}, got {crop_source!r}")
-        if crop_method not in ("bilinear", "nearest"):
-            raise ValueError(f"crop_method must be 'bilinear' or 'nearest', got {crop_method!r}")
-        if use_gather and crop_method != "bilinear":
-            raise ValueError("use_gather=True crops bilinearly only: pass crop_method='bilinear'")
-        if pyramid not in PYRAMID_METHODS:
-            raise ValueError(f"pyramid must be one of {PYRAMID_METHODS}, got {pyramid!r}")
-        if compute_dtype not in COMPUTE_DTYPES:
-            raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {compute_dtype!r}")
-        if use_gather and compute_dtype != "float32":
-            raise ValueError("use_gather=True (the TFLite twin) computes float32: pass compute_dtype='float32'")
-        for name, value, size in (("thresholds", thresholds, 2), ("loss_weights", loss_weights, 3),
-                                  ("test_thresholds", test_thresholds, 3), ("offset_mean", offset_mean, 4),
-                                  ("offset_std", offset_std, 4)):
-            if len(value) != size:
-                raise ValueError(f"{name} needs {size} values, got {list(value)}")
+        _check_arguments(self._config)
         # Keras gives a layer's sublayers the global dtype policy, not the layer's own: set it while the
         # branches are built (the output layers are float32 whatever it is, see kdet.face.nets).
         previous = keras.config.dtype_policy()

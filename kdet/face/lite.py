@@ -1,6 +1,6 @@
 """The face cascade as three TFLite models and a small host loop (the alternative to one model).
 
-:func:`kdet.tflite.convert` exports the whole cascade as one model (pyramid,
+:func:`kdet.serving.tflite.convert` exports the whole cascade as one model (pyramid,
 three stages, NMS inside; the later stages have data-dependent batch sizes).
 This module exports it as three models with the host doing the glue:
 
@@ -70,7 +70,7 @@ def convert_stages(model, *, input_size: Sequence[int], quantization: str = "flo
     int8 calibrates x12 on ``representative_images`` and the later stages on
     patches the host loop cuts from them.
     """
-    from kdet import tflite
+    from kdet.serving import tflite
 
     if quantization == "int8" and representative_images is None:
         raise ValueError("int8 quantization needs representative_images ([H, W, 3] uint8 images of the input size)")

@@ -296,31 +296,42 @@ def mine_hard_image(
     if not scales:
         return _empty(window)
     level_images = _level_images(image, scales)
-    per_level = []
-    for level, scale in enumerate(scales):
-        _, corners, boxes = _level_windows(image_size, scale, window=window, stride=stride)
-        if corners.shape[0] == 0:
-            continue
-        scores = np.asarray(score_windows(level_images[level], corners), np.float32).reshape(-1)
-        if scores.shape[0] != corners.shape[0]:
-            raise ValueError(f"score_windows returned {scores.shape[0]} scores for {corners.shape[0]} windows")
-        passed = scores >= threshold
-        corners, boxes = corners[passed], boxes[passed]
-        labels, matched, _ = label_windows(boxes, gt_boxes, positive_iou=positive_iou,
-                                           negative_iou=negative_iou, ignore=ignore)
-        per_level.append((corners, boxes, labels, matched, np.full(len(labels), level)))
+    per_level = [found for level, scale in enumerate(scales) if (found := _passed_windows(
+        level_images[level], level, image_size, scale, score_windows, threshold, gt_boxes, window=window,
+        stride=stride, positive_iou=positive_iou, negative_iou=negative_iou, ignore=ignore)) is not None]
     if not per_level:
         return _empty(window)
     corners, boxes, labels, matched, levels = (np.concatenate([p[i] for p in per_level]) for i in range(5))
-    chosen = []
-    for g in range(gt_boxes.shape[0]):
-        candidates = np.flatnonzero(matched == g)
-        chosen.append(rng.choice(candidates, size=min(positives_per_face, candidates.size), replace=False))
-    negatives = np.flatnonzero(labels == 0)
-    chosen.append(rng.choice(negatives, size=min(negatives_per_image, negatives.size), replace=False))
-    index = np.sort(np.concatenate(chosen).astype(np.int64))
+    index = _random_choice(rng, labels, matched, len(gt_boxes), positives_per_face, negatives_per_image)
     return _cut(image, gt_boxes, scales, index, corners, boxes, labels, matched, levels, window=window,
                 level_images=level_images)
+
+
+def _passed_windows(level_image, level, image_size, scale, score_windows, threshold, gt_boxes, *, window, stride,
+                    positive_iou, negative_iou, ignore):
+    """``(corners, boxes, labels, matched, levels)`` of one level's windows scoring >= ``threshold``, or None."""
+    _, corners, boxes = _level_windows(image_size, scale, window=window, stride=stride)
+    if corners.shape[0] == 0:
+        return None
+    scores = np.asarray(score_windows(level_image, corners), np.float32).reshape(-1)
+    if scores.shape[0] != corners.shape[0]:
+        raise ValueError(f"score_windows returned {scores.shape[0]} scores for {corners.shape[0]} windows")
+    passed = scores >= threshold
+    corners, boxes = corners[passed], boxes[passed]
+    labels, matched, _ = label_windows(boxes, gt_boxes, positive_iou=positive_iou, negative_iou=negative_iou,
+                                       ignore=ignore)
+    return corners, boxes, labels, matched, np.full(len(labels), level)
+
+
+def _random_choice(rng, labels, matched, num_faces: int, positives_per_face: int, negatives: int) -> np.ndarray:
+    """Sorted indices of up to ``positives_per_face`` random windows per face and ``negatives`` random non-faces."""
+    chosen = []
+    for g in range(num_faces):
+        candidates = np.flatnonzero(matched == g)
+        chosen.append(rng.choice(candidates, size=min(positives_per_face, candidates.size), replace=False))
+    pool = np.flatnonzero(labels == 0)
+    chosen.append(rng.choice(pool, size=min(negatives, pool.size), replace=False))
+    return np.sort(np.concatenate(chosen).astype(np.int64))
 
 
 def mine_hard_samples(

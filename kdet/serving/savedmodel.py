@@ -108,6 +108,58 @@ def to_detection_api(detections: dict, scale: tf.Tensor, original_hw: tf.Tensor,
     }
 
 
+def _serve_images(input_tensor, detect, size):
+    """serving_default: uint8 ``[B, H, W, 3]`` (rank and channels checked) -> Detection API outputs."""
+    expected = "serving_default expects uint8 RGB images [batch, height, width, 3]; got shape"
+    shape = tf.shape(input_tensor)
+    rank_ok = tf.debugging.Assert(tf.equal(tf.size(shape), 4), [expected, shape])
+    with tf.control_dependencies([rank_ok]):  # every later op depends on the checked tensor
+        shape = tf.identity(shape)
+        channels_ok = tf.debugging.Assert(tf.equal(shape[-1], 3), [
+            expected, shape, "(channels must be 3: convert grey/RGBA to RGB, or send encoded images to "
+            "serving_bytes)"])
+    with tf.control_dependencies([channels_ok]):
+        input_tensor = tf.ensure_shape(tf.identity(input_tensor), [None, None, None, 3])
+        shape = tf.identity(shape)
+    valid = shape[1] * shape[2] > 0
+    safe = tf.cond(valid, lambda: input_tensor, lambda: tf.zeros([shape[0], 1, 1, 3], tf.uint8))
+    canvas, scale, _ = letterbox(safe, size)
+    return to_detection_api(detect(canvas), scale, shape[1:3], tf.fill([shape[0]], valid))
+
+
+def _decode_one(data, size, max_pixels: int):
+    """One encoded image -> ``(letterboxed canvas, scale, decoded (h, w), non-empty)``; refuses what it cannot read."""
+    first_bytes = tf.io.encode_base64(tf.strings.substr(data, 0, 8))  # any bytes, printable
+    supported = tf.debugging.Assert(is_supported_image(data), [
+        f"serving_bytes: an input is not an encoded {TF_FORMAT_NAMES} image; its first 8 bytes, web-safe "
+        f"base64:", first_bytes])
+    with tf.control_dependencies([supported]):
+        declared = encoded_image_size(data)
+    small = tf.debugging.Assert(declared[0] * declared[1] <= max_pixels, [
+        f"serving_bytes: an image of more than {max_pixels} pixels was refused (height, width):", declared,
+        "(export with a larger max_pixels, or send it smaller)"])
+    with tf.control_dependencies([small]):
+        image = decode_image(data)
+    hw = tf.shape(image)[:2]
+    valid = hw[0] * hw[1] > 0
+    safe = tf.cond(valid, lambda: image, lambda: tf.zeros([1, 1, 3], tf.uint8))
+    canvas, scale, _ = letterbox(safe, size)
+    return canvas, scale, hw, valid
+
+
+def _serve_bytes(input_tensor, detect, size, max_pixels: int):
+    """serving_bytes: string ``[B]`` of encoded images -> Detection API outputs."""
+    rank_ok = tf.debugging.Assert(tf.equal(tf.rank(input_tensor), 1), [
+        "serving_bytes expects a batch of encoded images, string [batch]; got shape", tf.shape(input_tensor)])
+    with tf.control_dependencies([rank_ok]):
+        input_tensor = tf.reshape(input_tensor, [-1])
+    canvas, scale, hw, valid = tf.map_fn(
+        lambda data: _decode_one(data, size, max_pixels), input_tensor,
+        fn_output_signature=(tf.TensorSpec([size[0], size[1], 3], tf.float32), tf.TensorSpec([], tf.float32),
+                             tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.bool)))
+    return to_detection_api(detect(canvas), scale, hw, valid)
+
+
 class DetectionServingModule(tf.Module):
     """A detector with explicit serving signatures (see the module docstring).
 
@@ -143,62 +195,13 @@ class DetectionServingModule(tf.Module):
         with open(os.path.join(folder, LABEL_MAP_FILE), "w") as f:
             f.write(label_map_pbtxt(names))
         self.label_map = tf.saved_model.Asset(os.path.join(folder, LABEL_MAP_FILE))
-        detect = model.detect  # a closure, so the Keras model object itself is not tracked
-        size = self.input_size
-
-        def run(canvas, scale, original_hw, valid):
-            return to_detection_api(detect(canvas), scale, original_hw, valid)
-
-        def serve_images(input_tensor):
-            expected = "serving_default expects uint8 RGB images [batch, height, width, 3]; got shape"
-            shape = tf.shape(input_tensor)
-            rank_ok = tf.debugging.Assert(tf.equal(tf.size(shape), 4), [expected, shape])
-            with tf.control_dependencies([rank_ok]):  # every later op depends on the checked tensor
-                shape = tf.identity(shape)
-                channels_ok = tf.debugging.Assert(tf.equal(shape[-1], 3), [
-                    expected, shape, "(channels must be 3: convert grey/RGBA to RGB, or send encoded images to "
-                    "serving_bytes)"])
-            with tf.control_dependencies([channels_ok]):
-                input_tensor = tf.ensure_shape(tf.identity(input_tensor), [None, None, None, 3])
-                shape = tf.identity(shape)
-            valid = shape[1] * shape[2] > 0
-            safe = tf.cond(valid, lambda: input_tensor, lambda: tf.zeros([shape[0], 1, 1, 3], tf.uint8))
-            canvas, scale, _ = letterbox(safe, size)
-            return run(canvas, scale, shape[1:3], tf.fill([shape[0]], valid))
-
-        def decode_one(data):
-            first_bytes = tf.io.encode_base64(tf.strings.substr(data, 0, 8))  # any bytes, printable
-            supported = tf.debugging.Assert(is_supported_image(data), [
-                f"serving_bytes: an input is not an encoded {TF_FORMAT_NAMES} image; its first 8 bytes, web-safe "
-                f"base64:", first_bytes])
-            with tf.control_dependencies([supported]):
-                declared = encoded_image_size(data)
-            small = tf.debugging.Assert(declared[0] * declared[1] <= max_pixels, [
-                f"serving_bytes: an image of more than {max_pixels} pixels was refused (height, width):", declared,
-                "(export with a larger max_pixels, or send it smaller)"])
-            with tf.control_dependencies([small]):
-                image = decode_image(data)
-            hw = tf.shape(image)[:2]
-            valid = hw[0] * hw[1] > 0
-            safe = tf.cond(valid, lambda: image, lambda: tf.zeros([1, 1, 3], tf.uint8))
-            canvas, scale, _ = letterbox(safe, size)
-            return canvas, scale, hw, valid
-
-        def serve_bytes(input_tensor):
-            rank_ok = tf.debugging.Assert(tf.equal(tf.rank(input_tensor), 1), [
-                "serving_bytes expects a batch of encoded images, string [batch]; got shape", tf.shape(input_tensor)])
-            with tf.control_dependencies([rank_ok]):
-                input_tensor = tf.reshape(input_tensor, [-1])
-            canvas, scale, hw, valid = tf.map_fn(
-                decode_one, input_tensor,
-                fn_output_signature=(tf.TensorSpec([size[0], size[1], 3], tf.float32), tf.TensorSpec([], tf.float32),
-                                     tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.bool)))
-            return run(canvas, scale, hw, valid)
-
-        self.serving_default = tf.function(
-            serve_images, input_signature=[tf.TensorSpec(None, tf.uint8, name="input_tensor")])
-        self.serving_bytes = tf.function(  # any rank, so that a wrong one gets this module's error
-            serve_bytes, input_signature=[tf.TensorSpec(None, tf.string, name="input_tensor")])
+        detect, size = model.detect, self.input_size  # a closure, so the Keras model itself is not tracked
+        self.serving_default = tf.function(  # any rank, so that a wrong one gets this module's error
+            lambda input_tensor: _serve_images(input_tensor, detect, size),
+            input_signature=[tf.TensorSpec(None, tf.uint8, name="input_tensor")])
+        self.serving_bytes = tf.function(
+            lambda input_tensor: _serve_bytes(input_tensor, detect, size, max_pixels),
+            input_signature=[tf.TensorSpec(None, tf.string, name="input_tensor")])
 
     def signatures(self) -> dict:
         return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}

@@ -38,7 +38,6 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import keras
 import numpy as np
@@ -50,8 +49,9 @@ from kdet.data.sources import open_source
 from kdet.files import check_output_path, write_json_atomic
 from kdet.model_dir import build_for, is_complete, load_model_dir, save_model_dir
 from kdet.training.backup import restore_backup
+from kdet.evaluation.callback import EvaluationCallback
 from kdet.training.callbacks import DetectionImages, StepBackup, TerminateOnNaNTerm
-from kdet.training.command import PRECISIONS, STRATEGIES
+from kdet.training.distribute import choose_strategy, custom_loop, is_chief, is_multi_worker, set_precision
 from kdet.training.recipe import Recipe
 from kdet.training.stream import training_stream
 
@@ -93,56 +93,6 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _tf_config_workers() -> int:
-    text = os.environ.get("TF_CONFIG")
-    if not text:
-        return 0
-    try:
-        cluster = json.loads(text).get("cluster", {})
-    except json.JSONDecodeError as error:
-        raise ValueError(f"TF_CONFIG is not valid JSON: {error}") from None
-    return len(cluster.get("worker", [])) + len(cluster.get("chief", []))
-
-
-def choose_strategy(kind: str = "auto") -> tf.distribute.Strategy:
-    """The distribution strategy for ``kind`` (one of :data:`STRATEGIES`).
-
-    ``auto``: ``multi_worker`` when ``TF_CONFIG`` names more than one worker,
-    ``mirrored`` when GPUs are visible, otherwise the default strategy.
-    """
-    if kind not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {kind!r}")
-    if kind == "auto":
-        kind = ("multi_worker" if _tf_config_workers() > 1 else
-                "mirrored" if tf.config.list_logical_devices("GPU") else "default")
-    if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
-    if kind == "mirrored":
-        return tf.distribute.MirroredStrategy()
-    return tf.distribute.get_strategy()
-
-
-def is_multi_worker(strategy) -> bool:
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-
-
-def is_chief(strategy) -> bool:
-    """True on the worker that writes the model directory and the logs."""
-    if not is_multi_worker(strategy):
-        return True
-    resolver = strategy.cluster_resolver
-    return resolver.task_type in (None, "chief") or (
-        resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().jobs)
-
-
-def set_precision(policy: str | None) -> None:
-    """Sets Keras' global dtype policy (``mixed_float16`` also scales the loss: Keras wraps the optimiser)."""
-    policy = policy or "float32"
-    if policy not in PRECISIONS:
-        raise ValueError(f"mixed precision must be one of {PRECISIONS}, got {policy!r}")
-    keras.mixed_precision.set_dtype_policy(policy)
-
-
 def _evaluator(model, recipe: Recipe, info: DetectionInfo):
     """The evaluator the model asks for (``model.evaluation``); face settings from the recipe's ``extra``."""
     if model.evaluation == "face":
@@ -156,28 +106,6 @@ def _evaluator(model, recipe: Recipe, info: DetectionInfo):
 
 def _monitor(model) -> str:
     return "val_AP50" if model.evaluation == "face" else "val_AP"
-
-
-class EvaluationCallback(keras.callbacks.Callback):
-    """Evaluates ``dataset`` with ``evaluator`` after each epoch; metrics go into ``logs`` as ``val_*``."""
-
-    def __init__(self, dataset, evaluator, *, verbose: int = 1):
-        super().__init__()
-        self.dataset, self.evaluator, self.verbose = dataset, evaluator, verbose
-        self.last_metrics: dict[str, float] | None = None
-        self.last_step = -1  # optimiser step of the last evaluation
-
-    def on_epoch_end(self, epoch, logs=None):
-        from kdet.evaluation import evaluate_model
-
-        self.evaluator.reset()
-        metrics = evaluate_model(self.model, self.dataset, self.evaluator, progress=self.verbose == 1)
-        self.last_metrics, self.last_step = metrics, int(self.model.optimizer.iterations.numpy())
-        if logs is not None:
-            logs.update({f"val_{k}": float(v) for k, v in metrics.items()})
-        if self.verbose:
-            shown = ", ".join(f"{k} {100 * v:.1f}" for k, v in metrics.items() if k.startswith(("AP", "recall")))
-            print(f"epoch {epoch + 1} evaluation: {shown}")
 
 
 def _verbose(verbose: int | None) -> int:
@@ -472,7 +400,7 @@ def _train_steps(recipe: Recipe, *, model_dir, train_examples, info, val, epochs
         backup = StepBackup(backup_dir, save_freq=backup_every, steps_per_epoch=per_epoch, step_offset=step)
         fit_callbacks = [backup] + common
         if is_multi_worker(strategy):
-            logs = _custom_loop(model, strategy, train_examples, fit_callbacks, epoch=epoch, epochs=length,
+            logs = custom_loop(model, strategy, train_examples, fit_callbacks, epoch=epoch, epochs=length,
                                 steps=epoch_steps, start_step=step, batch_size=recipe.batch_size, verbose=verbose,
                                 **stream_args)
         else:
@@ -486,51 +414,3 @@ def _train_steps(recipe: Recipe, *, model_dir, train_examples, info, val, epochs
             break
         step += length * epoch_steps
     return model, history, start, step, evaluation
-
-
-def _custom_loop(model, strategy, examples, callbacks, *, epoch, epochs, steps, start_step, batch_size, verbose,
-                 **stream_args) -> dict[str, list[float]]:
-    """``epochs`` epochs of ``steps`` steps with ``strategy.run`` over ``model.train_step``, driving Keras callbacks.
-
-    The multi-worker path: ``model.fit`` fails under
-    ``MultiWorkerMirroredStrategy`` in Keras 3 (keras-team/keras#20585), while
-    ``strategy.run`` of the same ``train_step`` works. Each worker reads its
-    shard of the global stream; gradients are all-reduced by the optimiser.
-    """
-    replicas = strategy.num_replicas_in_sync
-    if batch_size % replicas:
-        raise ValueError(f"the global batch {batch_size} must be a multiple of the {replicas} replicas")
-
-    def dataset_fn(context: tf.distribute.InputContext):
-        return training_stream(examples, batch_size=context.get_per_replica_batch_size(batch_size),
-                               start_step=start_step, num_steps=epochs * steps,
-                               num_shards=context.num_input_pipelines, shard_index=context.input_pipeline_id,
-                               **stream_args)
-
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-
-    @tf.function
-    def train_step(iterator):
-        logs = strategy.run(model.train_step, args=(next(iterator),))
-        return {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in logs.items()}
-
-    callback_list = keras.callbacks.CallbackList(callbacks, add_history=True, add_progbar=verbose != 0,
-                                                 model=model, verbose=verbose, epochs=epoch + epochs, steps=steps)
-    model.stop_training = False
-    callback_list.on_train_begin()
-    logs: dict[str, Any] = {}
-    for current in range(epoch, epoch + epochs):
-        model.reset_metrics()
-        callback_list.on_epoch_begin(current)
-        for batch in range(steps):
-            callback_list.on_train_batch_begin(batch)
-            logs = {k: float(v) for k, v in train_step(iterator).items()}
-            callback_list.on_train_batch_end(batch, logs)
-            if model.stop_training:
-                break
-        epoch_logs = dict(logs)
-        callback_list.on_epoch_end(current, epoch_logs)
-        if model.stop_training:
-            break
-    callback_list.on_train_end(logs)
-    return model.history.history

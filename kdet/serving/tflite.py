@@ -36,7 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.files import check_output_path
-from kdet.inference import detect_function, freeze
+from kdet.serving.freeze import detect_function, freeze
 
 QUANTIZATIONS = ("float32", "float16", "int8")
 

@@ -44,7 +44,7 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
       max_pixels: SavedModel only: the largest image ``serving_bytes``
         decodes (default :data:`kdet.serving.image.DEFAULT_MAX_PIXELS`).
     """
-    from kdet import serving, tflite
+    from kdet.serving import savedmodel, tflite
     from kdet.model_dir import load_model_dir
 
     if format not in FORMATS:
@@ -61,8 +61,8 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
     if format == "savedmodel":
         from kdet.serving.image import DEFAULT_MAX_PIXELS
 
-        serving.export_saved_model(model, out, input_size=size, class_names=info.class_names,
-                                   max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
+        savedmodel.export_saved_model(model, out, input_size=size, class_names=info.class_names,
+                                      max_pixels=max_pixels or DEFAULT_MAX_PIXELS)
         import tensorflow as tf
 
         loaded = tf.saved_model.load(out)
@@ -72,7 +72,7 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
                                          for k, v in fn.structured_outputs.items()}}
                       for name, fn in loaded.signatures.items()}
         return {"format": format, "path": out, "bytes": _folder_bytes(out), "input_size": list(size),
-                "signatures": signatures, "label_map": serving.load_label_map(out)}
+                "signatures": signatures, "label_map": savedmodel.load_label_map(out)}
     representative = None
     if quantization == "int8":
         source = data or info.data
