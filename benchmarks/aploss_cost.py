@@ -79,7 +79,7 @@ def step_worker(args) -> dict:
     boxes = np.concatenate([corner, np.minimum(corner + size, args.image_size)], -1).astype(np.float32)
     targets = {"boxes": boxes, "classes": rng.integers(0, NUM_CLASSES, [args.batch, 5]).astype(np.int32)}
     keras.utils.set_random_seed(0)
-    model = RetinaNet(num_classes=NUM_CLASSES, backbone=args.backbone, freeze_batchnorm=False,
+    model = RetinaNet(num_classes=NUM_CLASSES, backbone=dict(name=args.backbone, freeze_batchnorm=False),
                       classification_loss=args.step_worker)
     model.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9))
     times = []

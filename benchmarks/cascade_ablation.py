@@ -46,17 +46,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import ablation_common as common  # noqa: E402
 
+from kdet.backbones import BackboneSpec  # noqa: E402
 from kdet.detectors.cascade_rcnn import CascadeRCNN  # noqa: E402
+from kdet.rcnn_specs import CascadeSpec  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
 BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
 
 # Detector -> the constructor data that makes it (everything else is shared).
 DETECTORS = {
-    "faster_rcnn": dict(stage_ious=(0.5,), stage_box_weights=BOX_WEIGHTS[:1], stage_loss_weights=(1.0,)),
-    "integral_loss": dict(stage_ious=(0.5,), stage_box_weights=BOX_WEIGHTS[:1], stage_loss_weights=(1.0,),
-                          integral_ious=(0.5, 0.6, 0.7)),
-    "cascade": dict(stage_ious=(0.5, 0.6, 0.7), stage_box_weights=BOX_WEIGHTS, stage_loss_weights=(1.0, 0.5, 0.25)),
+    "faster_rcnn": CascadeSpec(ious=(0.5,), box_weights=BOX_WEIGHTS[:1], loss_weights=(1.0,)),
+    "integral_loss": CascadeSpec(ious=(0.5,), box_weights=BOX_WEIGHTS[:1], loss_weights=(1.0,),
+                                 integral_ious=(0.5, 0.6, 0.7)),
+    "cascade": CascadeSpec(ious=(0.5, 0.6, 0.7), box_weights=BOX_WEIGHTS, loss_weights=(1.0, 0.5, 0.25)),
 }
 
 # Table rows: (label, detector trained, detect() options).
@@ -84,11 +86,12 @@ def model_config(detector: str, num_classes: int, backbone_weights: str | None =
     objects spread over P2..P5); 128 RoIs per image at 25% positives (the
     images hold at most 8 objects); 256-wide box heads; frozen BatchNorm.
     """
-    rpn = dict(backbone="tiny", backbone_weights=backbone_weights, freeze_batchnorm=True, fpn_filters=64,
-               head_filters=64, anchor_size=4.0, pre_nms_top_k_train=1000, max_proposals_train=512,
-               pre_nms_top_k_test=500, max_proposals_test=300)
-    return dict(num_classes=num_classes, rpn=rpn, num_rois=128, fc_dim=256, roi_canonical_size=56.0,
-                **DETECTORS[detector])
+    rpn = dict(backbone=BackboneSpec(name="tiny", weights=backbone_weights, freeze_batchnorm=True), fpn_filters=64,
+               head_filters=64, anchors=dict(anchor_size=4.0),
+               proposals=dict(pre_nms_top_k_train=1000, max_proposals_train=512, pre_nms_top_k_test=500,
+                              max_proposals_test=300))
+    return dict(num_classes=num_classes, rpn=rpn, stages=DETECTORS[detector], roi_sampling=dict(num_samples=128),
+                fc_dim=256, roi_pooler=dict(canonical_size=56.0))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -196,8 +196,10 @@ def build_kdet():
 
     model = CascadeRCNN(
         num_classes=NUM_CLASSES,
-        rpn=dict(backbone="resnet50", freeze_batchnorm=False, **PROPOSALS),
-        stage_ious=STAGE_IOUS, stage_box_weights=STAGE_BOX_WEIGHTS, ensemble=True, **HEAD, **POSTPROCESS,
+        rpn=dict(backbone=dict(name="resnet50", freeze_batchnorm=False), proposals=PROPOSALS),
+        stages=dict(ious=STAGE_IOUS, box_weights=STAGE_BOX_WEIGHTS, ensemble=True),
+        roi_sampling=dict(num_samples=HEAD["num_rois"], positive_fraction=HEAD["roi_positive_fraction"]),
+        fc_dim=HEAD["fc_dim"], postprocess=POSTPROCESS,
     )
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE, momentum=0.9))
     model(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]))  # build the backbone, FPN and RPN head

@@ -245,7 +245,7 @@ def cascade_test_config() -> dict:
     """The cascades' test pipeline besides the thresholds: kdet.face.cascade.VALIDATED_TEST_SETTINGS (the recipes')."""
     from kdet.face.cascade import VALIDATED_TEST_SETTINGS
 
-    return {k: v for k, v in VALIDATED_TEST_SETTINGS.items() if k != "test_thresholds"}
+    return {k: v for k, v in VALIDATED_TEST_SETTINGS.items() if k != "thresholds"}
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -276,14 +276,14 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="the ablations' pretrained tiny backbone cache (pretrained there if missing, ~5 min)")
     parser.add_argument("--pretrain-steps", type=int, default=3000)
     parser.add_argument("--cascade-test-thresholds", type=float, nargs=3,
-                        default=list(VALIDATED_TEST_SETTINGS["test_thresholds"]),
+                        default=list(VALIDATED_TEST_SETTINGS["thresholds"]),
                         metavar=("X12", "X24", "X48"),
                         help="face probability kept after each branch at test (chosen on the validation split; "
                              "FaceCascade's defaults: 0.1 0.003 0.7)")
     parser.add_argument("--cascade-x24-trunk", choices=("li", "li32", "rnet"), default="li",
                         help="x12-x24's conv trunk (kdet.face.nets.X24_TRUNKS; FaceCascade's default is li)")
     parser.add_argument("--cascade-test-config", type=json.loads, default=cascade_test_config(),
-                        metavar="JSON", help="the cascades' other test-time FaceCascade settings (chosen on the "
+                        metavar="JSON", help="the cascades' other test-time settings, FaceTestSpec fields (chosen on the "
                                              "validation split, kdet.face.cascade.VALIDATED_TEST_SETTINGS; '{}': the trained "
                                              "config's)")
     parser.add_argument("--cascade-compute-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
@@ -371,10 +371,10 @@ def rcnn_config(scale: float, backbone_weights: str | None = None) -> dict:
     """
     from kdet.face.rcnn import FACE_RCNN, FACE_RPN, face_rcnn_config
 
-    rpn = dict(anchor_size=FACE_RPN["anchor_size"] * scale)
+    rpn = dict(anchors=dict(anchor_size=FACE_RPN["anchors"].anchor_size * scale))
     if backbone_weights:
-        rpn.update(backbone_weights=backbone_weights, freeze_batchnorm=True)
-    return face_rcnn_config(rpn=rpn, roi_canonical_size=FACE_RCNN["roi_canonical_size"] * scale)
+        rpn["backbone"] = dict(weights=backbone_weights, freeze_batchnorm=True)
+    return face_rcnn_config(rpn=rpn, roi_pooler=dict(canonical_size=FACE_RCNN["roi_pooler"].canonical_size * scale))
 
 
 def kdet_detector(kind: str, model, rcnn_scale: float):
@@ -424,15 +424,38 @@ def labels_for(args) -> dict[str, str]:
     return {**LABELS, FAST: f"{LABELS[args.target_cascade]} @ {thresholds}"}
 
 
+def with_settings(config: dict, settings: dict) -> dict:
+    """A FaceCascade ``config`` with ``settings`` applied.
+
+    ``settings`` use the flat names of the benchmarks' settings tables and
+    JSON options (``test_thresholds``, ``pyramid``, ``stage1_max_boxes``,
+    ``compute_dtype``, ...), grouped onto the config's specs; a config saved
+    before the grouped arguments is upgraded first.
+    """
+    from kdet.face.cascade import FaceCascade
+    from kdet.specs import override
+
+    if set(config) & set(FaceCascade.flat_config_keys):
+        config = FaceCascade.upgrade_config(config)
+    return override(config, FaceCascade.upgrade_config(settings))
+
+
 def build_model(kind: str, config: dict):
-    """A built model of a saved config, to be given its weights (so no backbone weights are read)."""
+    """A built model of a saved config, to be given its weights (so no backbone weights are read).
+
+    Configs saved before the grouped arguments (flat keys such as ``stage_ious``, ``min_face_size``) are
+    upgraded first.
+    """
     from kdet.detectors.cascade_rcnn import CascadeRCNN
     from kdet.face.cascade import FaceCascade
+    from kdet.specs import override
 
     if kind == "cascade":
-        model = FaceCascade.from_config(config)
+        flat = set(config) & set(FaceCascade.flat_config_keys)  # saved before the grouped arguments
+        model = FaceCascade.from_config(FaceCascade.upgrade_config(config) if flat else config)
     else:
-        model = CascadeRCNN.from_config({**config, "rpn": {**config["rpn"], "backbone_weights": None}})
+        config = CascadeRCNN.upgrade_config(config) if "stage_ious" in config else config
+        model = CascadeRCNN.from_config(override(config, {"rpn": {"backbone": {"weights": None}}}))
     model.build(None)
     return model
 
@@ -454,9 +477,12 @@ def inference_config(name: str, config: dict, args) -> dict:
     ``--cascade-compute-dtype`` and the stage thresholds (``--fast-thresholds``
     for the fast row, ``--cascade-test-thresholds`` otherwise).
     """
+    from kdet.specs import override
+
     if kind_of(name) == "cascade":
-        return {**config, **args.cascade_test_config, "compute_dtype": args.cascade_compute_dtype,
-                "test_thresholds": list(args.fast_thresholds if name == FAST else args.cascade_test_thresholds)}
+        thresholds = list(args.fast_thresholds if name == FAST else args.cascade_test_thresholds)
+        return override(config, {"test": {**args.cascade_test_config, "thresholds": thresholds},
+                                 "compute_dtype": args.cascade_compute_dtype})
     return dict(config)
 
 
@@ -575,7 +601,7 @@ class TrainingData:
 
 def cascade_config(x24_trunk: str = "li") -> dict:
     """The cascades' FaceCascade arguments (besides the training switches; the offsets come from mining)."""
-    return {"min_face_size": float(MIN_FACE), "x24_trunk": x24_trunk}
+    return {"test": {"min_face_size": float(MIN_FACE)}, "x24_trunk": x24_trunk}
 
 
 def cascade_training(args, name: str = "cascade_joint_from_separate"):

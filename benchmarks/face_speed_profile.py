@@ -111,7 +111,7 @@ def load_model(args, overrides: dict):
     if record is None:
         raise SystemExit(f"no trained {args.target} in {args.weights_dir}: run benchmarks/face_benchmark.py first")
     thresholds = face_benchmark.parse_args([]).cascade_test_thresholds
-    config = {**record["config"], "test_thresholds": list(thresholds), **overrides}
+    config = face_benchmark.with_settings(record["config"], {"test_thresholds": list(thresholds), **overrides})
     model = face_benchmark.build_model("cascade", config)
     model.load_weights(store.paths(args.target, 0)[0])
     return model, config
@@ -188,8 +188,7 @@ def profile_setting(args, name: str, frames, examples) -> dict:
     import tensorflow as tf
 
     model, config = load_model(args, args.all_settings[name])
-    result = {"overrides": args.all_settings[name], "config": {k: v for k, v in config.items()
-                                                                 if k not in ("offset_mean", "offset_std")}}
+    result = {"overrides": args.all_settings[name], "config": {k: v for k, v in config.items() if k != "training"}}
     detect = face_benchmark.kdet_detector("cascade", model, 0.0)
     calls = {"total": detect}
     graphs = {} if args.no_steps else step_graphs(model)

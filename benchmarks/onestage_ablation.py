@@ -39,6 +39,7 @@ from benchmarks import ablation_common as common  # noqa: E402
 
 from kdet.demo import demo_model_config  # noqa: E402
 from kdet.detectors.retinanet import RetinaNet  # noqa: E402
+from kdet.specs import override  # noqa: E402
 
 AP_METRICS = ("AP", "AP50", "AP75")
 CON_METRICS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
@@ -48,9 +49,9 @@ VARIANTS = {
     "focal": {},
     "auc": dict(classification_loss="auc"),
     "ap": dict(classification_loss="ap"),
-    "con_2_1": dict(consistent_cls_terms=2, consistent_reg_terms=1),
-    "con_2_2": dict(consistent_cls_terms=2, consistent_reg_terms=2),
-    "con_3_2": dict(consistent_cls_terms=3, consistent_reg_terms=2),
+    "con_2_1": dict(consistent=dict(cls_terms=2, reg_terms=1)),
+    "con_2_2": dict(consistent=dict(cls_terms=2, reg_terms=2)),
+    "con_3_2": dict(consistent=dict(cls_terms=3, reg_terms=2)),
 }
 
 AP_TABLE = (
@@ -69,8 +70,8 @@ CON_TABLE = (
 
 def model_config(variant: str, num_classes: int, backbone_weights: str | None = None) -> dict:
     """The demo's RetinaNet (anchors from 16 px, 2-conv 64-wide heads) on the pretrained frozen-BN backbone."""
-    return dict(demo_model_config(num_classes), backbone_weights=backbone_weights, freeze_batchnorm=True,
-                **VARIANTS[variant])
+    return override(demo_model_config(num_classes),
+                    dict(backbone=dict(weights=backbone_weights, freeze_batchnorm=True), **VARIANTS[variant]))
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -167,7 +167,8 @@ def build_kdet():
 
     from kdet.detectors.retinanet import RetinaNet
 
-    model = RetinaNet(num_classes=NUM_CLASSES, backbone="resnet50", freeze_batchnorm=False, **POSTPROCESS)
+    model = RetinaNet(num_classes=NUM_CLASSES, backbone=dict(name="resnet50", freeze_batchnorm=False),
+                      postprocess=POSTPROCESS)
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=LEARNING_RATE, momentum=0.9))
     model(tf.zeros([1, IMAGE_SIZE, IMAGE_SIZE, 3]))  # build the weights
     return model

@@ -91,7 +91,7 @@ def retinanet512(quick: bool):
 
     keras.utils.set_random_seed(0)
     if quick:
-        return RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16, head_convs=1, head_filters=16), (128, 128)
+        return RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16, head=dict(num_convs=1, filters=16)), (128, 128)
     return RetinaNet(num_classes=80, backbone="resnet50"), (512, 512)
 
 
@@ -110,12 +110,13 @@ def shapes_model(args):
 
 
 def face_model(args, *, use_gather: bool = False):
+    from benchmarks import face_benchmark
     from kdet.face.cascade import FaceCascade
 
     with open(args.face_record + ".json") as f:
         config = json.load(f)["config"]
-    if args.face_thresholds:
-        config["test_thresholds"] = list(args.face_thresholds)
+    settings = {"test_thresholds": list(args.face_thresholds)} if args.face_thresholds else {}
+    config = face_benchmark.with_settings(config, settings)  # (also upgrades a config saved before the specs)
     model = FaceCascade.from_config({**config, "use_gather": use_gather})
     model.build(None)
     weights = args.face_record + ".weights.h5"

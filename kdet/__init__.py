@@ -6,6 +6,8 @@ stay fast)::
     import kdet
 
     model = kdet.RetinaNet(num_classes=3, backbone="tiny")          # or CascadeRCNN, FaceCascade, ...
+    model = kdet.RetinaNet(num_classes=3, classification_loss=kdet.APLossSpec(delta=0.5),
+                           anchors=dict(anchor_size=2.0))          # grouped arguments: specs or dicts
     result = kdet.train(kdet.resolve_recipe("retinanet")[0], model_dir="runs/retinanet", smoke=True)
     model, info = kdet.load_model("runs/retinanet_smoke")          # a model directory
     found = kdet.detect_image(model, image_uint8_hwc, info.input_size)
@@ -31,6 +33,13 @@ _PUBLIC = {
     "RegionProposalNetwork": "kdet.detectors.rpn",
     "FaceCascade": "kdet.face.cascade",
     "face_rcnn": "kdet.face.rcnn",
+    # the detectors' grouped arguments (frozen specs; a dict of fields works as well)
+    "AnchorSpec": "kdet.anchors",
+    "BackboneSpec": "kdet.backbones",
+    **{name: "kdet.specs" for name in ("MatcherSpec", "SamplingSpec", "BoxRegressionSpec", "PostProcessSpec",
+                                       "FocalLossSpec", "APLossSpec", "AUCLossSpec", "ConsistentOptimizationSpec",
+                                       "RetinaNetHeadSpec")},
+    **{name: "kdet.rcnn_specs" for name in ("ProposalSpec", "RoIPoolerSpec", "CascadeSpec")},
     # model directories
     "load_model": "kdet.model_dir:load_model_dir",
     "save_model": "kdet.model_dir:save_model_dir",

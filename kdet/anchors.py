@@ -17,10 +17,15 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from kdet.specs import Spec
+
 
 @dataclasses.dataclass(frozen=True)
-class AnchorSpec:
+class AnchorSpec(Spec):
     """What anchors a detector places: levels, octave scales, ratios and base size.
+
+    A :class:`kdet.specs.Spec`: ``to_config()`` is its fields, and detectors
+    also take that dict. The defaults are RetinaNet's.
 
     Attributes:
       min_level: finest pyramid level (stride ``2**min_level``).
@@ -30,18 +35,18 @@ class AnchorSpec:
       anchor_size: base anchor side as a multiple of the level's stride.
     """
 
+    bounds = {"num_scales": ">= 1", "anchor_size": "> 0"}
     min_level: int = 3
     max_level: int = 7
     num_scales: int = 3
     aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0)
     anchor_size: float = 4.0
 
-    def __post_init__(self):
+    def _check(self):
         if self.min_level > self.max_level:
-            raise ValueError(f"min_level {self.min_level} > max_level {self.max_level}")
-        if self.num_scales < 1 or not self.aspect_ratios:
-            raise ValueError("AnchorSpec needs num_scales >= 1 and at least one aspect ratio")
-        object.__setattr__(self, "aspect_ratios", tuple(float(r) for r in self.aspect_ratios))
+            self._fail("min_level", f"must be <= max_level {self.max_level}")
+        if not self._tuple("aspect_ratios") or min(self.aspect_ratios) <= 0:
+            self._fail("aspect_ratios", "must hold at least one positive ratio")
 
     @property
     def levels(self) -> range:

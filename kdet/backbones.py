@@ -3,14 +3,24 @@
 Every backbone takes raw RGB pixels in ``[0, 255]`` (``[B, H, W, 3]`` float)
 and normalises them itself, so detectors, evaluation and export all feed the
 same thing. ``C<l>`` has stride ``2**l``.
+
+A detector's ``backbone`` argument is a name of :data:`BACKBONES`, a
+:class:`BackboneSpec` (name, weights file, BatchNorm policy) or a
+``keras.Model`` built by the user that keeps that contract
+(:func:`check_backbone`); :func:`detector_backbone` resolves it.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import os
+from typing import Any, Mapping
 
 import keras
 import tensorflow as tf
+
+from kdet.specs import Spec, coerce
 
 # Last block of each stage in keras.applications' ResNet v1 graphs.
 _RESNET_STAGE_OUTPUTS = {
@@ -52,9 +62,9 @@ class FusedBatchNormalization(keras.layers.BatchNormalization):
     """``BatchNormalization`` that trains through TensorFlow's single fused kernel.
 
     Keras 3 trains BatchNormalization as separate moments / normalise ops and
-    their gradients; on a ResNet-50 step that is ~15% slower than the fused
-    ``FusedBatchNormV3`` kernel TF Model Garden uses (see
-    ``benchmarks/retinanet_speed.py``). Same variables, same config, same
+    their gradients, slower on a ResNet-50 step than the fused
+    ``FusedBatchNormV3`` kernel TF Model Garden uses (measured by
+    ``benchmarks/retinanet_speed.py``, docs/benchmarks.md). Same variables, same config, same
     moving-statistics update (Keras keeps the *biased* batch variance, the
     fused op returns the Bessel-corrected one, so it is scaled back by
     ``(n - 1) / n``). Inference, frozen layers, masks, renorm, synchronized
@@ -188,6 +198,30 @@ def tiny_backbone(*, widths: tuple[int, ...] = (24, 48, 96, 160), freeze_batchno
 BACKBONES = ("resnet50", "resnet101", "tiny")
 
 
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec(Spec):
+    """A backbone of :data:`BACKBONES`, built by :func:`build_backbone`.
+
+    Attributes:
+      name: ``"resnet50"``, ``"resnet101"`` or ``"tiny"``.
+      weights: local weights file (ImageNet ``*_notop.h5`` for ResNets, a
+        saved tiny backbone) or None (random initialisation; nothing is
+        ever downloaded).
+      freeze_batchnorm: keep BatchNorm statistics and affine parameters fixed.
+    """
+
+    name: str = "resnet50"
+    weights: str | None = None
+    freeze_batchnorm: bool = True
+
+    def _check(self):
+        if self.name not in BACKBONES:
+            self._fail("name", f"must be one of {BACKBONES}")
+
+    def build(self) -> keras.Model:
+        return build_backbone(self.name, weights=self.weights, freeze_batchnorm=self.freeze_batchnorm)
+
+
 def build_backbone(name: str, *, weights: str | None = None, freeze_batchnorm: bool = True) -> keras.Model:
     """Builds one of :data:`BACKBONES` by name (the name is what configs store)."""
     if name == "resnet50":
@@ -203,6 +237,62 @@ def build_backbone(name: str, *, weights: str | None = None, freeze_batchnorm: b
             model.load_weights(weights)
         return model
     raise ValueError(f"unknown backbone {name!r}; valid names are {BACKBONES}")
+
+
+def check_backbone(model: keras.Model, *, min_level: int = 2, size: int = 64) -> None:
+    """Raises ValueError unless ``model`` keeps the backbone contract from ``C<min_level>`` up.
+
+    The contract: ``[B, H, W, 3]`` RGB pixels in 0..255 (float) -> a dict
+    with ``"C<l>": [B, ceil(H / 2**l), ceil(W / 2**l), C_l]`` for ``l =
+    min_level..5`` (other entries are ignored). Checked by calling it on one
+    blank ``size`` x ``size`` image.
+    """
+    try:
+        found = model(tf.zeros([1, size, size, 3]), training=False)
+    except Exception as error:  # noqa: BLE001 -- whatever a user model raises, the contract is broken
+        raise ValueError(f"backbone model {model.name!r} does not take [B, H, W, 3] images: "
+                         f"{type(error).__name__}: {str(error)[:300]}") from None
+    levels = [f"C{level}" for level in range(min_level, 6)]
+    if not isinstance(found, Mapping) or not set(levels) <= set(found):
+        keys = sorted(found) if isinstance(found, Mapping) else type(found).__name__
+        raise ValueError(f"backbone model {model.name!r} must return a dict with {levels} (C<l> of stride 2**l), "
+                         f"got {keys}")
+    for level, key in zip(range(min_level, 6), levels):
+        shape, side = tuple(found[key].shape), -(-size // 2**level)
+        if len(shape) != 4 or shape[1:3] != (side, side):
+            raise ValueError(f"backbone model {model.name!r}: {key} must be [B, H / {2**level}, W / {2**level}, C] "
+                             f"({side}x{side} for a {size}x{size} image), got {shape}")
+
+
+def detector_backbone(value: Any, *, default: BackboneSpec, min_level: int) -> tuple[keras.Model, Any]:
+    """A detector's ``backbone`` argument -> ``(model, config entry)``.
+
+    Args:
+      value: a name of :data:`BACKBONES`; a :class:`BackboneSpec` or a dict
+        of its fields (merged onto ``default``); a ``keras.Model`` keeping
+        the contract of :func:`check_backbone`; or such a model serialised
+        by ``keras.saving.serialize_keras_object`` (a dict with
+        ``"class_name"``, what ``get_config`` stores for it).
+      default: the detector's default spec.
+      min_level: the finest level the detector's FPN reads.
+
+    Returns:
+      The backbone, and its config entry: the spec's fields, or the
+      serialised model (its architecture; the weights travel with the
+      detector's).
+    """
+    if isinstance(value, Mapping) and "class_name" in value:
+        config = copy.deepcopy(dict(value))
+        model = keras.saving.deserialize_keras_object(copy.deepcopy(config))  # (it consumes the dicts it reads)
+        if not isinstance(model, keras.Model):
+            raise ValueError(f"backbone: the serialised object is a {type(model).__name__}, not a keras.Model")
+        check_backbone(model, min_level=min_level)
+        return model, config
+    if isinstance(value, keras.Model):
+        check_backbone(value, min_level=min_level)
+        return value, keras.saving.serialize_keras_object(value)
+    spec = BackboneSpec(name=value) if isinstance(value, str) else coerce(value, default, "backbone")
+    return spec.build(), spec.to_config()
 
 
 def upsample2x_like(x: tf.Tensor, like: tf.Tensor) -> tf.Tensor:

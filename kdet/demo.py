@@ -33,16 +33,17 @@ def demo_model_config(num_classes: int) -> dict:
     The anchors start at 16 px (``anchor_size=2``) because the synthetic
     objects go down to ~10 px; each ground truth also gets its best anchor
     (``allow_low_quality_matches``) so the smallest objects are trained.
+    The other settings are RetinaNet's defaults. Returns :class:`RetinaNet`
+    keyword arguments, specs as dicts of the fields they change (plain data,
+    as ``metrics.json`` records them).
     """
     return dict(
         num_classes=num_classes,
-        backbone="tiny",
-        freeze_batchnorm=False,
-        anchor_size=2.0,
+        backbone=dict(name="tiny", freeze_batchnorm=False),
         fpn_filters=64,
-        head_convs=2,
-        head_filters=64,
-        allow_low_quality_matches=True,
+        anchors=dict(anchor_size=2.0),
+        head=dict(num_convs=2, filters=64),
+        matcher=dict(allow_low_quality_matches=True),
     )
 
 

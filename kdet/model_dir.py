@@ -3,7 +3,7 @@
 ::
 
     MODEL_DIR/
-      kdet_model.json     {"format_version": 2, "detector": "kdet>RetinaNet", "config": {constructor kwargs},
+      kdet_model.json     {"format_version": 3, "detector": "kdet>RetinaNet", "config": {constructor kwargs},
                            "input_size": [h, w], "class_names": [...], "data": "embedded:shapes:validation",
                            "recipe": {...},   (recipe: what trained it, free-form, optional)
                            "weights_sha256": "..."}   (the weights file's hash, checked on load)
@@ -17,8 +17,10 @@ never taken for a complete model; a weights file that does not match its
 hash (damaged, or replaced by hand) is refused with a message naming it.
 
 The detector is rebuilt from its registered Keras name and its config (the
-constructor's keyword arguments), then its weights are loaded: no pickles,
-no code in the directory.
+constructor's keyword arguments, specs as dicts of their fields), then its
+weights are loaded: no pickles, no code in the directory. A directory of an
+older format still loads: its flat config is first upgraded by the
+detector's ``upgrade_config``.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ from kdet.files import file_sha256, fsync_path, read_json_object, write_json_ato
 CONFIG_FILE = "kdet_model.json"
 #: 2: the config holds the labels and the evaluation kind, and the weights' SHA-256 is recorded.
 #: Directories without the field (version 1) still load: their labels come from the record's ``class_names``.
-FORMAT_VERSION = 2
+#: 3: the config holds the grouped arguments (specs as dicts, :mod:`kdet.specs`); versions 1 and 2 hold flat
+#: keyword arguments, which ``Detector.upgrade_config`` groups on load.
+FORMAT_VERSION = 3
 WEIGHTS_FILE = "model.weights.h5"
 
 
@@ -50,6 +54,7 @@ class ModelInfo:
     data: str | None = None
     recipe: dict = field(default_factory=dict)
     weights_sha256: str | None = None  # None in directories written before kdet checked it
+    format_version: int = FORMAT_VERSION
 
 
 def save_model_dir(model, path: str, *, input_size: Sequence[int], class_names: Sequence[str] | None = None,
@@ -108,7 +113,9 @@ def read_model_info(path: str) -> ModelInfo:
                                 f"(write one with kdet.model_dir.save_model_dir or `kdet train`)")
     record = read_json_object(config_path, kind="kdet model config")
     version = record.get("format_version", 1)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ValueError(f"{config_path}: format_version must be a whole number from 1, got {version!r}")
+    if version > FORMAT_VERSION:
         raise ValueError(f"{config_path}: model directory format version {version!r} is newer than this kdet reads "
                          f"(versions 1..{FORMAT_VERSION}); upgrade kdet")
     missing = {"detector", "config", "input_size", "class_names"} - set(record)
@@ -117,7 +124,7 @@ def read_model_info(path: str) -> ModelInfo:
     return ModelInfo(detector=record["detector"], config=record["config"],
                      input_size=tuple(record["input_size"]), class_names=list(record["class_names"]),
                      data=record.get("data"), recipe=record.get("recipe") or {},
-                     weights_sha256=record.get("weights_sha256"))
+                     weights_sha256=record.get("weights_sha256"), format_version=version)
 
 
 def build_for(model, input_size: Sequence[int]):
@@ -131,7 +138,10 @@ def build_for(model, input_size: Sequence[int]):
 
 
 def load_model_dir(path: str, **overrides):
-    """``(model with its weights, ModelInfo)``; ``overrides`` replace config entries (e.g. ``use_gather=True``)."""
+    """``(model with its weights, ModelInfo)``; ``overrides`` replace config entries (e.g. ``use_gather=True``).
+
+    A config of format 1 or 2 is upgraded by the detector's ``upgrade_config`` first.
+    """
     from kdet.detectors import register_all
 
     register_all()
@@ -142,12 +152,8 @@ def load_model_dir(path: str, **overrides):
         raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: unknown detector {info.detector!r}")
     if not isinstance(info.config, dict):
         raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: 'config' must be an object")
-    config = dict(info.config)
-    config.setdefault("class_names", list(info.class_names))  # a version-1 directory kept them beside the config
-    if "evaluation" not in config and info.recipe.get("evaluation"):
-        config["evaluation"] = info.recipe["evaluation"]
     try:
-        model = cls(**{**config, **overrides})
+        model = cls(**{**_arguments(info, cls), **overrides})
     except (TypeError, ValueError) as error:
         raise ValueError(f"{os.path.join(path, CONFIG_FILE)}: its config does not build a {info.detector}: "
                          f"{error}") from None
@@ -160,6 +166,16 @@ def load_model_dir(path: str, **overrides):
                          f"(was its config, e.g. num_classes, edited, or the weights file replaced?): "
                          f"{type(error).__name__}: {str(error)[:300]}") from None
     return model, info
+
+
+def _arguments(info: ModelInfo, cls) -> dict:
+    """The keyword arguments of ``cls`` that a directory's record gives: a flat config (formats 1-2) upgraded
+    by ``cls.upgrade_config``, and the labels and evaluation kind that version 1 kept beside the config."""
+    config = dict(info.config) if info.format_version >= 3 else cls.upgrade_config(info.config)
+    config.setdefault("class_names", list(info.class_names))
+    if "evaluation" not in config and info.recipe.get("evaluation"):
+        config["evaluation"] = info.recipe["evaluation"]
+    return config
 
 
 def verify_weights(path: str, info: ModelInfo) -> str:

@@ -48,6 +48,7 @@ Settings the paper leaves open or kdet cannot express, and what is used:
 """
 
 from kdet.detectors import RetinaNet
+from kdet.specs import APLossSpec, override
 from kdet.training import StepSchedule, recipe_main
 from recipes.common import COCO, COCO_TRAIN_IMAGES, SMOKE, VOC0712, VOC0712_TRAINVAL_IMAGES, make_variants
 from recipes.retinanet import retinanet_settings
@@ -80,18 +81,19 @@ VOC_SCHEDULE = StepSchedule(base_lr=0.001, reference_batch=BATCH, total_steps=ep
 #: normalisation ("We fix the batch normalization layers to be frozen in training phase"), "non-maximum
 #: suppression with IoU of 0.5 for each class").
 AP_LOSS = dict(
-    num_scales=2,  # "2 sub-octave scales (2^(k/2), for k <= 1)" (x 3 aspect ratios)
-    classification_loss="ap",  # the ranking task with the AP-loss (Sec. 3)
-    ap_delta=1.0,  # "We set delta = 1 in Equation 21" (Table 1)
-    ap_interpolate=True,  # "we use interpolated AP in all the following studies" (Table 1)
-    rank_across_replicas=False,  # each GPU ranks its own 8 images (see the module docstring)
+    anchors=dict(num_scales=2),  # "2 sub-octave scales (2^(k/2), for k <= 1)" (x 3 aspect ratios)
+    classification_loss=APLossSpec(  # the ranking task with the AP-loss (Sec. 3)
+        delta=1.0,  # "We set delta = 1 in Equation 21" (Table 1)
+        interpolate=True,  # "we use interpolated AP in all the following studies" (Table 1)
+        rank_across_replicas=False,  # each GPU ranks its own 8 images (see the module docstring)
+    ),
 )
 
 
 def build_model(num_classes, *, backbone, backbone_weights):
     """RetinaNet with the interpolated AP-loss instead of the focal loss."""
     settings = retinanet_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights)
-    return RetinaNet(**{**settings, **AP_LOSS})
+    return RetinaNet(**override(settings, AP_LOSS))
 
 
 VARIANTS = {

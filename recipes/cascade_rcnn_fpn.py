@@ -42,20 +42,22 @@ warm-up (Detectron's) and the proposal budgets (Detectron's FPN).
 """
 
 from kdet.detectors import CascadeRCNN
+from kdet.rcnn_specs import CascadeSpec
 from kdet.training import recipe_main
 from recipes.faster_rcnn_fpn import fpn_plus_settings, fpn_plus_variants
 
 PAPER = "Cai & Vasconcelos 2018, Cascade R-CNN (FPN+, Sec. 5.1); RPN: Ren et al., Faster R-CNN, Sec. 3.1"
 
 #: What the cascade changes in the FPN+ baseline (:func:`recipes.faster_rcnn_fpn.fpn_plus_settings`): two more
-#: stages. Stage 1 samples its RoIs as Fast / Faster R-CNN [13, 30], the later stages take all boxes; every stage
-#: has the baseline's head (FPN's 2-fc head on RoIAlign).
-CASCADE = dict(
-    stage_ious=(0.5, 0.6, 0.7),  # Sec. 5.1: U = {0.5, 0.6, 0.7}
+#: stages (its ``stages`` argument). Stage 1 samples its RoIs as Fast / Faster R-CNN [13, 30], the later stages take
+#: all boxes; every stage has the baseline's head (FPN's 2-fc head on RoIAlign).
+CASCADE = CascadeSpec(
+    ious=(0.5, 0.6, 0.7),  # Sec. 5.1: U = {0.5, 0.6, 0.7}
     # Sec. 4.1 / Table 3: each stage's deltas normalised by that stage's statistics; the stds of the
     # authors' code, 0.1/0.2, 0.05/0.1, 0.033/0.067, as coder weights (1 / std)
-    stage_box_weights=((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)),
-    stage_loss_weights=(1.0, 0.5, 0.25),  # not in the paper (Eq. 6 has lambda = 1 inside a stage); mmdetection's
+    box_weights=((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0)),
+    loss_weights=(1.0, 0.5, 0.25),  # not in the paper (Eq. 6 has lambda = 1 inside a stage); mmdetection's
+    smooth_l1_beta=1.0,  # the baseline's
     test_stages=None,  # all three stages at test ...
     ensemble=True,  # ... scored by the mean of the three classifiers' probabilities ("1~3", Table 2)
 )
@@ -64,12 +66,11 @@ CASCADE = dict(
 def build_model(num_classes, *, backbone, backbone_weights, num_rois=256):
     """The three-stage Cascade R-CNN (``num_rois`` 256 in the ablations, 512 in Sec. 5.5)."""
     settings = fpn_plus_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights, num_rois=num_rois)
-    return CascadeRCNN(**{**settings, **CASCADE})
+    return CascadeRCNN(**{**settings, "stages": CASCADE})
 
 
 # --smoke (recipes.common.SMOKE) runs on the tiny backbone: with ResNet-50 the run (two 128-px steps, two
-# evaluations, the model directory) took ~70 s through kdet.training.train on a 2-core CPU, ~35 s with the tiny
-# one (three box heads and their graph dominate).
+# evaluations, the model directory) took twice as long on a 2-core CPU (three box heads and their graph dominate).
 RECIPES = fpn_plus_variants("cascade_rcnn_fpn", PAPER, build_model, coco="; ResNet-50, COCO (Tables 1-4)",
                             voc="; VOC 07+12, Sec. 5.7 (Table 7 protocol, COCO metrics)")
 

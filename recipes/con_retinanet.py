@@ -39,18 +39,19 @@ Run::
 """
 
 from kdet.detectors import RetinaNet
+from kdet.specs import ConsistentOptimizationSpec
 from kdet.training import recipe_main
 from recipes import retinanet
 from recipes.common import standard_variants
 
 PAPER = "Kong et al. 2019, Consistent Optimization (ConRetinaNet, Sec. 4, 6; Detectron settings, Sec. 6.2)"
 
-#: What consistent optimization adds to the RetinaNet baseline (:class:`RetinaNet` arguments).
-CONSISTENT_OPTIMIZATION = dict(
-    consistent_cls_terms=2,  # Eq. 1: the anchors' labels, plus the refined anchors' labels ...
-    consistent_alpha=1.0,  # ... weighted alpha = 1 (Sec. 6.1)
-    consistent_reg_terms=2,  # Eq. 2: a second regression from the refined anchors
-    consistent_thresholds=((0.5, 0.6),),  # refined anchors: negative below mu_neg 0.5, positive from mu_pos 0.6
+#: What consistent optimization adds to the RetinaNet baseline (:class:`RetinaNet`'s ``consistent`` argument).
+CONSISTENT_OPTIMIZATION = ConsistentOptimizationSpec(
+    cls_terms=2,  # Eq. 1: the anchors' labels, plus the refined anchors' labels ...
+    alpha=1.0,  # ... weighted alpha = 1 (Sec. 6.1)
+    reg_terms=2,  # Eq. 2: a second regression from the refined anchors
+    thresholds=((0.5, 0.6),),  # refined anchors: negative below mu_neg 0.5, positive from mu_pos 0.6
     test_regressions=None,  # both regressions at test (#reg = 2; Table 3's "2*" would be 1)
 )
 
@@ -58,7 +59,7 @@ CONSISTENT_OPTIMIZATION = dict(
 def build_model(num_classes, *, backbone, backbone_weights):
     """ConRetinaNet: Detectron's RetinaNet plus Eq. 1 and Eq. 2's consistent terms."""
     settings = retinanet.retinanet_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights)
-    return RetinaNet(**settings, **CONSISTENT_OPTIMIZATION)
+    return RetinaNet(**settings, consistent=CONSISTENT_OPTIMIZATION)
 
 
 RECIPES = standard_variants("con_retinanet", PAPER, build_model, **retinanet.COMMON)

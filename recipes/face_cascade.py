@@ -49,7 +49,7 @@ Settings the paper leaves open, and what is used:
 * the test pipeline (thresholds 0.01 / 0.05 / 0.5 after each branch, area
   pyramid, nearest crops, budgets 160 / 32 with NMS at 0.7), chosen on the
   embedded face set's validation split
-  (:data:`kdet.face.cascade.VALIDATED_TEST_SETTINGS`); the paper: "as high
+  (:data:`kdet.face.cascade.VALIDATED_TEST`); the paper: "as high
   as possible while keeping the recall";
 * the smallest face found, 20 px (the paper's fast version: 24 px);
 * ``max_train_images``: the procedure holds the training images decoded
@@ -58,7 +58,8 @@ Settings the paper leaves open, and what is used:
   used here (spread over the split) a sixth of that. None uses all of them.
 """
 
-from kdet.face.cascade import VALIDATED_TEST_SETTINGS, FaceCascade
+from kdet.face.cascade import VALIDATED_TEST, FaceCascade
+from kdet.face.specs import FaceTrainingSpec
 from kdet.face.recipe import train_face_cascade
 from kdet.training import Recipe, StepSchedule, recipe_main
 from recipes.common import WIDER_FACE
@@ -81,18 +82,22 @@ def build_model(num_classes, *, backbone, backbone_weights):
     if backbone_weights is not None:
         raise ValueError("the face cascade has no backbone to load weights into")
     return FaceCascade(
-        thresholds=(0.1, 0.003),  # Sec. 4.1: the threshold-control layers after x12 and x12-x24
-        loss_weights=(1.0, 1.0, 1.0),  # Eq. 6's lambda_1..3 (not given)
-        box_loss_weight=1.0,  # Eq. 1: "We set lambda = 1"
-        smooth_l1_beta=1.0,  # Fast R-CNN's smooth L1 [9]
+        training=FaceTrainingSpec(
+            thresholds=(0.1, 0.003),  # Sec. 4.1: the threshold-control layers after x12 and x12-x24
+            loss_weights=(1.0, 1.0, 1.0),  # Eq. 6's lambda_1..3 (not given)
+            box_loss_weight=1.0,  # Eq. 1: "We set lambda = 1"
+            smooth_l1_beta=1.0,  # Fast R-CNN's smooth L1 [9]
+        ),
         dropout=0.25,  # "drop-out before classification or regression layer" (rate not given)
-        min_face_size=MIN_FACE,
-        levels_per_octave=2,  # test pyramid: 2 levels per halving
-        pool_size=2,  # Sec. 4.3: response-map max pooling, "k = 2 ... comparative to NMS with threshold 0.5"
-        crop_source="pyramid",  # Sec. 6.5: patches from the pyramid level of twice the size, no resizing
-        nms_iou_threshold=0.3,
-        max_detections=100,
-        **VALIDATED_TEST_SETTINGS,  # thresholds, pyramid filter, crops, budgets: see the module docstring
+        # thresholds, pyramid filter, crops, budgets: the validated pipeline (see the module docstring), and
+        test=VALIDATED_TEST.replace(
+            min_face_size=MIN_FACE,
+            levels_per_octave=2,  # test pyramid: 2 levels per halving
+            pool_size=2,  # Sec. 4.3: response-map max pooling, "k = 2 ... comparative to NMS with threshold 0.5"
+            crop_source="pyramid",  # Sec. 6.5: patches from the pyramid level of twice the size, no resizing
+            nms_iou_threshold=0.3,
+            max_detections=100,
+        ),
     )
 
 

@@ -46,8 +46,12 @@ Settings the paper leaves open, and what is used:
   spread over WIDER FACE train are ~5 GB. None uses all 12,880 (~60 GB).
 """
 
+from kdet.anchors import AnchorSpec
+from kdet.backbones import BackboneSpec
 from kdet.detectors import CascadeRCNN
 from kdet.face.recipe import train_face_rcnn
+from kdet.rcnn_specs import CascadeSpec, ProposalSpec, RoIPoolerSpec
+from kdet.specs import BoxRegressionSpec, MatcherSpec, PostProcessSpec, SamplingSpec
 from kdet.training import Recipe, StepSchedule, recipe_main
 from recipes.common import WIDER_FACE
 
@@ -60,43 +64,42 @@ def build_model(num_classes, *, backbone, backbone_weights):
     return CascadeRCNN(
         num_classes=num_classes,  # 1: faces
         rpn=dict(
-            backbone=backbone,  # "tiny": a small network trained from scratch (Sec. 6.6-6.7)
-            backbone_weights=backbone_weights,
-            freeze_batchnorm=backbone_weights is not None,  # see the module docstring
+            backbone=BackboneSpec(
+                name=backbone,  # "tiny": a small network trained from scratch (Sec. 6.6-6.7)
+                weights=backbone_weights,
+                freeze_batchnorm=backbone_weights is not None,  # see the module docstring
+            ),
             fpn_filters=64,
             head_filters=64,
-            min_level=2,
-            max_level=6,
-            aspect_ratios=(1.0,),  # faces are annotated as squares (Sec. 6.1)
-            anchor_size=4.0,  # 4 x stride: 16 px on P2 ... 256 px on P6
-            match_thresholds=(0.3, 0.7),  # Faster R-CNN's labels (papers/004 Sec. 3.1.2)
-            allow_low_quality_matches=True,
-            num_samples=256,  # 256 anchors per image at up to 1:1 (papers/004 Sec. 3.1.3)
-            positive_fraction=0.5,
+            # faces are annotated as squares (Sec. 6.1); 4 x stride: 16 px on P2 ... 256 px on P6
+            anchors=AnchorSpec(min_level=2, max_level=6, num_scales=1, aspect_ratios=(1.0,), anchor_size=4.0),
+            # Faster R-CNN's labels (papers/004 Sec. 3.1.2)
+            matcher=MatcherSpec(thresholds=(0.3, 0.7), allow_low_quality_matches=True),
+            # 256 anchors per image at up to 1:1 (papers/004 Sec. 3.1.3)
+            sampling=SamplingSpec(num_samples=256, positive_fraction=0.5),
+            box_regression=BoxRegressionSpec(weights=(1.0, 1.0, 1.0, 1.0), smooth_l1_beta=1.0, loss_weight=10.0),
             loss_normalization="paper",  # Eq. 1 with lambda = 10
-            reg_weight=10.0,
-            smooth_l1_beta=1.0,
-            box_weights=(1.0, 1.0, 1.0, 1.0),
-            pre_nms_top_k_train=1000,
-            pre_nms_top_k_test=500,
-            max_proposals_train=300,  # "we can fix the proposal number, which is exactly what we did" (Sec. 4.2)
-            max_proposals_test=100,
-            nms_iou_threshold=0.7,
-            min_size=0.0,
+            proposals=ProposalSpec(
+                pre_nms_top_k_train=1000,
+                pre_nms_top_k_test=500,
+                max_proposals_train=300,  # "we can fix the proposal number, which is exactly what we did" (Sec. 4.2)
+                max_proposals_test=100,
+                nms_iou_threshold=0.7,
+                min_size=0.0,
+            ),
         ),
-        stage_ious=(0.5,),  # one Fast R-CNN stage
-        stage_box_weights=((10.0, 10.0, 5.0, 5.0),),
-        stage_loss_weights=(1.0,),  # the joint loss sums the RPN's and the RoI branch's (Sec. 5.2)
-        num_rois=128,
-        roi_positive_fraction=0.25,
+        stages=CascadeSpec(
+            ious=(0.5,),  # one Fast R-CNN stage
+            box_weights=((10.0, 10.0, 5.0, 5.0),),
+            loss_weights=(1.0,),  # the joint loss sums the RPN's and the RoI branch's (Sec. 5.2)
+            smooth_l1_beta=1.0,
+        ),
+        roi_sampling=SamplingSpec(num_samples=128, positive_fraction=0.25),
         fc_dim=256,
-        roi_size=7,
-        sampling_ratio=2,
-        roi_canonical_size=64.0,  # 16-px faces pool from P2, 64 px from P4, 128 px and up from P5
-        smooth_l1_beta=1.0,
-        score_threshold=0.05,
-        nms_iou_threshold=0.3,
-        max_detections=100,
+        # 16-px faces pool from P2, 64 px from P4, 128 px and up from P5
+        roi_pooler=RoIPoolerSpec(output_size=7, sampling_ratio=2, canonical_size=64.0),
+        postprocess=PostProcessSpec(pre_nms_top_k=None, score_threshold=0.05, nms_iou_threshold=0.3,
+                                    max_detections=100),
         evaluation="face",  # kdet's face metrics (AP50, recall at false-positive counts), as the face cascade
     )
 

@@ -38,7 +38,11 @@ decay / warm-up (Detectron's), the box-head regression statistics (stds 0.1 /
 
 import functools
 
+from kdet.anchors import AnchorSpec
+from kdet.backbones import BackboneSpec
 from kdet.detectors import CascadeRCNN
+from kdet.rcnn_specs import CascadeSpec, ProposalSpec, RoIPoolerSpec
+from kdet.specs import BoxRegressionSpec, MatcherSpec, PostProcessSpec, SamplingSpec
 from kdet.training import StepSchedule, recipe_main
 from recipes.common import BATCH, COCO, SGD, SMOKE, VOC0712, VOC0712_1X, WARMUP, make_variants
 
@@ -52,31 +56,34 @@ COCO_280K_SCHEDULE = StepSchedule(base_lr=0.005, reference_batch=BATCH, total_st
 
 # The RPN's proposal budgets: Detectron's FPN (2000 per level before NMS, 2000 per image after, in training;
 # 1000 / 1000 at test), NMS 0.7
-PROPOSALS = dict(pre_nms_top_k_train=2000, pre_nms_top_k_test=1000, max_proposals_train=2000,
-                 max_proposals_test=1000, nms_iou_threshold=0.7, min_size=0.0)
+PROPOSALS = ProposalSpec(pre_nms_top_k_train=2000, pre_nms_top_k_test=1000, max_proposals_train=2000,
+                         max_proposals_test=1000, nms_iou_threshold=0.7, min_size=0.0)
 
 
 def rpn_settings(backbone: str, backbone_weights: str | None) -> dict:
     """The region proposal network: Ren et al. Sec. 3.1.2-3.1.3 rules on FPN's P2-P6 anchors."""
     return dict(
-        backbone=backbone,
-        backbone_weights=backbone_weights,
-        freeze_batchnorm=True,  # ImageNet statistics kept (1 image per GPU), as Detectron's FPN
+        # ImageNet statistics kept (1 image per GPU), as Detectron's FPN
+        backbone=BackboneSpec(name=backbone, weights=backbone_weights, freeze_batchnorm=True),
         fpn_filters=256,
         head_filters=256,
-        min_level=2,
-        max_level=6,
-        aspect_ratios=(0.5, 1.0, 2.0),
-        anchor_size=8.0,  # one scale per level: 32 px on P2 ... 512 px on P6 (FPN)
-        match_thresholds=(0.3, 0.7),  # Sec. 3.1.2: negative below 0.3, positive above 0.7 ...
-        allow_low_quality_matches=True,  # ... or the highest IoU with a ground-truth box
-        num_samples=256,  # Sec. 3.1.3: 256 anchors per image ...
-        positive_fraction=0.5,  # ... positives and negatives up to 1:1
-        loss_normalization="paper",  # Eq. 1: N_cls = 256, N_reg = anchor locations ...
-        reg_weight=10.0,  # ... lambda = 10
-        smooth_l1_beta=1.0,  # Fast R-CNN's smooth L1
-        box_weights=(1.0, 1.0, 1.0, 1.0),  # Eq. 2
-        **PROPOSALS,
+        # one scale per level: 32 px on P2 ... 512 px on P6 (FPN)
+        anchors=AnchorSpec(min_level=2, max_level=6, num_scales=1, aspect_ratios=(0.5, 1.0, 2.0), anchor_size=8.0),
+        matcher=MatcherSpec(
+            thresholds=(0.3, 0.7),  # Sec. 3.1.2: negative below 0.3, positive above 0.7 ...
+            allow_low_quality_matches=True,  # ... or the highest IoU with a ground-truth box
+        ),
+        sampling=SamplingSpec(
+            num_samples=256,  # Sec. 3.1.3: 256 anchors per image ...
+            positive_fraction=0.5,  # ... positives and negatives up to 1:1
+        ),
+        box_regression=BoxRegressionSpec(
+            weights=(1.0, 1.0, 1.0, 1.0),  # Eq. 2
+            smooth_l1_beta=1.0,  # Fast R-CNN's smooth L1
+            loss_weight=10.0,  # Eq. 1's lambda = 10 ...
+        ),
+        loss_normalization="paper",  # ... with N_cls = 256, N_reg = anchor locations
+        proposals=PROPOSALS,
     )
 
 
@@ -85,19 +92,22 @@ def fpn_plus_settings(num_classes, *, backbone, backbone_weights, num_rois=256) 
     return dict(
         num_classes=num_classes,
         rpn=rpn_settings(backbone, backbone_weights),
-        stage_ious=(0.5,),  # the u = 0.5 detector
-        stage_box_weights=((10.0, 10.0, 5.0, 5.0),),  # regression statistics: stds (0.1, 0.1, 0.2, 0.2)
-        stage_loss_weights=(1.0,),
-        num_rois=num_rois,
-        roi_positive_fraction=0.25,  # "the sampling of the first detection stage follows [13, 30]": 25% fg
+        stages=CascadeSpec(
+            ious=(0.5,),  # the u = 0.5 detector
+            box_weights=((10.0, 10.0, 5.0, 5.0),),  # regression statistics: stds (0.1, 0.1, 0.2, 0.2)
+            loss_weights=(1.0,),
+            smooth_l1_beta=1.0,
+        ),
+        # "the sampling of the first detection stage follows [13, 30]": 25% foreground
+        roi_sampling=SamplingSpec(num_samples=num_rois, positive_fraction=0.25),
         fc_dim=1024,  # FPN's 2-fc head
-        roi_size=7,
-        sampling_ratio=2,  # RoIAlign (Mask R-CNN), 2x2 samples per bin as Detectron
-        roi_canonical_size=224.0,  # FPN's level assignment: 224 px -> P4
-        smooth_l1_beta=1.0,
-        score_threshold=0.05,
-        nms_iou_threshold=0.5,
-        max_detections=100,
+        roi_pooler=RoIPoolerSpec(
+            output_size=7,
+            sampling_ratio=2,  # RoIAlign (Mask R-CNN), 2x2 samples per bin as Detectron
+            canonical_size=224.0,  # FPN's level assignment: 224 px -> P4
+        ),
+        postprocess=PostProcessSpec(pre_nms_top_k=None, score_threshold=0.05, nms_iou_threshold=0.5,
+                                    max_detections=100),
     )
 
 

@@ -36,7 +36,10 @@ Run::
     python -m recipes.retinanet --smoke --model-dir /tmp/retinanet_smoke
 """
 
+from kdet.anchors import AnchorSpec
+from kdet.backbones import BackboneSpec
 from kdet.detectors import RetinaNet
+from kdet.specs import BoxRegressionSpec, FocalLossSpec, MatcherSpec, PostProcessSpec, RetinaNetHeadSpec
 from kdet.training import recipe_main
 from recipes.common import BATCH, SMOKE, standard_variants
 
@@ -47,30 +50,29 @@ def retinanet_settings(num_classes, *, backbone, backbone_weights) -> dict:
     """The :class:`RetinaNet` arguments of Detectron's RetinaNet (Lin et al.'s settings)."""
     return dict(
         num_classes=num_classes,
-        backbone=backbone,
-        backbone_weights=backbone_weights,
-        freeze_batchnorm=True,  # ImageNet statistics kept (2 images per GPU), as Detectron
-        min_level=3,  # P3-P7
-        max_level=7,
-        num_scales=3,  # 3 octave scales x 3 ratios = 9 anchors per location ...
-        aspect_ratios=(0.5, 1.0, 2.0),
-        anchor_size=4.0,  # ... of 4 x stride: 32 px on P3 ... 512 px on P7
+        # ImageNet statistics kept (2 images per GPU), as Detectron
+        backbone=BackboneSpec(name=backbone, weights=backbone_weights, freeze_batchnorm=True),
         fpn_filters=256,
-        head_convs=4,
-        head_filters=256,
-        prior_probability=0.01,
-        match_thresholds=(0.4, 0.5),  # background below 0.4, foreground from 0.5, ignored between
-        allow_low_quality_matches=True,  # Detectron also makes each ground truth's best anchors foreground
-        focal_alpha=0.25,
-        focal_gamma=2.0,
-        box_weights=(1.0, 1.0, 1.0, 1.0),
-        smooth_l1_beta=0.11,  # Detectron's RETINANET.BBOX_REG_BETA
-        box_loss_weight=1.0,
-        pre_nms_top_k=1000,  # per level
-        score_threshold=0.05,
-        nms_iou_threshold=0.5,
-        max_detections=100,
-        classification_loss="focal",
+        anchors=AnchorSpec(
+            min_level=3,  # P3-P7
+            max_level=7,
+            num_scales=3,  # 3 octave scales x 3 ratios = 9 anchors per location ...
+            aspect_ratios=(0.5, 1.0, 2.0),
+            anchor_size=4.0,  # ... of 4 x stride: 32 px on P3 ... 512 px on P7
+        ),
+        head=RetinaNetHeadSpec(num_convs=4, filters=256, prior_probability=0.01),
+        matcher=MatcherSpec(
+            thresholds=(0.4, 0.5),  # background below 0.4, foreground from 0.5, ignored between
+            allow_low_quality_matches=True,  # Detectron also makes each ground truth's best anchors foreground
+        ),
+        box_regression=BoxRegressionSpec(
+            weights=(1.0, 1.0, 1.0, 1.0),
+            smooth_l1_beta=0.11,  # Detectron's RETINANET.BBOX_REG_BETA
+            loss_weight=1.0,
+        ),
+        classification_loss=FocalLossSpec(alpha=0.25, gamma=2.0),
+        postprocess=PostProcessSpec(pre_nms_top_k=1000,  # per level
+                                    score_threshold=0.05, nms_iou_threshold=0.5, max_detections=100),
     )
 
 

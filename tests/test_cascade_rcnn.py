@@ -6,13 +6,18 @@ import pytest
 import tensorflow as tf
 
 from kdet import boxes as box_ops
+from kdet.backbones import BackboneSpec
 from kdet.detectors.cascade_rcnn import CascadeRCNN
+from kdet.detectors.rpn import RegionProposalNetwork
 from kdet.matching import trimmed_ground_truth
+from kdet.rcnn_specs import CascadeSpec
+from kdet.specs import PostProcessSpec, SamplingSpec, override, to_config
 
-RPN = dict(backbone="tiny", freeze_batchnorm=False, fpn_filters=16, head_filters=16, num_samples=64,
-           loss_normalization="sampled", reg_weight=1.0, pre_nms_top_k_train=200, max_proposals_train=64,
-           pre_nms_top_k_test=200, max_proposals_test=32)
-TINY = dict(num_classes=3, rpn=RPN, num_rois=32, fc_dim=32, max_detections=10)
+RPN = dict(backbone=BackboneSpec(name="tiny", freeze_batchnorm=False), fpn_filters=16, head_filters=16,
+           sampling=dict(num_samples=64), loss_normalization="sampled", box_regression=dict(loss_weight=1.0),
+           proposals=dict(pre_nms_top_k_train=200, max_proposals_train=64, pre_nms_top_k_test=200,
+                          max_proposals_test=32))
+TINY = dict(num_classes=3, rpn=RPN, roi_sampling=dict(num_samples=32), fc_dim=32, postprocess=dict(max_detections=10))
 
 
 def _batch():
@@ -26,16 +31,19 @@ def _batch():
 
 
 def test_config_round_trip_and_validation():
-    kwargs = dict(TINY, stage_ious=(0.5, 0.6), stage_box_weights=((10, 10, 5, 5), (20, 20, 10, 10)),
-                  stage_loss_weights=(1.0, 0.5), ensemble=False, test_stages=1)
+    kwargs = dict(TINY, rpn=RegionProposalNetwork(**RPN),
+                  roi_sampling=SamplingSpec(num_samples=32, positive_fraction=0.25),
+                  postprocess=PostProcessSpec(pre_nms_top_k=None, max_detections=10),
+                  stages=CascadeSpec(ious=(0.5, 0.6), box_weights=((10, 10, 5, 5), (20, 20, 10, 10)),
+                                     loss_weights=(1.0, 0.5), ensemble=False, test_stages=1))
     model = CascadeRCNN(**kwargs)
     config = model.get_config()
-    assert all(config[k] == v for k, v in kwargs.items())
+    assert all(config[k] == to_config(v) for k, v in kwargs.items())
     assert CascadeRCNN.from_config(config).get_config() == config
     with pytest.raises(ValueError, match="one entry per stage"):
-        CascadeRCNN(**dict(TINY, stage_ious=(0.5, 0.6)))
+        CascadeRCNN(**dict(TINY, stages=dict(ious=(0.5, 0.6))))
     with pytest.raises(ValueError, match="test_stages"):
-        CascadeRCNN(**dict(TINY, test_stages=4))
+        CascadeRCNN(**dict(TINY, stages=dict(test_stages=4)))
 
 
 def test_stage_inputs_are_previous_stage_outputs():
@@ -51,7 +59,7 @@ def test_stage_inputs_are_previous_stage_outputs():
 
 def test_later_stage_losses_do_not_reach_earlier_regressors():
     """Stage 1 loss weight 0: the stage-1 regressor gets no gradient, because stage 2's RoIs are constants."""
-    model = CascadeRCNN(**dict(TINY, stage_loss_weights=(0.0, 1.0, 1.0)))
+    model = CascadeRCNN(**dict(TINY, stages=dict(loss_weights=(0.0, 1.0, 1.0))))
     images, y = _batch()
     with tf.GradientTape() as tape:
         loss = model.compute_loss(images, y, model(images, training=True))
@@ -116,7 +124,7 @@ def test_fit_every_stage_loss_falls_and_predicts_the_contract(op_determinism):
     """
     images, y = _batch()
     keras.utils.set_random_seed(1)
-    model = CascadeRCNN(**dict(TINY, rpn=dict(RPN, freeze_batchnorm=True)))
+    model = CascadeRCNN(**dict(TINY, rpn=dict(RPN, backbone=BackboneSpec(name="tiny", freeze_batchnorm=True))))
     rois = _fixed_rois(y)
     valid = tf.ones(rois.shape[:2], tf.bool)
     gt = trimmed_ground_truth(y)
@@ -153,8 +161,8 @@ def test_images_without_ground_truth_train_without_nans():
 
 def test_iterative_bbox_applies_the_one_head_three_times():
     """Iterative BBox: a one-stage model, its head re-applied to its own regressed boxes at inference."""
-    model = CascadeRCNN(**dict(TINY, stage_ious=(0.5,), stage_box_weights=((10, 10, 5, 5),),
-                               stage_loss_weights=(1.0,), test_iterations=3))
+    model = CascadeRCNN(**dict(TINY, stages=dict(ious=(0.5,), box_weights=((10, 10, 5, 5),), loss_weights=(1.0,),
+                                                 test_iterations=3)))
     assert len(model.heads) == 1
     images, _ = _batch()
     outputs = model(images)
@@ -169,18 +177,18 @@ def test_iterative_bbox_applies_the_one_head_three_times():
     np.testing.assert_allclose(result["boxes"].numpy(), box_ops.clip_boxes(last["boxes"], (64, 64)).numpy(),
                                atol=1e-4)
     # detect() uses test_iterations, and a plain Faster R-CNN can be tested iteratively without retraining.
-    plain = CascadeRCNN.from_config(dict(model.get_config(), test_iterations=1))
+    plain = CascadeRCNN.from_config(override(model.get_config(), {"stages": {"test_iterations": 1}}))
     plain.detect(images)  # builds the heads
     plain.set_weights(model.get_weights())
     a, b = model.detect(images), plain.detect(images, iterations=3)
     np.testing.assert_allclose(a["scores"].numpy(), b["scores"].numpy(), atol=1e-6)
     with pytest.raises(ValueError, match="test_iterations"):
-        CascadeRCNN(**dict(TINY, test_iterations=0))
+        CascadeRCNN(**dict(TINY, stages=dict(test_iterations=0)))
 
 
 def test_integral_loss_trains_one_classifier_per_iou_and_ensembles_them():
-    kwargs = dict(TINY, stage_ious=(0.5,), stage_box_weights=((10, 10, 5, 5),), stage_loss_weights=(1.0,),
-                  integral_ious=(0.5, 0.6, 0.7))
+    kwargs = dict(TINY, stages=dict(ious=(0.5,), box_weights=((10, 10, 5, 5),), loss_weights=(1.0,),
+                                    integral_ious=(0.5, 0.6, 0.7)))
     model = CascadeRCNN(**kwargs)
     assert model.heads[0].num_classifiers == 3 and len(model.heads) == 1
     images, y = _batch()
@@ -209,7 +217,7 @@ def test_integral_loss_trains_one_classifier_per_iou_and_ensembles_them():
     np.testing.assert_allclose(result["scores"].numpy(), mean.numpy(), atol=1e-6)
     assert CascadeRCNN.from_config(model.get_config()).get_config() == model.get_config()
     with pytest.raises(ValueError, match="integral_ious"):
-        CascadeRCNN(**dict(TINY, integral_ious=(0.5, 0.6)))
+        CascadeRCNN(**dict(TINY, stages=dict(integral_ious=(0.5, 0.6))))
 
 
 @pytest.mark.parametrize("num_stages", [1, 2, 3, 4])
@@ -217,8 +225,8 @@ def test_one_to_four_stages_train_and_detect(num_stages):
     """Table 4's models: 1-4 stages at IoU 0.5, 0.6, 0.7, 0.75; a fit step, one term pair per stage, the contract."""
     ious = (0.5, 0.6, 0.7, 0.75)[:num_stages]
     weights = ((10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15), (40, 40, 20, 20))[:num_stages]
-    model = CascadeRCNN(**dict(TINY, stage_ious=ious, stage_box_weights=weights,
-                               stage_loss_weights=(1.0, 0.5, 0.25, 0.125)[:num_stages]))
+    model = CascadeRCNN(**dict(TINY, stages=dict(ious=ious, box_weights=weights,
+                                                 loss_weights=(1.0, 0.5, 0.25, 0.125)[:num_stages])))
     images, y = _batch()
     model.compile(optimizer=keras.optimizers.SGD(1e-3))
     logs = model.train_on_batch(images, y, return_dict=True)
@@ -232,9 +240,9 @@ def test_one_to_four_stages_train_and_detect(num_stages):
 
 def test_fewer_proposals_than_requested_and_images_smaller_than_the_largest_anchor():
     """32x32 images (largest anchor 512 px, P6 is 1x1): budgets far above what exists still train and detect."""
-    rpn = dict(RPN, pre_nms_top_k_train=2000, max_proposals_train=2000, pre_nms_top_k_test=1000,
-               max_proposals_test=1000, num_samples=256)
-    model = CascadeRCNN(**dict(TINY, rpn=rpn, num_rois=512))
+    rpn = dict(RPN, proposals=dict(pre_nms_top_k_train=2000, max_proposals_train=2000, pre_nms_top_k_test=1000,
+                                   max_proposals_test=1000), sampling=dict(num_samples=256))
+    model = CascadeRCNN(**dict(TINY, rpn=rpn, roi_sampling=dict(num_samples=512)))
     images = np.zeros([2, 32, 32, 3], np.float32)
     images[:, 4:20, 6:26] = 200.0
     y = {"boxes": tf.constant([[[4, 6, 20, 26]], [[4, 6, 20, 26]]], tf.float32),
@@ -253,9 +261,10 @@ def test_fewer_proposals_than_requested_and_images_smaller_than_the_largest_anch
 @pytest.mark.parametrize("backbone", ["resnet50"])  # ResNet-101's levels: tests/test_backbones.py
 def test_resnet_fpn_cascade_trains_a_step_and_detects(backbone):
     """The paper's backbone (random init here; a local ImageNet file loads through backbone_weights)."""
-    model = CascadeRCNN(num_classes=3, rpn=dict(backbone=backbone, pre_nms_top_k_train=100, max_proposals_train=50,
-                                                 pre_nms_top_k_test=100, max_proposals_test=20),
-                        num_rois=16, max_detections=5)
+    model = CascadeRCNN(num_classes=3, rpn=dict(backbone=backbone, proposals=dict(
+                            pre_nms_top_k_train=100, max_proposals_train=50, pre_nms_top_k_test=100,
+                            max_proposals_test=20)),
+                        roi_sampling=dict(num_samples=16), postprocess=dict(max_detections=5))
     images, y = _batch()
     model.compile(optimizer=keras.optimizers.SGD(1e-4))
     logs = model.train_on_batch(images, y, return_dict=True)

@@ -19,12 +19,12 @@ from tests.test_serving import RPN
 
 SIZE = (128, 128)
 BUILDERS = {
-    "retinanet": lambda: RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16, head_convs=1, head_filters=16,
-                                   max_detections=20),
-    "cascade_rcnn": lambda: CascadeRCNN(num_classes=3, rpn=RPN, fc_dim=32, max_detections=20),
+    "retinanet": lambda: RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16, head=dict(num_convs=1, filters=16),
+                                   postprocess=dict(max_detections=20)),
+    "cascade_rcnn": lambda: CascadeRCNN(num_classes=3, rpn=RPN, fc_dim=32, postprocess=dict(max_detections=20)),
     "rpn": lambda: RegionProposalNetwork(**RPN),
-    "face_cascade": lambda: FaceCascade(stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7),
-    "face_rcnn": lambda: face_rcnn(rpn=dict(backbone="tiny", fpn_filters=16, head_filters=16), fc_dim=32),
+    "face_cascade": lambda: FaceCascade(test=dict(stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)),
+    "face_rcnn": lambda: face_rcnn(rpn=dict(backbone=dict(name="tiny"), fpn_filters=16, head_filters=16), fc_dim=32),
 }
 EXPECTED = {  # (evaluation, class names, export switches)
     "retinanet": ("coco", ("class_1", "class_2", "class_3"), {}),
@@ -72,7 +72,7 @@ def test_labels_travel_in_the_config_and_the_model_directory(tmp_path):
 
 def test_older_model_directories_load_and_newer_ones_are_refused(tmp_path):
     keras.utils.set_random_seed(3)
-    model = FaceCascade(stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    model = FaceCascade(test=dict(stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7))
     model.detect(tf.zeros((1,) + SIZE + (3,)))
     path = save_model_dir(model, str(tmp_path / "m"), input_size=SIZE)
     record_path = tmp_path / "m" / "kdet_model.json"

@@ -19,15 +19,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 VARIANTS = [
     {"classification_loss": "focal"},
-    {"classification_loss": "ap", "rank_across_replicas": True},
-    {"classification_loss": "ap", "rank_across_replicas": False},
-    {"classification_loss": "focal", "consistent_cls_terms": 2, "consistent_reg_terms": 2},
-    {"detector": "cascade_rcnn", "stage_ious": [0.5], "stage_box_weights": [[10, 10, 5, 5]],
-     "stage_loss_weights": [1.0]},
+    {"classification_loss": {"kind": "ap", "rank_across_replicas": True}},
+    {"classification_loss": {"kind": "ap", "rank_across_replicas": False}},
+    {"classification_loss": "focal", "consistent": {"cls_terms": 2, "reg_terms": 2}},
+    {"detector": "cascade_rcnn", "stages": {"ious": [0.5], "box_weights": [[10, 10, 5, 5]], "loss_weights": [1.0]}},
     {"detector": "cascade_rcnn", "rpn_overrides": {"loss_normalization": "sampled"}},
     {"detector": "face_cascade"},
-    {"classification_loss": "ap", "rank_across_replicas": True, "consistent_cls_terms": 2,
-     "consistent_reg_terms": 2},
+    {"classification_loss": {"kind": "ap", "rank_across_replicas": True},
+     "consistent": {"cls_terms": 2, "reg_terms": 2}},
 ]
 
 

@@ -18,8 +18,8 @@ def model_dir(tmp_path_factory):
     import keras
 
     keras.utils.set_random_seed(3)
-    model = RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16, head_convs=1, head_filters=16,
-                      prior_probability=0.3, max_detections=10)
+    model = RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16,
+                      head=dict(num_convs=1, filters=16, prior_probability=0.3), postprocess=dict(max_detections=10))
     model.detect(tf.zeros([1, 128, 128, 3]))
     path = str(tmp_path_factory.mktemp("model"))
     save_model_dir(model, path, input_size=(128, 128), class_names=["circle", "square", "triangle"],
@@ -40,11 +40,11 @@ def test_model_dir_round_trip(model_dir):
 
 
 def test_face_model_dir_round_trip(tmp_path):
-    model = FaceCascade(test_thresholds=(0.2, 0.1, 0.5))
+    model = FaceCascade(test=dict(thresholds=(0.2, 0.1, 0.5)))
     model.build(None)
     save_model_dir(model, str(tmp_path), input_size=(96, 128), class_names=["face"])
     loaded, _ = load_model_dir(str(tmp_path), use_gather=True)
-    assert loaded.get_config()["use_gather"] and loaded.get_config()["test_thresholds"] == [0.2, 0.1, 0.5]
+    assert loaded.get_config()["use_gather"] and loaded.test_spec.thresholds == (0.2, 0.1, 0.5)
 
 
 def test_data_strings():

@@ -113,7 +113,7 @@ def test_bootstrap_samples_appends_what_the_trained_x12_passes():
     samples = mining.mine_face_samples(examples, positive_fraction=None, progress=False, min_face_size=24,
                                             negatives_per_image=30)
     # x12 threshold 0: every window passes, so the hard set is the capped sample of all windows
-    config = {"thresholds": (0.0, 0.003), "min_face_size": 24.0}
+    config = {"training": {"thresholds": (0.0, 0.003)}, "test": {"min_face_size": 24.0}}
     merged, steps = procedures.bootstrap_samples(config, samples, examples, epochs=1, batch_size=16, verbose=0,
                                                     min_face_size=24, negatives_per_image=7, positives_per_face=1)
     assert set(steps) == {"x12"} and steps["x12"]["model"].get_config()["train_branches"] == ("x12",)
@@ -138,7 +138,7 @@ def test_joint_training_later_only_samples_skip_the_x12_loss():
     samples = mining.FaceSamples(rng.integers(0, 255, (n, 48, 48, 3)).astype(np.uint8), labels,
                                       np.zeros((n, 4), np.float32), np.zeros((n, 4), np.float32),
                                       np.zeros(n, np.int32))
-    config = {"thresholds": (0.0, 0.0)}  # every sample reaches every branch
+    config = {"training": {"thresholds": (0.0, 0.0)}}  # every sample reaches every branch
     half = np.arange(n) >= n // 2
     model, steps = procedures.train_cascade_joint(config, samples, epochs=1, batch_size=n, verbose=0,
                                                      later_only=half)

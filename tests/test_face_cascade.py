@@ -1,5 +1,7 @@
 """The joint face cascade: pyramid maths, response-map pooling, mining labels, threshold control, joint fit."""
 
+import json
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +10,8 @@ import keras
 from kdet import boxes as box_ops
 from kdet.face import mining
 from kdet.face.cascade import BRANCHES, FaceCascade
+from kdet.face.specs import FaceTestSpec, FaceTrainingSpec
+from kdet.specs import to_config
 from kdet.face.pyramid import (
     best_levels,
     block_cells,
@@ -250,7 +254,7 @@ def test_tiny_joint_fit_every_branch_loss_falls():
     keras.utils.set_random_seed(0)
     x, y = _patches(256, 1)
     pos = y["labels"] == 1
-    model = FaceCascade(offset_mean=(0, 0, 0, 0), offset_std=tuple(y["offsets"][pos].std(0).clip(0.05)))
+    model = FaceCascade(training=dict(offset_mean=(0, 0, 0, 0), offset_std=tuple(y["offsets"][pos].std(0).clip(0.05))))
     model.compile(optimizer=keras.optimizers.Adam(1e-3))
     before = _branch_losses(model, x, y)
     history = model.fit(x, y, batch_size=32, epochs=6, verbose=0)
@@ -273,26 +277,31 @@ def test_separate_training_updates_only_its_branch():
 
 
 def test_config_round_trip_and_bad_arguments():
-    kwargs = dict(thresholds=(0.2, 0.01), loss_weights=(1.0, 0.5, 0.5), offset_std=(0.1, 0.1, 0.2, 0.2),
-                  train_branches=("x12",), min_face_size=16, test_thresholds=(0.4, 0.5, 0.6), pool_size=3,
-                  crop_source="image", crop_method="nearest", max_detections=50)
+    kwargs = dict(training=FaceTrainingSpec(thresholds=(0.2, 0.01), loss_weights=(1.0, 0.5, 0.5),
+                                            offset_std=(0.1, 0.1, 0.2, 0.2)),
+                  train_branches=("x12",),
+                  test=FaceTestSpec(min_face_size=16, thresholds=(0.4, 0.5, 0.6), pool_size=3, crop_source="image",
+                                    crop_method="nearest", max_detections=50))
     model = FaceCascade(**kwargs)
     config = model.get_config()
     for key, value in kwargs.items():
-        assert config[key] == value
+        assert config[key] == to_config(value)
     assert FaceCascade.from_config(config).get_config() == config
+    assert FaceCascade(**json.loads(json.dumps(config))).get_config() == config  # as a model directory stores it
     with pytest.raises(ValueError, match="train_branches"):
         FaceCascade(train_branches=("x36",))
-    with pytest.raises(ValueError, match="crop_source"):
-        FaceCascade(crop_source="video")
-    with pytest.raises(ValueError, match="loss_weights"):
-        FaceCascade(loss_weights=(1.0, 1.0))
+    with pytest.raises(ValueError, match="FaceTestSpec.crop_source"):
+        FaceCascade(test=dict(crop_source="video"))
+    with pytest.raises(ValueError, match="FaceTrainingSpec.loss_weights"):
+        FaceCascade(training=dict(loss_weights=(1.0, 1.0)))
+    with pytest.raises(ValueError, match="FaceTestSpec has no field"):
+        FaceCascade(test=dict(test_thresholds=(0.1, 0.1, 0.1)))
 
 
 @pytest.mark.parametrize("crop_source,crop_method", [("pyramid", "bilinear"), ("image", "nearest")])
 def test_detect_output_contract(crop_source, crop_method):
-    model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), crop_source=crop_source, crop_method=crop_method,
-                        stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    model = FaceCascade(test=dict(thresholds=(0.0, 0.0, 0.0), crop_source=crop_source, crop_method=crop_method,
+                                  stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7))
     images = np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3)).astype(np.uint8)
     out = model.predict(images, batch_size=2, verbose=0)
     assert out["boxes"].shape == (2, 7, 4) and out["scores"].shape == (2, 7)
@@ -369,7 +378,7 @@ def test_crops_of_the_first_samples_are_the_top_left_of_the_full_crops(method):
     levels, level_scales = [images] + build_pyramid(images, scales), [1.0] + list(scales)
     boxes = tf.constant([[10, 10, 58, 58], [-7, 3, 41, 51], [50, 60, 118, 128], [30, 30, 33, 33]], tf.float32)
     index = tf.constant([0, 1, 0, 1], tf.int32)
-    model = FaceCascade(crop_method=method)
+    model = FaceCascade(test=dict(crop_method=method))
     full = stages.crop_patches(model, levels, level_scales, boxes, index, (120, 160), 48).numpy()
     part = stages.crop_patches(model, levels, level_scales, boxes, index, (120, 160), 48, samples=41).numpy()
     assert part.shape == (4, 41, 41, 3)
@@ -419,10 +428,10 @@ def _gather_twin_of(common: dict, images) -> FaceCascade:
 
 
 def test_use_gather_detects_the_same_faces():
-    common = dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    common = dict(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7))
     _gather_twin_of(common, tf.constant(np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3)).astype(np.uint8)))
     with pytest.raises(ValueError, match="bilinear"):
-        FaceCascade(use_gather=True, crop_method="nearest")
+        FaceCascade(use_gather=True, test=dict(crop_method="nearest"))
 
 
 # ------------------------------------------------------------ test-time speed settings
@@ -454,7 +463,7 @@ def _run_steps(model, images):
 
 
 def test_detect_steps_in_order_and_detect_is_their_last():
-    model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    model = FaceCascade(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7))
     images = tf.constant(np.random.default_rng(1).integers(0, 255, (1, 96, 128, 3)).astype(np.uint8))
     steps = list(stages.detect_steps(model, images))
     assert [name for name, _ in steps] == ["pyramid", "x12", "x24", "x48", "nms"]
@@ -467,10 +476,10 @@ def test_detect_steps_in_order_and_detect_is_their_last():
 
 
 def test_stage_nms_passes_on_boxes_that_overlap_at_most_the_threshold():
-    common = dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=30, stage2_max_boxes=8)
-    model = FaceCascade(**common, stage1_nms_iou=0.5, stage2_nms_iou=0.3)
+    common = dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=30, stage2_max_boxes=8)
+    model = FaceCascade(test=dict(**common, stage1_nms_iou=0.5, stage2_nms_iou=0.3))
     model.build(None)
-    plain = FaceCascade(**common)
+    plain = FaceCascade(test=common)
     plain.build(None)
     plain.set_weights(model.get_weights())
     images = tf.constant(np.random.default_rng(2).integers(0, 255, (2, 96, 128, 3)).astype(np.uint8))
@@ -490,7 +499,7 @@ def test_stage_nms_passes_on_boxes_that_overlap_at_most_the_threshold():
 
 
 def test_bfloat16_compute_keeps_float32_weights_and_close_scores():
-    common = dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    common = dict(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7))
     model = FaceCascade(**common)
     model.build(None)
     half = FaceCascade(**common, compute_dtype="bfloat16")
@@ -513,7 +522,7 @@ def test_bfloat16_compute_keeps_float32_weights_and_close_scores():
     with pytest.raises(ValueError, match="float32"):
         FaceCascade(compute_dtype="bfloat16", use_gather=True)
     with pytest.raises(ValueError, match="pyramid"):
-        FaceCascade(pyramid="gaussian")
+        FaceCascade(test=dict(pyramid="gaussian"))
 
 
 def test_x24_rnet_trunk_is_leaner_and_round_trips():
@@ -538,8 +547,8 @@ def test_x24_rnet_trunk_is_leaner_and_round_trips():
 
 
 def test_detect_traces_once_per_image_shape():
-    model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10,
-                        pyramid="octave", stage2_nms_iou=0.5)
+    model = FaceCascade(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10,
+                                  pyramid="octave", stage2_nms_iou=0.5))
     model.build(None)  # a first call that creates the variables would trace twice
     graph = tf.function(model.detect)
     rng = np.random.default_rng(4)
@@ -551,8 +560,8 @@ def test_detect_traces_once_per_image_shape():
 def test_speed_settings_keep_the_gather_twin_and_tflite_builtins():
     from kdet.serving import tflite
 
-    common = dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7,
-                  pyramid="octave", stage1_nms_iou=0.8, stage2_nms_iou=0.5)
+    common = dict(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7,
+                            pyramid="octave", stage1_nms_iou=0.8, stage2_nms_iou=0.5))
     images = tf.constant(np.random.default_rng(5).integers(0, 255, (1, 96, 128, 3)).astype(np.uint8))
     model = _gather_twin_of(common, images)
     flatbuffer = tflite.convert(model.export_variant((96, 128)), input_size=(96, 128))
@@ -562,8 +571,8 @@ def test_speed_settings_keep_the_gather_twin_and_tflite_builtins():
 def test_frozen_detect_has_no_variables_and_the_same_detections():
     from kdet.serving.freeze import frozen_detect
 
-    model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7,
-                        compute_dtype="bfloat16", pyramid="area", crop_method="nearest")
+    model = FaceCascade(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10,
+                                  max_detections=7, pyramid="area", crop_method="nearest"), compute_dtype="bfloat16")
     images = tf.constant(np.random.default_rng(5).integers(0, 255, (1, 96, 128, 3)).astype(np.uint8))
     frozen = frozen_detect(model, (96, 128))  # builds the model first
     assert not frozen.variables and not any(t.dtype == tf.resource for t in frozen.captured_inputs)

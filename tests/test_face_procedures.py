@@ -19,9 +19,8 @@ import pytest
 from kdet.face import procedures
 from kdet.face.cascade import VALIDATED_TEST_SETTINGS, FaceCascade
 
-#: FaceCascade arguments that change what training computes.
-TRAINING_KEYS = ("thresholds", "loss_weights", "box_loss_weight", "smooth_l1_beta", "dropout", "x24_trunk",
-                 "min_face_size", "compute_dtype", "train_branches")
+#: FaceCascade arguments that change what training computes (the joint loss is the whole ``training`` spec).
+TRAINING_KEYS = ("training", "dropout", "x24_trunk", "compute_dtype", "train_branches")
 
 
 def _recipe():
@@ -49,9 +48,11 @@ def test_embedded_recipe_asks_for_the_benchmarks_procedure():
     recipe_config = _model_config(recipe)
     bench_config = FaceCascade(**face_benchmark.cascade_config(args.cascade_x24_trunk)).get_config()
     assert {k: recipe_config[k] for k in TRAINING_KEYS} == {k: bench_config[k] for k in TRAINING_KEYS}
+    assert recipe_config["test"]["min_face_size"] == bench_config["test"]["min_face_size"]  # (mining's too)
     tested = face_benchmark.inference_config("cascade_joint_from_separate", bench_config, args)
     for key, value in VALIDATED_TEST_SETTINGS.items():  # and both test with the validated pipeline
-        assert list(np.atleast_1d(recipe_config[key])) == list(np.atleast_1d(tested[key])), key
+        assert list(np.atleast_1d(recipe_config["test"][key])) == list(np.atleast_1d(tested["test"][key])), key
+        assert list(np.atleast_1d(value)) == list(np.atleast_1d(tested["test"][key])), key
 
 
 def test_benchmark_variants_are_one_procedure_started_differently():
@@ -82,7 +83,7 @@ def test_x12_is_trained_once_when_the_hard_samples_train_the_later_branches_only
     training = procedures.CascadeTraining(epochs=1, batch_size=16, min_face_size=24.0, negatives_per_image=30,
                                           positive_fraction=0.25, bootstrap_negatives=7, bootstrap_positives=1,
                                           hard_samples="later_only")
-    config = {"thresholds": (0.0, 0.003)}  # x12 passes every window: hard samples exist
+    config = {"training": {"thresholds": (0.0, 0.003)}}  # x12 passes every window: hard samples exist
     prepared = procedures.prepare_cascade(config, _tiny_examples(), training, seed=3, verbose=0)
     assert prepared.sliding < len(prepared.samples) and set(prepared.trained) == {"x12"}
     model, steps = procedures.train_cascade(prepared, training, seed=3, verbose=0)
@@ -94,4 +95,4 @@ def test_x12_is_trained_once_when_the_hard_samples_train_the_later_branches_only
     greedy = dataclasses.replace(training, start="none")  # another seed: its own x12 (greedy steps only)
     _, other = procedures.train_cascade(prepared, greedy, seed=4, verbose=0)
     assert "reused" not in other["x12"]
-    assert model.get_config()["offset_std"] == prepared.config["offset_std"]
+    assert model.training_spec.offset_std == prepared.config["training"]["offset_std"]

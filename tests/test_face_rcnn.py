@@ -27,15 +27,16 @@ def _faces(n, seed=0):
 
 
 def _small_config(**overrides):
-    return face_rcnn_config(rpn=dict(max_proposals_train=40, max_proposals_test=20, pre_nms_top_k_train=200,
-                                     pre_nms_top_k_test=100), num_rois=16, fc_dim=32, **overrides)
+    return face_rcnn_config(rpn=dict(proposals=dict(max_proposals_train=40, max_proposals_test=20,
+                                                    pre_nms_top_k_train=200, pre_nms_top_k_test=100)),
+                            roi_sampling=dict(num_samples=16), fc_dim=32, **overrides)
 
 
 def test_face_rcnn_defaults_are_a_one_stage_square_anchor_detector():
     model = face_rcnn()
     config = model.get_config()
-    assert config["num_classes"] == 1 and config["stage_ious"] == (0.5,)
-    assert config["rpn"]["aspect_ratios"] == (1.0,) and config["rpn"]["backbone_weights"] is None
+    assert config["num_classes"] == 1 and config["stages"]["ious"] == (0.5,)
+    assert config["rpn"]["anchors"]["aspect_ratios"] == (1.0,) and config["rpn"]["backbone"]["weights"] is None
     assert model.rpn.anchor_spec.anchors_per_location == 1
     assert CascadeRCNN.from_config(config).get_config() == config
     with pytest.raises(ValueError, match="training_proposals"):

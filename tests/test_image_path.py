@@ -95,8 +95,8 @@ def test_output_names_never_collide(tmp_path):
 def _faces(**overrides):
     from kdet.face.cascade import FaceCascade
 
-    return FaceCascade(**{**dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10,
-                                 max_detections=7), **overrides})
+    return FaceCascade(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10,
+                                 max_detections=7), **overrides)
 
 
 def _degenerate(found):

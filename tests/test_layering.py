@@ -79,6 +79,20 @@ def test_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def test_modules_and_functions_stay_small():
+    too_long = []
+    for path in sorted(KDET.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            too_long.append(f"{path.relative_to(KDET.parent)}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_long.append(f"{path.relative_to(KDET.parent)}:{node.lineno} {node.name}: {length} lines")
+    assert too_long == [], "split these (docstrings count)"
+
+
 def test_the_command_line_parser_imports_no_tensorflow():
     """``kdet --help`` builds the whole parser: it must not pay for TensorFlow (tens of seconds on a cold disk)."""
     code = ("import sys, kdet, kdet.cli; kdet.cli.build_parser(); "

@@ -24,6 +24,7 @@ from kdet.training import command
 from kdet.data.pipeline import check_image_size
 from kdet.data.sources import EMBEDDED, KINDS
 from kdet.data.tfds_readers import FACE_TFDS_NAMES, SUPPORTED_TFDS_NAMES
+from kdet.specs import to_config
 from kdet.training import Recipe, StepSchedule
 
 RECIPES_DIR = Path(recipes_package.__file__).resolve().parent
@@ -245,17 +246,29 @@ def test_a_recipe_file_outside_the_package_loads_by_path(tmp_path):
         command.resolve_recipe(str(tmp_path / "missing.py"))
 
 
-@pytest.mark.parametrize("variant, base, changes, differing", [
-    ("con_retinanet", "retinanet", "CONSISTENT_OPTIMIZATION",
-     {"consistent_cls_terms", "consistent_reg_terms", "consistent_thresholds"}),  # alpha, test_regressions: defaults
-    ("ap_loss_retinanet", "retinanet", "AP_LOSS", {"num_scales", "classification_loss"}),
-    ("cascade_rcnn_fpn", "faster_rcnn_fpn", "CASCADE", {"stage_ious", "stage_box_weights", "stage_loss_weights"}),
+def _fields(config: dict) -> dict:
+    """A config's settings, one per spec field (``"anchors.num_scales"``); a loss (its ``kind`` decides its fields)
+    and anything else that is not a spec's dict count as one setting."""
+    return {f"{key}.{field}" if isinstance(value, dict) and "kind" not in value else key: v
+            for key, value in config.items()
+            for field, v in (value.items() if isinstance(value, dict) and "kind" not in value else [(None, value)])}
+
+
+@pytest.mark.parametrize("variant, base, changes, argument, differing", [
+    ("con_retinanet", "retinanet", "CONSISTENT_OPTIMIZATION", "consistent",
+     {"consistent.cls_terms", "consistent.reg_terms", "consistent.thresholds"}),  # alpha, test_regressions: defaults
+    ("ap_loss_retinanet", "retinanet", "AP_LOSS", None, {"anchors.num_scales", "classification_loss"}),
+    ("cascade_rcnn_fpn", "faster_rcnn_fpn", "CASCADE", "stages", {"stages.ious", "stages.box_weights",
+                                                                "stages.loss_weights"}),
 ])
-def test_a_variant_detector_is_its_base_plus_the_papers_changes(variant, base, changes, differing):
+def test_a_variant_detector_is_its_base_plus_the_papers_changes(variant, base, changes, argument, differing):
+    """``changes`` is the variant's spec of ``argument``, or (``argument`` None) a dict of the arguments it changes."""
     module = load_recipe_module(variant)
-    config, base_config = tiny_config(module.build_model), tiny_config(load_recipe_module(base).build_model)
+    config, base_config = (_fields(tiny_config(m.build_model)) for m in (module, load_recipe_module(base)))
     assert {k for k in config.keys() | base_config.keys() if config.get(k) != base_config.get(k)} == differing
-    assert differing <= set(getattr(module, changes)), f"{variant} states its changes in {changes}"
+    stated = getattr(module, changes) if argument is None else {argument: getattr(module, changes)}
+    assert differing <= set(_fields({k: to_config(v) for k, v in stated.items()})), (
+        f"{variant} states its changes in {changes}")
 
 
 def test_common_is_not_a_recipe():

@@ -5,9 +5,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kdet.anchors import AnchorSpec
+from kdet.backbones import BackboneSpec
 from kdet.detectors.retinanet import RetinaNet
+from kdet.specs import MatcherSpec, PostProcessSpec, RetinaNetHeadSpec, to_config
 
-TINY = dict(num_classes=3, backbone="tiny", freeze_batchnorm=False, fpn_filters=16, head_convs=1, head_filters=16)
+TINY = dict(num_classes=3, backbone=BackboneSpec(name="tiny", freeze_batchnorm=False), fpn_filters=16,
+            head=RetinaNetHeadSpec(num_convs=1, filters=16))
 
 
 def _targets(boxes, classes):
@@ -28,11 +32,12 @@ def _toy_batch():
 
 
 def test_config_round_trip_against_kwargs():
-    kwargs = dict(TINY, aspect_ratios=(0.5, 1.0, 2.0), match_thresholds=(0.3, 0.6), max_detections=7)
+    kwargs = dict(TINY, anchors=AnchorSpec(aspect_ratios=(0.5, 1.0, 2.0)), matcher=MatcherSpec(thresholds=(0.3, 0.6)),
+                  postprocess=PostProcessSpec(max_detections=7))
     model = RetinaNet(**kwargs)
     config = model.get_config()
     for key, value in kwargs.items():
-        assert config[key] == value
+        assert config[key] == to_config(value)
     clone = RetinaNet.from_config(config)
     assert clone.get_config() == config
     images, _ = _toy_batch()
@@ -71,7 +76,7 @@ def test_empty_ground_truth_gives_zero_box_loss():
 
 def test_fit_reduces_every_loss_term_and_predict_contract():
     images, y = _toy_batch()
-    model = RetinaNet(**dict(TINY, allow_low_quality_matches=True))
+    model = RetinaNet(**dict(TINY, matcher=dict(allow_low_quality_matches=True)))
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     ds = tf.data.Dataset.from_tensors((images, y)).repeat(30)
     history = model.fit(ds, epochs=3, verbose=0).history
@@ -92,7 +97,7 @@ def test_fit_reduces_every_loss_term_and_predict_contract():
 
 
 def test_nan_and_inf_pixels_give_zero_detections():
-    model = RetinaNet(**dict(TINY, score_threshold=0.0))
+    model = RetinaNet(**dict(TINY, postprocess=dict(score_threshold=0.0)))
     images, _ = _toy_batch()
     bad = images.numpy()
     bad[0, 5, 5, 1] = np.nan

@@ -8,9 +8,12 @@ import pytest
 import tensorflow as tf
 
 from kdet import rpn
+from kdet.backbones import BackboneSpec
 from kdet.boxes import BoxCoder
 from kdet.detectors.rpn import RegionProposalNetwork
 from kdet.matching import Matcher
+from kdet.rcnn_specs import ProposalSpec
+from kdet.specs import BoxRegressionSpec, MatcherSpec, SamplingSpec, to_config
 
 EXCERPT_RULE = Matcher((0.3, 0.7), (0, -1, 1), allow_low_quality_matches=True)
 
@@ -85,15 +88,19 @@ def test_proposals_nms_within_levels_top_k_and_no_gradient():
     np.testing.assert_array_equal(out["levels"].numpy()[0, :3], [0, 1, -1])
 
 
-TINY = dict(backbone="tiny", freeze_batchnorm=False, fpn_filters=16, head_filters=16, num_samples=64,
-            max_proposals_train=50, max_proposals_test=20, pre_nms_top_k_test=100)
+TINY = dict(backbone=BackboneSpec(name="tiny", freeze_batchnorm=False), fpn_filters=16, head_filters=16,
+            sampling=dict(num_samples=64), proposals=dict(max_proposals_train=50, max_proposals_test=20,
+                                                         pre_nms_top_k_test=100))
 
 
 def test_rpn_model_config_round_trip():
-    kwargs = dict(TINY, match_thresholds=(0.3, 0.7), loss_normalization="sampled", reg_weight=1.0)
+    kwargs = dict(TINY, sampling=SamplingSpec(num_samples=64),
+                  matcher=MatcherSpec(thresholds=(0.3, 0.7), allow_low_quality_matches=True),
+                  loss_normalization="sampled", box_regression=BoxRegressionSpec(loss_weight=1.0),
+                  proposals=ProposalSpec(max_proposals_train=50, max_proposals_test=20, pre_nms_top_k_test=100))
     model = RegionProposalNetwork(**kwargs)
     config = model.get_config()
-    assert all(config[k] == v for k, v in kwargs.items())
+    assert all(config[k] == to_config(v) for k, v in kwargs.items())
     assert RegionProposalNetwork.from_config(config).get_config() == config
 
 
@@ -102,7 +109,7 @@ def test_rpn_model_fits_and_proposes():
     images[0, 8:40, 8:40] = 255
     images[1, 30:62, 20:52, 1] = 255
     y = _targets([[[8, 8, 40, 40], [0, 0, 0, 0]], [[30, 20, 62, 52], [0, 0, 0, 0]]], [[0, -1], [0, -1]])
-    model = RegionProposalNetwork(**dict(TINY, loss_normalization="sampled", reg_weight=1.0))
+    model = RegionProposalNetwork(**dict(TINY, loss_normalization="sampled", box_regression=dict(loss_weight=1.0)))
     model.compile(optimizer=keras.optimizers.Adam(3e-3))
     history = model.fit(tf.data.Dataset.from_tensors((images, y)).repeat(25), epochs=3, verbose=0).history
     for term in ("rpn_cls_loss", "rpn_box_loss"):

@@ -14,22 +14,23 @@ from kdet.detectors.retinanet import RetinaNet
 from tests.detection_parity import assert_same_detections, block_image
 
 SIZE = (128, 128)
-RPN = dict(backbone="tiny", freeze_batchnorm=False, fpn_filters=16, head_filters=16, pre_nms_top_k_test=200,
-           max_proposals_test=32)
+RPN = dict(backbone=dict(name="tiny", freeze_batchnorm=False), fpn_filters=16, head_filters=16,
+           proposals=dict(pre_nms_top_k_test=200, max_proposals_test=32))
 
 
 def _retinanet():
     # prior 0.3: an untrained head already scores above the 0.05 threshold, so there is something to compare
-    return RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16, head_convs=1, head_filters=16,
-                     prior_probability=0.3, pre_nms_top_k=50, max_detections=20)
+    return RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16,
+                     head=dict(num_convs=1, filters=16, prior_probability=0.3),
+                     postprocess=dict(pre_nms_top_k=50, max_detections=20))
 
 
 def _cascade():
-    return CascadeRCNN(num_classes=3, rpn=RPN, fc_dim=32, max_detections=20, score_threshold=0.2)
+    return CascadeRCNN(num_classes=3, rpn=RPN, fc_dim=32, postprocess=dict(max_detections=20, score_threshold=0.2))
 
 
 def _faces():
-    return FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    return FaceCascade(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7))
 
 
 def _png(array) -> bytes:

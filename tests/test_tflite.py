@@ -21,8 +21,9 @@ def retinanet():
     import keras
 
     keras.utils.set_random_seed(7)
-    model = RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16, head_convs=1, head_filters=16,
-                      prior_probability=0.3, pre_nms_top_k=50, max_detections=20)
+    model = RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16,
+                      head=dict(num_convs=1, filters=16, prior_probability=0.3),
+                      postprocess=dict(pre_nms_top_k=50, max_detections=20))
     model.detect(tf.zeros((1,) + SIZE + (3,)))
     return model
 
@@ -72,7 +73,7 @@ def test_face_cascade_float32_matches_keras():
     import keras
 
     keras.utils.set_random_seed(7)
-    model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    model = FaceCascade(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7))
     model.build(None)
     flatbuffer = tflite.convert(model.export_variant((96, 128)), input_size=(96, 128))
     assert tflite.flex_ops(flatbuffer) == []
@@ -94,7 +95,7 @@ def test_flex_ops_are_found_and_refused():
     converter = tf.lite.TFLiteConverter.from_concrete_functions([module.__call__.get_concrete_function()], module)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
     assert tflite.flex_ops(converter.convert()) == ["FlexCropAndResize"]
-    model = FaceCascade(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=8, stage2_max_boxes=4)
+    model = FaceCascade(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=8, stage2_max_boxes=4))
     model.build(None)
     with pytest.raises(Exception, match="CropAndResize|ScaleAndTranslate"):
         tflite.convert(model, input_size=(48, 64))  # not the export variant: tf.image ops have no builtin
@@ -107,8 +108,8 @@ def test_face_cascade_three_models_and_host_loop_match_keras():
 
     keras.utils.set_random_seed(7)
     # no budget cuts after x12 (an untrained net scores windows nearly alike: a 1e-6 difference would reorder them)
-    config = dict(test_thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=40, max_detections=50,
-                  crop_source="image")
+    config = dict(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=40, max_detections=50,
+                            crop_source="image"))
     model = FaceCascade(**config)
     model.build(None)
     stages = lite.convert_stages(model.export_variant((96, 128)), input_size=(96, 128))
@@ -124,7 +125,7 @@ def test_face_cascade_three_models_and_host_loop_match_keras():
     calibration = [block_image(seed, (96, 128)) for seed in range(3)]
     int8 = lite.convert_stages(model, input_size=(96, 128), quantization="int8",
                                     representative_images=calibration)
-    out = lite.FaceCascadeLite(int8, model.get_config())(calibration[0])
+    out = lite.FaceCascadeLite(int8, model.test_spec)(calibration[0])
     assert out["boxes"].shape == (1, 50, 4) and all(tflite.flex_ops(f) == [] for f in int8.values())
 
 
@@ -146,7 +147,7 @@ def test_host_loop_pieces_match_their_tensorflow_twins():
 
 def test_face_cascade_without_survivors_returns_zero_detections():
     """An image where no window passes a stage: no empty tensor reaches a TFLite op that refuses one."""
-    model = FaceCascade(test_thresholds=(0.0, 1.1, 1.1), stage1_max_boxes=8, stage2_max_boxes=4)  # nothing passes
+    model = FaceCascade(test=dict(thresholds=(0.0, 1.1, 1.1), stage1_max_boxes=8, stage2_max_boxes=4))  # nothing passes
     model.build(None)
     runner = tflite.LiteRTDetector(tflite.convert(model.export_variant((48, 64)), input_size=(48, 64)))
     out = runner(np.zeros((48, 64, 3), np.uint8))
@@ -159,9 +160,10 @@ def test_consistent_retinanet_with_its_second_regression_matches_keras():
     import keras
 
     keras.utils.set_random_seed(11)
-    model = RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16, head_convs=1, head_filters=16,
-                      prior_probability=0.3, pre_nms_top_k=20, max_detections=100, classification_loss="ap",
-                      consistent_cls_terms=2, consistent_reg_terms=2)  # K above the candidates: no near-tie cut
+    model = RetinaNet(num_classes=3, backbone="tiny", fpn_filters=16,
+                      head=dict(num_convs=1, filters=16, prior_probability=0.3),
+                      postprocess=dict(pre_nms_top_k=20, max_detections=100),  # K above the candidates: no near-tie cut
+                      classification_loss="ap", consistent=dict(cls_terms=2, reg_terms=2))
     model.detect(tf.zeros((1,) + SIZE + (3,)))
     flatbuffer = tflite.convert(model, input_size=SIZE)
     assert tflite.flex_ops(flatbuffer) == []

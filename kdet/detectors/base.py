@@ -16,9 +16,11 @@ guessing from class names, config keys or metric keys:
   discrete ROC), which metrics ``kdet evaluate`` and ``kdet train`` compute.
 * :meth:`export_variant`: the same detector with the TFLite-builtin twins of
   its ops (``export_switches``), weights copied.
-* the config: constructor keyword arguments, returned by ``get_config``
-  chained to Keras' (``name``, ``trainable``, ``dtype``), and
-  ``from_config(config) == cls(**config)``.
+* the config: constructor keyword arguments as plain data (specs as their
+  dicts, :mod:`kdet.specs`), returned by ``get_config`` chained to Keras'
+  (``name``, ``trainable``, ``dtype``), and ``from_config(config) ==
+  cls(**config)``; :meth:`Detector.upgrade_config` reads the flat configs
+  of model directories written before the grouped arguments.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import keras
 import tensorflow as tf
 
-from kdet import postprocess
+from kdet import postprocess, specs
 
 EVALUATIONS = ("coco", "face")
 
@@ -49,6 +51,8 @@ class Detector(keras.Model):
     default_class_names: ClassVar[tuple[str, ...] | None] = None
     #: Config changes that give the builtins-only twin of :meth:`export_variant`.
     export_switches: ClassVar[Mapping[str, Any]] = {}
+    #: Flat config key of model directory formats 1-2 -> ``(argument, field)`` of the grouped arguments.
+    flat_config_keys: ClassVar[Mapping[str, tuple[str, str]]] = {}
 
     def __init__(self, *, class_names: Sequence[str] | None = None, category_ids: Sequence[int] | None = None,
                  evaluation: str | None = None, **kwargs):
@@ -130,6 +134,23 @@ class Detector(keras.Model):
         return twin
 
     # ---------------------------------------------------------------- config
+    def _set_arguments(self, **arguments) -> None:
+        """Keeps the constructor's own arguments (resolved specs, models, values) as plain data for ``get_config``."""
+        self._config = {key: specs.to_config(value) for key, value in arguments.items()}
+
+    def arguments(self) -> dict:
+        """The constructor's own keyword arguments as plain data: ``get_config()`` without Keras' entries and labels."""
+        return dict(self._config)
+
+    @classmethod
+    def upgrade_config(cls, config: Mapping) -> dict:
+        """A config of model directory format 1 or 2 (flat keyword arguments) as this class's arguments.
+
+        Groups the flat keys of :attr:`flat_config_keys` into the spec
+        arguments (dicts of fields, merged onto the defaults); other keys stay.
+        """
+        return specs.group_flat(config, cls.flat_config_keys)
+
     def get_config(self) -> dict:
         labels = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self._labels.items() if v is not None}
         return {**super().get_config(), **labels, **self._config}

@@ -8,39 +8,42 @@ Training (all in the graph, inside :meth:`CascadeRCNN.compute_loss`):
 
 1. RPN loss; proposals with the training budget (no gradient), plus the
    ground-truth boxes;
-2. stage 1 labels every RoI at IoU ``stage_ious[0]`` (0.5) and samples
-   ``num_rois`` (512) per image at ``roi_positive_fraction`` (25%);
+2. stage 1 labels every RoI at IoU ``stages.ious[0]`` (0.5) and samples
+   ``roi_sampling.num_samples`` (512) per image at its ``positive_fraction``
+   (25%);
 3. stage t > 1 takes *all* boxes regressed by stage t - 1 (gradient
    stopped) and relabels them at its own IoU (0.6, 0.7);
 4. each stage: softmax log loss over ``C + 1`` classes and smooth-L1 on the
    positives' codes with that stage's box weights (the paper's per-stage
    regression statistics), both over the stage's RoI count, weighted by
-   ``stage_loss_weights`` (1, 0.5, 0.25).
+   ``stages.loss_weights`` (1, 0.5, 0.25).
 
 Inference: proposals with the test budget run through stages 1..k
-(``test_stages``, default all); the final boxes come from stage k's
+(``stages.test_stages``, default all); the final boxes come from stage k's
 regressor; the scores are the *softmax probabilities* of stage k alone, or
-(``ensemble=True``, the paper's "1~k") the mean of the probabilities of the
+(``stages.ensemble``, the paper's "1~k") the mean of the probabilities of the
 classifiers of stages 1..k applied to stage k's input RoIs, as the authors'
 code does; then class-aware NMS at 0.5 and ``max_detections``.
 Probabilities, not logits, are averaged: the stages' logits are trained at
 different IoUs and their scales differ, while probabilities are comparable.
 
-The paper's Table 1 baselines are the same class with other constructor data:
+The paper's Table 1 baselines are the same class with other constructor data
+(a :class:`~kdet.rcnn_specs.CascadeSpec`):
 
-* Faster R-CNN (FPN+): one stage, ``stage_ious=(0.5,)``;
+* Faster R-CNN (FPN+): one stage, ``CascadeSpec(ious=(0.5,), box_weights=((10,
+  10, 5, 5),), loss_weights=(1.0,))``;
 * *iterative BBox*: that model with ``test_iterations=3`` (its one head
   applied three times at inference; scores from its classifier on the last
   input boxes; no retraining);
 * *integral loss* (Eq. 4): one stage with ``integral_ious=(0.5, 0.6, 0.7)``,
   three classifiers, each trained at its own IoU on the same sampled RoIs,
-  sharing one regressor trained at ``stage_ious[0]``; their probabilities
+  sharing one regressor trained at ``ious[0]``; their probabilities
   are always averaged at inference ("by definition ... ensembled").
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping
 
 import keras
 import tensorflow as tf
@@ -51,10 +54,19 @@ from kdet.detectors.base import Detector
 from kdet.detectors.rpn import RegionProposalNetwork
 from kdet.heads.cascade import BoxHead
 from kdet.matching import Matcher, sample_balanced, trimmed_ground_truth
+from kdet.rcnn_specs import CascadeSpec, RoIPoolerSpec
 from kdet.roi_align import RoIAlign
+from kdet.specs import PostProcessSpec, SamplingSpec, coerce, override
 
 
 TRAINING_PROPOSALS = ("rpn", "targets")
+
+#: Cascade R-CNN's defaults: three stages at IoU 0.5 / 0.6 / 0.7 with the authors' regression statistics and
+#: mmdetection's loss weights, 512 RoIs at 25% foreground, 7x7 RoIAlign (224 px on P4), 1024-wide heads.
+STAGES = CascadeSpec()
+ROI_SAMPLING = SamplingSpec(num_samples=512, positive_fraction=0.25)
+ROI_POOLER = RoIPoolerSpec(output_size=7, sampling_ratio=2, canonical_size=224.0)
+POSTPROCESS = PostProcessSpec(pre_nms_top_k=None, score_threshold=0.05, nms_iou_threshold=0.5, max_detections=100)
 
 
 def given_proposals(targets: dict) -> dict[str, tf.Tensor]:
@@ -68,113 +80,140 @@ def given_proposals(targets: dict) -> dict[str, tf.Tensor]:
 
 @keras.saving.register_keras_serializable(package="kdet")
 class CascadeRCNN(Detector):
-    """Cascade R-CNN; ``len(stage_ious)`` stages (1 stage is Faster R-CNN).
+    """Cascade R-CNN; ``stages.num_stages`` stages (1 stage is Faster R-CNN).
 
-    Args (keyword-only; they are also :meth:`get_config`):
+    Args (keyword-only; as plain data they are also :meth:`get_config`). A
+    spec argument also takes a dict of the spec's fields, which replace
+    those of the default (the module's constants, e.g. :data:`STAGES`):
+
       num_classes: foreground classes C.
-      rpn: keyword arguments of :class:`RegionProposalNetwork` (backbone,
-        anchors, RPN loss, proposal budgets).
-      stage_ious: IoU threshold of each stage.
-      stage_box_weights: box coder weights of each stage.
-      stage_loss_weights: loss weight of each stage.
-      num_rois, roi_positive_fraction: stage-1 sampling.
+      rpn: a :class:`RegionProposalNetwork` (backbone, anchors, RPN loss,
+        proposal budgets) or a dict of its keyword arguments.
+      stages: :class:`~kdet.rcnn_specs.CascadeSpec`: each stage's IoU, box
+        weights and loss weight; the integral loss; test stages, ensemble
+        and iterations.
+      roi_sampling: :class:`~kdet.specs.SamplingSpec` of stage 1's RoIs
+        (512 at 25% foreground).
+      roi_pooler: :class:`~kdet.rcnn_specs.RoIPoolerSpec` (7x7 RoIAlign, 224
+        px from P4: scale it with the images).
       fc_dim: width of the box heads.
-      roi_size, sampling_ratio, use_gather_roi_align: RoIAlign.
-      roi_canonical_size: box size pooled from P4 (224, FPN's ImageNet
-        size; scale it with the images: 56 suits 128-px images).
-      smooth_l1_beta: of the stage box losses.
-      test_stages: stages run at inference (None: all).
-      ensemble: average the classifiers of stages 1..k (else stage k only).
-      test_iterations: times the last stage's head is applied at inference
-        (1; 3 on a one-stage model is the paper's iterative BBox).
-      integral_ious: one classifier per IoU on the (only) stage: the
-        paper's integral-loss detector (None: off).
-      score_threshold, nms_iou_threshold, max_detections: inference.
+      postprocess: :class:`~kdet.specs.PostProcessSpec` (its
+        ``pre_nms_top_k``: (RoI, class) candidates before NMS, None: 10 x K).
       rpn_loss_weight: weight of the RPN's loss in the total (0 trains the
         RoI heads alone, e.g. the later steps of Faster R-CNN's alternating
-        training).
+        training; see :meth:`training_variant`).
       training_proposals: where stage 1's training RoIs come from: "rpn",
         the model's own proposals of this step (end-to-end), or "targets",
         fixed proposals passed with the ground truth as ``y["proposals"]
         [B, P, 4]`` (rows of zero area are padding): the proposals of an
         earlier RPN, as in Fast R-CNN training and the two-step joint
         training of Qin et al. (Sec. 5.2).
+      use_gather_roi_align: RoIAlign by gathers (TFLite builtins; same
+        values), the switch of :meth:`export_variant`.
+      **kwargs: :class:`~kdet.detectors.base.Detector`'s and ``keras.Model``'s.
     """
 
     export_switches = {"use_gather_roi_align": True}  # RoIAlign by gathers: TFLite builtins
+    flat_config_keys = {
+        "stage_ious": ("stages", "ious"), "stage_box_weights": ("stages", "box_weights"),
+        "stage_loss_weights": ("stages", "loss_weights"), "smooth_l1_beta": ("stages", "smooth_l1_beta"),
+        **{k: ("stages", k) for k in ("integral_ious", "test_stages", "ensemble", "test_iterations")},
+        "num_rois": ("roi_sampling", "num_samples"), "roi_positive_fraction": ("roi_sampling", "positive_fraction"),
+        "roi_size": ("roi_pooler", "output_size"), "sampling_ratio": ("roi_pooler", "sampling_ratio"),
+        "roi_canonical_size": ("roi_pooler", "canonical_size"),
+        **{k: ("postprocess", k) for k in ("score_threshold", "nms_iou_threshold", "max_detections")},
+    }
 
     def __init__(
         self,
         *,
         num_classes: int,
-        rpn: dict | None = None,
-        stage_ious: Sequence[float] = (0.5, 0.6, 0.7),
-        stage_box_weights: Sequence[Sequence[float]] = ((10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15)),
-        stage_loss_weights: Sequence[float] = (1.0, 0.5, 0.25),
-        num_rois: int = 512,
-        roi_positive_fraction: float = 0.25,
+        rpn: RegionProposalNetwork | Mapping | None = None,
+        stages: CascadeSpec | Mapping = STAGES,
+        roi_sampling: SamplingSpec | Mapping = ROI_SAMPLING,
+        roi_pooler: RoIPoolerSpec | Mapping = ROI_POOLER,
         fc_dim: int = 1024,
-        roi_size: int = 7,
-        sampling_ratio: int = 2,
-        use_gather_roi_align: bool = False,
-        roi_canonical_size: float = 224.0,
-        smooth_l1_beta: float = 1.0,
-        test_stages: int | None = None,
-        ensemble: bool = True,
-        score_threshold: float = 0.05,
-        nms_iou_threshold: float = 0.5,
-        max_detections: int = 100,
-        test_iterations: int = 1,
-        integral_ious: Sequence[float] | None = None,
+        postprocess: PostProcessSpec | Mapping = POSTPROCESS,
         rpn_loss_weight: float = 1.0,
         training_proposals: str = "rpn",
+        use_gather_roi_align: bool = False,
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
-        num_stages = len(stage_ious)
-        if not (len(stage_box_weights) == len(stage_loss_weights) == num_stages >= 1):
-            raise ValueError(
-                f"stage_ious, stage_box_weights and stage_loss_weights need one entry per stage, got "
-                f"{len(stage_ious)}, {len(stage_box_weights)}, {len(stage_loss_weights)}")
-        if test_stages is not None and not 1 <= test_stages <= num_stages:
-            raise ValueError(f"test_stages must be in 1..{num_stages}, got {test_stages}")
         if training_proposals not in TRAINING_PROPOSALS:
             raise ValueError(f"training_proposals must be one of {TRAINING_PROPOSALS}, got {training_proposals!r}")
-        if test_iterations < 1:
-            raise ValueError(f"test_iterations must be >= 1, got {test_iterations}")
-        if integral_ious is not None and (num_stages != 1 or len(integral_ious) < 1):
-            raise ValueError(
-                f"integral_ious (the integral-loss detector) needs exactly one stage and at least one IoU, got "
-                f"{num_stages} stages and integral_ious={integral_ious}")
-        self.integral_ious = tuple(integral_ious or ())
-        self.num_classes = num_classes
-        self.num_stages = num_stages
-        self.rpn = RegionProposalNetwork(**(rpn or {}), name="rpn")
-        self.roi_align = RoIAlign(output_size=roi_size, sampling_ratio=sampling_ratio,
-                                  canonical_size=roi_canonical_size, use_gather=use_gather_roi_align, name="roi_align",
-                                  dtype="float32")  # pixel boxes stay float32 under mixed precision
+        self.stage_spec = coerce(stages, STAGES, "stages")
+        self.sampling_spec = coerce(roi_sampling, ROI_SAMPLING, "roi_sampling")
+        self.pooler_spec = coerce(roi_pooler, ROI_POOLER, "roi_pooler")
+        self.postprocess_spec = coerce(postprocess, POSTPROCESS, "postprocess")
+        self.integral_ious = tuple(self.stage_spec.integral_ious or ())
+        self.num_stages = self.stage_spec.num_stages
+        self.rpn = rpn if isinstance(rpn, RegionProposalNetwork) else RegionProposalNetwork(**(rpn or {}), name="rpn")
+        self._set_arguments(
+            num_classes=num_classes, rpn=self.rpn, stages=self.stage_spec, roi_sampling=self.sampling_spec,
+            roi_pooler=self.pooler_spec, fc_dim=fc_dim, postprocess=self.postprocess_spec,
+            rpn_loss_weight=rpn_loss_weight, training_proposals=training_proposals,
+            use_gather_roi_align=use_gather_roi_align)
+        self._build_stages(num_classes, fc_dim, use_gather_roi_align)
+
+    def _build_stages(self, num_classes: int, fc_dim: int, use_gather_roi_align: bool) -> None:
+        pooler, stages = self.pooler_spec, self.stage_spec
+        self.roi_align = RoIAlign(output_size=pooler.output_size, sampling_ratio=pooler.sampling_ratio,
+                                  canonical_size=pooler.canonical_size, use_gather=use_gather_roi_align,
+                                  name="roi_align", dtype="float32")  # pixel boxes stay float32 under mixed precision
         self.heads = [
-            BoxHead(num_classes=num_classes, fc_dim=fc_dim, num_classifiers=max(1, len(self.integral_ious)) if s == 0 else 1,
-                    name=f"stage{s + 1}")
-            for s in range(num_stages)
+            BoxHead(num_classes=num_classes, fc_dim=fc_dim,
+                    num_classifiers=max(1, len(self.integral_ious)) if s == 0 else 1, name=f"stage{s + 1}")
+            for s in range(self.num_stages)
         ]
         # Built now: the heads are only called inside compute_loss / detect, never by call().
-        fpn_filters = self.rpn.get_config()["fpn_filters"]
+        fpn_filters = self.rpn.arguments()["fpn_filters"]
         for head in self.heads:
-            head.build((None, None, roi_size, roi_size, fpn_filters))
+            head.build((None, None, pooler.output_size, pooler.output_size, fpn_filters))
         self.roi_align.built = True  # no weights
-        self.coders = [box_ops.BoxCoder(w) for w in stage_box_weights]
-        self.matchers = [Matcher((iou,), (0, 1)) for iou in stage_ious]
+        self.coders = [box_ops.BoxCoder(w) for w in stages.box_weights]
+        self.matchers = [Matcher((iou,), (0, 1)) for iou in stages.ious]
         # Keras does not report the metrics of a nested model: the RPN terms are logged here.
         self.rpn_trackers = (keras.metrics.Mean(name="rpn_cls_loss"), keras.metrics.Mean(name="rpn_box_loss"))
         self.stage_trackers = [
             (keras.metrics.Mean(name=f"stage{s + 1}_cls_loss"), keras.metrics.Mean(name=f"stage{s + 1}_box_loss"))
-            for s in range(num_stages)
+            for s in range(self.num_stages)
         ]
         self.integral_matchers = [Matcher((iou,), (0, 1)) for iou in self.integral_ious]
         self.integral_trackers = [
             keras.metrics.Mean(name=f"stage1_cls_loss_u{round(100 * iou)}") for iou in self.integral_ious]
+
+    # ----------------------------------------------------------------- config
+    @classmethod
+    def upgrade_config(cls, config: Mapping) -> dict:
+        """A flat config (model directory formats 1-2) as the grouped arguments, its ``rpn`` dict too."""
+        grouped = super().upgrade_config(config)
+        grouped["rpn"] = RegionProposalNetwork.upgrade_config(grouped.get("rpn") or {})
+        return grouped
+
+    @classmethod
+    def training_variant(cls, config: Mapping, *, rpn_loss: bool = True, stage_losses: bool = True,
+                         proposals: str | None = None) -> dict:
+        """``config`` (keyword arguments or a ``get_config()``) for one step of a multi-step training procedure.
+
+        Args:
+          config: the detector's arguments.
+          rpn_loss: False sets ``rpn_loss_weight`` 0: the RoI heads train alone.
+          stage_losses: False sets every stage's loss weight 0: the RPN trains alone.
+          proposals: the ``training_proposals`` ("targets": stage 1 trains on
+            proposals given with the ground truth, Fast R-CNN style); None
+            keeps the config's.
+
+        Returns:
+          A new dict; the rest of ``config`` is unchanged.
+        """
+        changes: dict = {} if rpn_loss else {"rpn_loss_weight": 0.0}
+        if not stage_losses:
+            spec = coerce(config.get("stages"), STAGES, "stages")
+            changes["stages"] = {"loss_weights": (0.0,) * spec.num_stages}
+        if proposals is not None:
+            changes["training_proposals"] = proposals
+        return override(config, changes)
 
     def build(self, input_shape):
         """Creates every weight by running the network once on a small zero image (any input size works later)."""
@@ -223,8 +262,8 @@ class CascadeRCNN(Detector):
         valid = tf.concat([proposals["levels"] >= 0, gt.objects], axis=1)
         iou = box_ops.pairwise_iou(rois, gt.boxes, gt.objects)
         labels = tf.where(valid, self.matchers[0](iou).labels, -1)
-        indices, sampled = sample_balanced(labels, num_samples=self._config["num_rois"],
-                                           positive_fraction=self._config["roi_positive_fraction"])
+        indices, sampled = sample_balanced(labels, num_samples=self.sampling_spec.num_samples,
+                                           positive_fraction=self.sampling_spec.positive_fraction)
         return tf.gather(rois, indices, batch_dims=1), sampled
 
     def stage_loss(self, stage: int, features: dict, rois: tf.Tensor, gt, valid: tf.Tensor):
@@ -250,7 +289,7 @@ class CascadeRCNN(Detector):
         else:
             cls_loss = losses.softmax_cross_entropy(t["classes"], out["class_logits"], weights) / count
         box_loss = losses.smooth_l1(t["box_targets"], out["box_codes"], tf.cast(t["foreground"], tf.float32),
-                                    beta=self._config["smooth_l1_beta"])
+                                    beta=self.stage_spec.smooth_l1_beta)
         return cls_loss, box_loss / count, out["boxes"]
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -273,7 +312,7 @@ class CascadeRCNN(Detector):
             cls_tracker, box_tracker = self.stage_trackers[stage]
             cls_tracker.update_state(cls_loss, sample_weight=batch)
             box_tracker.update_state(box_loss, sample_weight=batch)
-            total += self._config["stage_loss_weights"][stage] * (cls_loss + box_loss)
+            total += self.stage_spec.loss_weights[stage] * (cls_loss + box_loss)
             # The next stage trains on this stage's regressed boxes, as constants.
             rois = tf.stop_gradient(box_ops.clip_boxes(boxes, tf.shape(x)[1:3]))
         return losses.scale_for_replicas(total)
@@ -315,20 +354,20 @@ class CascadeRCNN(Detector):
                      iterations: int | None = None) -> dict[str, tf.Tensor]:
         """Finite images ``[B, H, W, 3]`` (0..255) -> the output contract (``detect`` guards the input).
 
-        ``stages``, ``ensemble`` and ``iterations`` override ``test_stages``,
-        ``ensemble`` and ``test_iterations`` for this call (Table 2: one stage
-        alone is ``stages=k, ensemble=False``; "1~k" is ``stages=k,
-        ensemble=True``).
+        ``stages``, ``ensemble`` and ``iterations`` override the stage spec's
+        ``test_stages``, ``ensemble`` and ``test_iterations`` for this call
+        (Table 2: one stage alone is ``stages=k, ensemble=False``; "1~k" is
+        ``stages=k, ensemble=True``).
         """
-        cfg = self._config
-        stages = stages or cfg["test_stages"] or self.num_stages
-        ensemble = cfg["ensemble"] if ensemble is None else ensemble
-        iterations = iterations or cfg["test_iterations"]
+        spec, post = self.stage_spec, self.postprocess_spec
+        stages = stages or spec.test_stages or self.num_stages
+        ensemble = spec.ensemble if ensemble is None else ensemble
+        iterations = iterations or spec.test_iterations
         result = self.cascade_inference(images, self(images, training=False), stages=stages, ensemble=ensemble,
                                         iterations=iterations)
         scores = tf.where(result["valid"][..., None], result["scores"][..., 1:], 0.0)  # drop background
         top, box_index, class_id = postprocess.top_k_candidates(
-            scores, cfg["max_detections"] * 10, cfg["score_threshold"], activation=None)
+            scores, post.candidates, post.score_threshold, activation=None)
         boxes = tf.gather(result["boxes"], box_index, batch_dims=1)
         return postprocess.class_aware_nms(
-            boxes, top, class_id, iou_threshold=cfg["nms_iou_threshold"], max_detections=cfg["max_detections"])
+            boxes, top, class_id, iou_threshold=post.nms_iou_threshold, max_detections=post.max_detections)

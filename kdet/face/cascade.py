@@ -27,7 +27,7 @@ x12-x24-x48; a final NMS. Scores are the last branch's face probability.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import keras
 import numpy as np
@@ -38,9 +38,12 @@ from kdet import losses
 from kdet.detectors.base import Detector
 from kdet.face import stages
 from kdet.face.nets import Face12Net, Face24Net, Face48Net, ThresholdControl
-from kdet.face.pyramid import PYRAMID_METHODS
+from kdet.face.specs import FLAT_CONFIG_KEYS, FaceTestSpec, FaceTrainingSpec
 from kdet.face.stages import BRANCHES
-CROP_SOURCES = ("pyramid", "image")
+from kdet.specs import coerce
+
+TRAINING = FaceTrainingSpec()
+TEST = FaceTestSpec()
 #: compute_dtype -> the branches' Keras dtype policy (variables float32 in both).
 COMPUTE_DTYPES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 #: ImageNet RGB mean and a common scale: "patches are mean removed" (Sec. 4.2).
@@ -49,35 +52,24 @@ PIXEL_SCALE = 1.0 / 64.0
 #: The test pipeline chosen on the embedded face set's validation split (``benchmarks/face_speed_sweep.py``
 #: and ``face_speed_profile.py``; the numbers are in docs/benchmarks.md): the face recipes and the face
 #: benchmark test with it.
-VALIDATED_TEST_SETTINGS = {"test_thresholds": (0.01, 0.05, 0.5), "pyramid": "area", "crop_method": "nearest",
+VALIDATED_TEST_SETTINGS = {"thresholds": (0.01, 0.05, 0.5), "pyramid": "area", "crop_method": "nearest",
                            "stage1_max_boxes": 160, "stage1_nms_iou": 0.7, "stage2_max_boxes": 32,
                            "stage2_nms_iou": 0.7}
+#: The default test pipeline with :data:`VALIDATED_TEST_SETTINGS`.
+VALIDATED_TEST = TEST.replace(**VALIDATED_TEST_SETTINGS)
 
 
-def _check_arguments(cfg: dict) -> None:
+def _check_arguments(train_branches, use_gather: bool, compute_dtype: str, test: FaceTestSpec) -> None:
     """Raises ValueError naming the first FaceCascade argument that is out of range."""
-    train_branches, crop_source, crop_method = cfg["train_branches"], cfg["crop_source"], cfg["crop_method"]
-    use_gather, pyramid, compute_dtype = cfg["use_gather"], cfg["pyramid"], cfg["compute_dtype"]
     unknown = set(train_branches) - set(BRANCHES)
     if unknown or not train_branches:
         raise ValueError(f"train_branches must be a non-empty subset of {BRANCHES}, got {train_branches!r}")
-    if crop_source not in CROP_SOURCES:
-        raise ValueError(f"crop_source must be one of {CROP_SOURCES}, got {crop_source!r}")
-    if crop_method not in ("bilinear", "nearest"):
-        raise ValueError(f"crop_method must be 'bilinear' or 'nearest', got {crop_method!r}")
-    if use_gather and crop_method != "bilinear":
-        raise ValueError("use_gather=True crops bilinearly only: pass crop_method='bilinear'")
-    if pyramid not in PYRAMID_METHODS:
-        raise ValueError(f"pyramid must be one of {PYRAMID_METHODS}, got {pyramid!r}")
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {compute_dtype!r}")
+    if use_gather and test.crop_method != "bilinear":
+        raise ValueError("use_gather=True crops bilinearly only: pass test=dict(crop_method='bilinear')")
     if use_gather and compute_dtype != "float32":
         raise ValueError("use_gather=True (the TFLite twin) computes float32: pass compute_dtype='float32'")
-    for name, size in (("thresholds", 2), ("loss_weights", 3), ("test_thresholds", 3), ("offset_mean", 4),
-                       ("offset_std", 4)):
-        value = cfg[name]
-        if len(value) != size:
-            raise ValueError(f"{name} needs {size} values, got {list(value)}")
 
 
 @keras.saving.register_keras_serializable(package="kdet")
@@ -85,43 +77,14 @@ class FaceCascade(Detector):
     """The 12/24/48 face cascade as one Keras model.
 
     Args:
-      thresholds: threshold-control values after x12 and x12-x24 (training).
-      loss_weights: Eq. 6's ``(lambda_1, lambda_2, lambda_3)``.
-      box_loss_weight: Eq. 1's ``lambda``.
-      smooth_l1_beta: smooth-L1's quadratic zone (1 as in Fast R-CNN).
-      offset_mean: per-coordinate mean of the raw offsets (``ty, tx, th, tw``).
-      offset_std: their standard deviation; see
-        :func:`kdet.face.mining.offset_statistics`.
+      training: the joint loss, a :class:`~kdet.face.specs.FaceTrainingSpec`
+        or a dict of the fields to change (threshold controls, Eq. 6's
+        weights, Eq. 1's box weight and smooth-L1, the offsets' statistics).
       dropout: rate before every classification / regression layer.
       train_branches: branches whose weights learn and whose losses count.
-      min_face_size: smallest face found at test, pixels.
-      levels_per_octave: test pyramid levels per halving (2 ~ factor 0.71).
-      pyramid: how the test pyramid is built, see
-        :func:`kdet.face.pyramid.build_pyramid`: "antialias" (every level
-        an antialiased resize, as training-sample mining builds it),
-        "octave" (a level half the size of the one an octave up is its 2x2
-        average: ~1 ms less at VGA, the same recall on the embedded set) or
-        "area" (box-filtered levels: ~4 ms less than "antialias" at VGA on
-        one core, +0.7 recall on the embedded validation split).
-      test_thresholds: face probability kept after x12, x12-x24, x12-x24-x48.
-        The first two default to the training threshold controls: trained
-        at 5% positives, the early branches give faces probabilities well
-        below 0.5 (on the embedded set x12 averages ~0.3 on test faces), so
-        MTCNN-like 0.5-0.7 thresholds lose most faces. Raise them for speed.
-      pool_size: response-map max pooling block (1 disables it).
-      stage1_max_boxes: windows passed from x12 to x12-x24, per image.
-      stage2_max_boxes: boxes passed from x12-x24 to x12-x24-x48, per image.
-      stage1_nms_iou: greedy NMS at this IoU over x12's windows of all
-        levels before the ``stage1_max_boxes`` budget (None: the best by
-        score, response-map pooling being the only suppression, Sec. 4.3).
-      stage2_nms_iou: the same over x12-x24's regressed boxes before the
-        ``stage2_max_boxes`` budget (MTCNN suppresses after every stage).
-      crop_source: "pyramid" crops later patches from the pyramid level
-        closest to the patch size (Sec. 6.5), "image" from the image.
-      crop_method: "bilinear" or "nearest" (nearest from the pyramid is the
-        paper's no-resize crop).
-      nms_iou_threshold: the final NMS.
-      max_detections: K of the output contract.
+      test: the test pipeline, a :class:`~kdet.face.specs.FaceTestSpec` or a
+        dict of the fields to change (pyramid, per-stage thresholds and
+        budgets, crops, final NMS, ``max_detections``).
       use_gather: build the pyramid and crop the patches with gathers and
         arithmetic (:func:`kdet.face.pyramid.resize_level_gather`,
         :func:`kdet.face.pyramid.gather_crops`) instead of ``tf.image``
@@ -132,51 +95,42 @@ class FaceCascade(Detector):
         convolutions and fully-connected layers in bfloat16 (Keras
         ``mixed_bfloat16``: the weights stay float32, the output layers,
         box and score arithmetic float32). A test-time switch for CPUs with
-        bfloat16 units (AVX512-BF16 / AMX; oneDNN): about 1.5x faster
-        branches there, slower where bfloat16 is emulated; train in float32.
+        bfloat16 units (AVX512-BF16 / AMX; oneDNN): faster branches there,
+        slower where bfloat16 is emulated (timings: docs/benchmarks.md);
+        train in float32.
         Not with ``use_gather`` (TFLite export computes float32).
       x24_trunk: x12-x24's conv trunk, "li" (Li et al.'s 24-net), "li32"
-        (it with 32 filters, ~0.6x the time per patch) or "rnet" (MTCNN's
-        R-net trunk, ~0.55x), see
+        (it with 32 filters) or "rnet" (MTCNN's R-net trunk), both cheaper
+        per patch (docs/benchmarks.md), see
         :data:`kdet.face.nets.X24_TRUNKS`. Changes the weights: train with it.
     """
 
     default_evaluation = "face"
     default_class_names = ("face",)
     export_switches = {"use_gather": True}  # pyramid and crops by gathers: TFLite builtins
+    flat_config_keys = FLAT_CONFIG_KEYS
 
     def __init__(
         self,
         *,
-        thresholds: Sequence[float] = (0.1, 0.003),
-        loss_weights: Sequence[float] = (1.0, 1.0, 1.0),
-        box_loss_weight: float = 1.0,
-        smooth_l1_beta: float = 1.0,
-        offset_mean: Sequence[float] = (0.0, 0.0, 0.0, 0.0),
-        offset_std: Sequence[float] = (0.1, 0.1, 0.1, 0.1),
+        training: FaceTrainingSpec | Mapping = TRAINING,
         dropout: float = 0.25,
         train_branches: Sequence[str] = BRANCHES,
-        min_face_size: float = 20.0,
-        levels_per_octave: int = 2,
-        pyramid: str = "antialias",
-        test_thresholds: Sequence[float] = (0.1, 0.003, 0.7),
-        pool_size: int = 2,
-        stage1_max_boxes: int = 300,
-        stage2_max_boxes: int = 60,
-        stage1_nms_iou: float | None = None,
-        stage2_nms_iou: float | None = None,
-        crop_source: str = "pyramid",
-        crop_method: str = "bilinear",
-        nms_iou_threshold: float = 0.3,
-        max_detections: int = 100,
+        test: FaceTestSpec | Mapping = TEST,
         use_gather: bool = False,
         compute_dtype: str = "float32",
         x24_trunk: str = "li",
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self._config = {k: v for k, v in locals().items() if k not in ("self", "kwargs", "__class__")}
-        _check_arguments(self._config)
+        self.training_spec = coerce(training, TRAINING, "training")
+        self.test_spec = coerce(test, TEST, "test")
+        train_branches = tuple(train_branches)
+        _check_arguments(train_branches, use_gather, compute_dtype, self.test_spec)
+        self.use_gather = bool(use_gather)
+        self._set_arguments(training=self.training_spec, dropout=dropout, train_branches=train_branches,
+                            test=self.test_spec, use_gather=self.use_gather, compute_dtype=compute_dtype,
+                            x24_trunk=x24_trunk)
         # Keras gives a layer's sublayers the global dtype policy, not the layer's own: set it while the
         # branches are built (the output layers are float32 whatever it is, see kdet.face.nets).
         previous = keras.config.dtype_policy()
@@ -187,8 +141,8 @@ class FaceCascade(Detector):
             self.x48 = Face48Net(dropout=dropout, name="x48")
         finally:
             keras.config.set_dtype_policy(previous)
-        self.control24 = ThresholdControl(threshold=thresholds[0], name="threshold_control_24")
-        self.control48 = ThresholdControl(threshold=thresholds[1], name="threshold_control_48")
+        self.control24 = ThresholdControl(threshold=self.training_spec.thresholds[0], name="threshold_control_24")
+        self.control48 = ThresholdControl(threshold=self.training_spec.thresholds[1], name="threshold_control_48")
         for name in BRANCHES:
             getattr(self, name).trainable = name in train_branches
         self.box_coder = box_ops.BoxCoder()
@@ -210,9 +164,9 @@ class FaceCascade(Detector):
         """uint8 / float RGB in [0, 255] ``[..., 3]`` -> mean-removed, scaled float32.
 
         Rank-4 images go through one 1x1 convolution with a bias (``x *
-        PIXEL_SCALE - PIXEL_MEAN * PIXEL_SCALE`` per channel): on one CPU core
-        ~3x faster than the broadcast subtract and multiply at VGA (~1.5 ms
-        against ~4), the same values to float rounding.
+        PIXEL_SCALE - PIXEL_MEAN * PIXEL_SCALE`` per channel): on a CPU
+        faster than the broadcast subtract and multiply (docs/benchmarks.md),
+        the same values to float rounding.
         """
         x = tf.cast(images, tf.float32)
         if x.shape.rank != 4:
@@ -249,12 +203,12 @@ class FaceCascade(Detector):
 
     # ----------------------------------------------------------------- training
     def normalize_offsets(self, offsets: tf.Tensor) -> tf.Tensor:
-        return (tf.cast(offsets, tf.float32) - tf.constant(self._config["offset_mean"], tf.float32)) / tf.constant(
-            self._config["offset_std"], tf.float32)
+        spec = self.training_spec
+        return (tf.cast(offsets, tf.float32) - tf.constant(spec.offset_mean)) / tf.constant(spec.offset_std)
 
     def denormalize_offsets(self, offsets: tf.Tensor) -> tf.Tensor:
-        return tf.cast(offsets, tf.float32) * tf.constant(self._config["offset_std"], tf.float32) + tf.constant(
-            self._config["offset_mean"], tf.float32)
+        spec = self.training_spec
+        return tf.cast(offsets, tf.float32) * tf.constant(spec.offset_std) + tf.constant(spec.offset_mean)
 
     def branch_masks(self, outputs: dict, labels: tf.Tensor, later_only: tf.Tensor | None = None
                      ) -> dict[str, tf.Tensor]:
@@ -282,7 +236,7 @@ class FaceCascade(Detector):
         del sample_weight, training
         if y is None:
             raise ValueError("FaceCascade.compute_loss needs targets: fit on (patches, {'labels', 'offsets'}) pairs")
-        cfg = self._config
+        spec, train_branches = self.training_spec, self._config["train_branches"]
         labels = tf.cast(y["labels"], tf.int32)
         targets = self.normalize_offsets(y["offsets"])
         masks = self.branch_masks(y_pred, labels, y.get("later_only"))
@@ -292,14 +246,14 @@ class FaceCascade(Detector):
             mask = masks[name]
             count = tf.maximum(losses.replica_mean(tf.reduce_sum(mask)), 1.0)
             cls = losses.softmax_cross_entropy(tf.maximum(labels, 0), y_pred[f"{name}_logits"], mask) / count
-            box = cfg["box_loss_weight"] * losses.smooth_l1(
-                targets, y_pred[f"{name}_offsets"], mask * positive, beta=cfg["smooth_l1_beta"]) / count
+            box = spec.box_loss_weight * losses.smooth_l1(
+                targets, y_pred[f"{name}_offsets"], mask * positive, beta=spec.smooth_l1_beta) / count
             batch = tf.shape(labels)[0]
             self.trackers[f"{name}_cls_loss"].update_state(cls, sample_weight=batch)
             self.trackers[f"{name}_box_loss"].update_state(box, sample_weight=batch)
             self.trackers[f"{name}_samples"].update_state(tf.reduce_sum(mask), sample_weight=1)
-            if name in cfg["train_branches"]:
-                total += cfg["loss_weights"][k] * (cls + box)
+            if name in train_branches:
+                total += spec.loss_weights[k] * (cls + box)
         return losses.scale_for_replicas(total)
 
     # ---------------------------------------------------------------- inference

@@ -16,12 +16,12 @@ score, square them, crop ``S x S`` bilinear patches from the image (the
 ``crop_source="image"`` rule of :class:`~kdet.face.cascade.FaceCascade`),
 resize the stage model's input to N, run it, threshold, keep the top
 ``stage2_max_boxes``, repeat at 48, then a greedy NMS. So it reproduces
-``FaceCascade(crop_source="image")`` (checked in the tests).
+``FaceCascade(test=dict(crop_source="image"))`` (checked in the tests).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -30,6 +30,7 @@ from kdet.boxes import pairwise_iou_numpy
 from kdet.face import stages
 from kdet.face.cascade import PIXEL_MEAN
 from kdet.face.pyramid import build_pyramid
+from kdet.face.specs import FaceTestSpec
 from kdet.face.stages import BRANCHES as STAGES
 
 
@@ -37,11 +38,11 @@ def _stage1(model, images, image_size):
     scales = stages.test_scales(model, image_size)
     if not scales:
         raise ValueError(f"images of {image_size} are smaller than one window at min_face_size "
-                         f"{model.get_config()['min_face_size']}")
+                         f"{model.test_spec.min_face_size}")
     levels = build_pyramid(model.preprocess(images), scales, use_gather=True)
-    cfg = model.get_config()
-    scores, boxes = stages.stage1(model, levels, image_size, threshold=cfg["test_thresholds"][0],
-                                  keep=cfg["stage1_max_boxes"])
+    test = model.test_spec
+    scores, boxes = stages.stage1(model, levels, image_size, threshold=test.thresholds[0],
+                                  keep=test.stage1_max_boxes)
     return {"scores": scores, "boxes": boxes}
 
 
@@ -79,7 +80,7 @@ def convert_stages(model, *, input_size: Sequence[int], quantization: str = "flo
     if quantization == "int8":
         calibration["x12"] = [{"images": np.asarray(image, np.uint8)[None]} for image in representative_images]
         float_loop = FaceCascadeLite({name: tflite.convert_function(fn) for name, fn in functions.items()},
-                                     model.get_config())
+                                     model.test_spec)
         inputs: dict[str, list] = {"x24": [], "x48": []}
         for image in representative_images:
             float_loop(image, keep_inputs=inputs)
@@ -154,17 +155,21 @@ class FaceCascadeLite:
 
     Args:
       flatbuffers: ``{"x12", "x24", "x48"}`` -> bytes.
-      config: the FaceCascade config (thresholds, budgets, NMS).
+      test: the cascade's test pipeline (thresholds, budgets, NMS): its
+        ``model.test_spec``, a dict of those fields, or the whole
+        ``model.get_config()`` (its ``"test"`` entry is read).
       num_threads: interpreter threads.
 
     Calling it on an ``[H, W, 3]`` uint8 image returns the output contract
     with a batch axis of 1 (NumPy).
     """
 
-    def __init__(self, flatbuffers: dict[str, bytes], config: dict, *, num_threads: int = 1):
+    def __init__(self, flatbuffers: dict[str, bytes], test: FaceTestSpec | Mapping, *, num_threads: int = 1):
         from ai_edge_litert.interpreter import Interpreter
 
-        self.config = dict(config)
+        if isinstance(test, Mapping) and "test" in test:
+            test = test["test"]
+        self.test = test if isinstance(test, FaceTestSpec) else FaceTestSpec.from_config(test)
         self.interpreters = {name: Interpreter(model_content=bytes(flatbuffers[name]), num_threads=num_threads)
                              for name in STAGES}
         self.runners = {name: it.get_signature_runner("serving_default") for name, it in self.interpreters.items()}
@@ -179,8 +184,8 @@ class FaceCascadeLite:
         return out["scores"], out["boxes"]
 
     def __call__(self, image: np.ndarray, *, keep_inputs: dict | None = None) -> dict[str, np.ndarray]:
-        cfg = self.config
-        t1, t2, t3 = cfg["test_thresholds"]
+        test = self.test
+        t1, t2, t3 = test.thresholds
         first = self.runners["x12"](images=np.asarray(image, np.uint8)[None])
         scores, boxes = first["scores"][0], first["boxes"][0]
         boxes = boxes[scores > 0]
@@ -191,12 +196,12 @@ class FaceCascadeLite:
             scores, boxes = self._later(name, image, boxes, keep_inputs)
             keep = np.flatnonzero(scores >= threshold)
             if name == "x24":  # the best stage2_max_boxes go on to x48
-                keep = keep[np.argsort(-scores[keep], kind="stable")[:cfg["stage2_max_boxes"]]]
+                keep = keep[np.argsort(-scores[keep], kind="stable")[:test.stage2_max_boxes]]
             scores, boxes = scores[keep], boxes[keep]
         height, width = image.shape[:2]
         boxes = np.clip(boxes, 0, [height, width, height, width]).astype(np.float32)
-        kept = greedy_nms(boxes, scores, cfg["nms_iou_threshold"], cfg["max_detections"])
-        k = cfg["max_detections"]
+        kept = greedy_nms(boxes, scores, test.nms_iou_threshold, test.max_detections)
+        k = test.max_detections
         out = {"boxes": np.zeros([1, k, 4], np.float32), "scores": np.zeros([1, k], np.float32),
                "classes": -np.ones([1, k], np.int32), "num_detections": np.array([len(kept)], np.int32)}
         out["boxes"][0, :len(kept)], out["scores"][0, :len(kept)] = boxes[kept], scores[kept]

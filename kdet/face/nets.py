@@ -182,9 +182,9 @@ class _PatchNet(keras.layers.Layer):
 #: x12-x24's conv trunks before its 128-d fc (the paper fixes only the fc): "li" is Li et al.'s 24-net,
 #: ``conv5x5(64) -> maxpool3x3/2`` (~1.9M multiply-adds a patch); "rnet" MTCNN's R-net trunk,
 #: ``conv3x3(28) -> pool3/2 -> conv3x3(48) -> pool3/2 -> conv2x2(64)`` (~1.5M with a 576-d instead
-#: of a 5184-d fc input, ~0.55x the time of "li" on one CPU core at 120 patches in bfloat16); "li32"
-#: Li's trunk with 32 filters (~0.6x the time of "li"). The face benchmark trains "li": with either of
-#: the others joint training no longer beat separate training at one seed.
+#: of a 5184-d fc input); "li32" Li's trunk with 32 filters. Their times are in docs/benchmarks.md. The
+#: face benchmark trains "li": with either of the others joint training no longer beat separate training
+#: at one seed.
 X24_TRUNKS = {"li": ((64, 5, (3, 2)),), "li32": ((32, 5, (3, 2)),),
               "rnet": ((28, 3, (3, 2)), (48, 3, (3, 2)), (64, 2, None))}
 

@@ -29,7 +29,8 @@ RPN + Fast R-CNN (on whole images with ground truth):
 
 The functions take the model configuration (keyword arguments) rather than
 a model, because each step builds a model with different training switches
-and copies the previous step's weights into it. Optimisers come from a
+(for the R-CNN, :meth:`CascadeRCNN.training_variant`: which losses train, where
+the RoIs come from) and copies the previous step's weights into it. Optimisers come from a
 factory so every step starts fresh. Each returns ``(final_model, steps)``
 with ``steps[name] = {"model": ..., "history": ...}`` for every step.
 ``callbacks`` (optional) are Keras callbacks passed to every ``fit``.
@@ -55,6 +56,7 @@ from kdet.face.mining import (
     samples_dataset,
 )
 from kdet.face.stages import BRANCHES, window_scorer
+from kdet.specs import override
 
 OptimizerFactory = Callable[[], keras.optimizers.Optimizer]
 
@@ -168,7 +170,7 @@ def bootstrap_samples(config: Mapping, samples: FaceSamples, examples: Iterable[
     :func:`~kdet.face.stages.window_scorer`).
 
     Args:
-      config: :class:`FaceCascade` keyword arguments (``thresholds`` set the
+      config: :class:`FaceCascade` keyword arguments (``training``'s ``thresholds`` set the
         pass thresholds).
       samples: the sliding-window samples (:func:`~kdet.face.mining.mine_face_samples`).
       examples: example dicts (``image [H, W, 3]``, ``boxes [N, 4]``,
@@ -189,7 +191,7 @@ def bootstrap_samples(config: Mapping, samples: FaceSamples, examples: Iterable[
     model, steps = _greedy(config, BRANCHES[:depth], lambda branch: samples, epochs=epochs, batch_size=batch_size,
                            optimizer=optimizer or default_optimizer(), seed=seed, verbose=verbose,
                            callbacks=callbacks)
-    thresholds = tuple(model.get_config()["thresholds"])
+    thresholds = model.training_spec.thresholds
     scorer = window_scorer(model, depth=depth, thresholds=thresholds)
     hard = mine_hard_samples(examples, scorer, threshold=thresholds[depth - 1], seed=seed, progress=progress,
                              **mining)
@@ -267,7 +269,7 @@ class CascadeSamples:
     """What :func:`prepare_cascade` mined: the training samples and the config they normalise.
 
     ``samples`` holds the ``sliding`` sliding-window samples first, then the
-    hard ones; ``config`` has their ``offset_mean`` / ``offset_std``;
+    hard ones; ``config`` has their ``offset_mean`` / ``offset_std`` (in ``training``);
     ``trained`` the bootstrapping steps (``{"x12": {"model", "history"}}``),
     trained with ``seed``; ``seconds`` the mining and bootstrapping time.
     """
@@ -301,7 +303,7 @@ def prepare_cascade(config: Mapping, examples: list, training: CascadeTraining, 
                                 max_positives_per_face=t.max_positives_per_face,
                                 negatives_per_image=t.negatives_per_image, **t.windows())
     mean, std = offset_statistics(samples)
-    config = {**config, "offset_mean": mean, "offset_std": std}
+    config = override(config, {"training": {"offset_mean": mean, "offset_std": std}})
     if verbose:
         print(f"face cascade: {len(samples)} samples ({int((samples.labels == 1).sum())} faces) mined from "
               f"{len(examples)} images", flush=True)
@@ -364,10 +366,18 @@ def rpn_proposals(model: CascadeRCNN, images: np.ndarray, *, batch_size: int = 8
                            for i in range(0, len(images), batch_size)])
 
 
-def _rcnn_step(config, images, targets, *, epochs, batch_size, optimizer, seed, verbose, source=None,
-               frozen=(), proposals=None, callbacks=None, **switches):
+#: The :meth:`CascadeRCNN.training_variant` of each kind of step: the RPN alone; the RoI head alone (Fast R-CNN) on
+#: an earlier RPN's proposals; both losses (shared convolutions) on an earlier RPN's proposals.
+RPN_STEP = dict(stage_losses=False)
+FAST_RCNN_STEP = dict(rpn_loss=False, proposals="targets")
+JOINT_STEP = dict(proposals="targets")
+
+
+def _rcnn_step(config, variant: Mapping, images, targets, *, epochs, batch_size, optimizer, seed, verbose,
+               source=None, frozen=(), proposals=None, callbacks=None):
+    """Trains ``CascadeRCNN.training_variant(config, **variant)`` from ``source``'s weights, ``frozen`` layers fixed."""
     keras.utils.set_random_seed(seed)
-    model = CascadeRCNN(**{**config, **switches})
+    model = CascadeRCNN(**CascadeRCNN.training_variant(config, **variant))
     if source is not None:
         _copy_weights(model, source)
     for path in frozen:
@@ -396,10 +406,10 @@ def train_rcnn_joint(config: Mapping, images: np.ndarray, targets: Mapping[str, 
     """
     optimizer = optimizer or default_optimizer()
     common = dict(batch_size=batch_size, optimizer=optimizer, seed=seed, verbose=verbose, callbacks=callbacks)
-    rpn_model, s1 = _rcnn_step(config, images, targets, epochs=rpn_epochs, stage_loss_weights=(0.0,), **common)
+    rpn_model, s1 = _rcnn_step(config, RPN_STEP, images, targets, epochs=rpn_epochs, **common)
     proposals = rpn_proposals(rpn_model, images)
-    joint, s2 = _rcnn_step(config, images, targets, epochs=joint_epochs, source=rpn_model, proposals=proposals,
-                           training_proposals="targets", **common)
+    joint, s2 = _rcnn_step(config, JOINT_STEP, images, targets, epochs=joint_epochs, source=rpn_model,
+                           proposals=proposals, **common)
     return joint, {"rpn": s1, "joint": s2}
 
 
@@ -411,12 +421,10 @@ def train_rcnn_alternating(config: Mapping, images: np.ndarray, targets: Mapping
     optimizer = optimizer or default_optimizer()
     common = dict(batch_size=batch_size, optimizer=optimizer, seed=seed, verbose=verbose, callbacks=callbacks)
     shared = ("rpn.backbone", "rpn.fpn")
-    rpn1, s1 = _rcnn_step(config, images, targets, epochs=rpn_epochs, stage_loss_weights=(0.0,), **common)
-    rcnn2, s2 = _rcnn_step(config, images, targets, epochs=rcnn_epochs, proposals=rpn_proposals(rpn1, images),
-                           rpn_loss_weight=0.0, training_proposals="targets", **common)
-    rpn3, s3 = _rcnn_step(config, images, targets, epochs=rpn_epochs, source=rcnn2, frozen=shared,
-                          stage_loss_weights=(0.0,), **common)
-    final, s4 = _rcnn_step(config, images, targets, epochs=rcnn_epochs, source=rpn3,
-                           frozen=shared + ("rpn.head",), proposals=rpn_proposals(rpn3, images),
-                           rpn_loss_weight=0.0, training_proposals="targets", **common)
+    rpn1, s1 = _rcnn_step(config, RPN_STEP, images, targets, epochs=rpn_epochs, **common)
+    rcnn2, s2 = _rcnn_step(config, FAST_RCNN_STEP, images, targets, epochs=rcnn_epochs,
+                           proposals=rpn_proposals(rpn1, images), **common)
+    rpn3, s3 = _rcnn_step(config, RPN_STEP, images, targets, epochs=rpn_epochs, source=rcnn2, frozen=shared, **common)
+    final, s4 = _rcnn_step(config, FAST_RCNN_STEP, images, targets, epochs=rcnn_epochs, source=rpn3,
+                           frozen=shared + ("rpn.head",), proposals=rpn_proposals(rpn3, images), **common)
     return final, {"rpn1": s1, "rcnn2": s2, "rpn3": s3, "rcnn4": s4}

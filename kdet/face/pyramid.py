@@ -111,8 +111,7 @@ def build_pyramid(images: tf.Tensor, scales: Sequence[float], *, use_gather: boo
     * ``"area"``: as ``"octave"`` with area resizes (a box filter, see
       :data:`RESIZE_FILTERS`) for the rest; a 2x2 average is the area
       resize of an exact halving, so every level is an area resize of its
-      source. From uint8 images the two levels above scale 0.5 cost ~1 ms
-      each at VGA on one core against ~3.5 antialiased.
+      source; cheaper than antialiased resizes (docs/benchmarks.md).
 
     ``use_gather`` resizes with :func:`resize_level_gather` (TFLite builtins).
     """

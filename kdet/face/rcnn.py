@@ -17,42 +17,37 @@ moving statistics (the paper trained on GPUs): at batch 4 on a CPU they lag
 the weights and inference-mode proposals are poor (measured in
 ``benchmarks/face_benchmark.py``'s docstring). On small budgets start from a
 pretrained tiny backbone with frozen BatchNorm: ``face_rcnn(rpn=dict(
-backbone_weights=path, freeze_batchnorm=True))``, as the benchmark does.
+backbone=dict(weights=path, freeze_batchnorm=True)))``, as the benchmark does.
 """
 
 from __future__ import annotations
 
-import copy
-
+from kdet.anchors import AnchorSpec
+from kdet.backbones import BackboneSpec
 from kdet.detectors.cascade_rcnn import CascadeRCNN
+from kdet.rcnn_specs import CascadeSpec, ProposalSpec, RoIPoolerSpec
+from kdet.specs import PostProcessSpec, SamplingSpec, override
 
-#: The RPN of the face detector (arguments of :class:`RegionProposalNetwork`).
+#: The RPN of the face detector (arguments of :class:`RegionProposalNetwork`; the rest are its defaults:
+#: Faster R-CNN's labels, sampling and Eq. 1).
 FACE_RPN = dict(
-    backbone="tiny",
-    backbone_weights=None,  # trained from scratch (Sec. 6.7)
-    freeze_batchnorm=False,
+    backbone=BackboneSpec(name="tiny", weights=None, freeze_batchnorm=False),  # trained from scratch (Sec. 6.7)
     fpn_filters=64,
     head_filters=64,
-    aspect_ratios=(1.0,),  # faces are annotated as squares
-    anchor_size=4.0,  # 4 x stride: 16 px on P2 ... 256 px on P6
-    pre_nms_top_k_train=1000,
-    pre_nms_top_k_test=500,
-    max_proposals_train=300,
-    max_proposals_test=100,
+    # one square size per level (faces are annotated as squares): 4 x stride, 16 px on P2 ... 256 px on P6
+    anchors=AnchorSpec(min_level=2, max_level=6, num_scales=1, aspect_ratios=(1.0,), anchor_size=4.0),
+    proposals=ProposalSpec(pre_nms_top_k_train=1000, pre_nms_top_k_test=500, max_proposals_train=300,
+                           max_proposals_test=100),
 )
 
 #: The RoI branch and inference settings.
 FACE_RCNN = dict(
     num_classes=1,
-    stage_ious=(0.5,),
-    stage_box_weights=((10.0, 10.0, 5.0, 5.0),),
-    stage_loss_weights=(1.0,),
-    num_rois=128,
+    stages=CascadeSpec(ious=(0.5,), box_weights=((10.0, 10.0, 5.0, 5.0),), loss_weights=(1.0,)),  # one stage
+    roi_sampling=SamplingSpec(num_samples=128, positive_fraction=0.25),
     fc_dim=256,
-    roi_canonical_size=64.0,  # 16-px faces pool from P2, 64 px from P4, 128+ from P5
-    score_threshold=0.05,
-    nms_iou_threshold=0.3,
-    max_detections=100,
+    roi_pooler=RoIPoolerSpec(canonical_size=64.0),  # 16-px faces pool from P2, 64 px from P4, 128+ from P5
+    postprocess=PostProcessSpec(pre_nms_top_k=None, score_threshold=0.05, nms_iou_threshold=0.3, max_detections=100),
     class_names=("face",),
     evaluation="face",  # face AP, AFW AP30 and the discrete ROC, as the face cascade
 )
@@ -60,6 +55,10 @@ FACE_RCNN = dict(
 
 def face_rcnn_config(*, rpn: dict | None = None, **overrides) -> dict:
     """The face detector's :class:`CascadeRCNN` keyword arguments, with overrides.
+
+    A change of a spec argument may be a dict of the fields it changes
+    (:func:`kdet.specs.override`): ``rpn=dict(proposals=dict(max_proposals_test=50))``
+    keeps the face RPN's other proposal settings.
 
     Args:
       rpn: entries that replace those of :data:`FACE_RPN`.
@@ -69,10 +68,7 @@ def face_rcnn_config(*, rpn: dict | None = None, **overrides) -> dict:
     Returns:
       A new dict (safe to modify).
     """
-    config = copy.deepcopy(FACE_RCNN)
-    config["rpn"] = {**copy.deepcopy(FACE_RPN), **(rpn or {})}
-    config.update(overrides)
-    return config
+    return {**override(FACE_RCNN, overrides), "rpn": override(FACE_RPN, rpn or {})}
 
 
 def face_rcnn(*, rpn: dict | None = None, **overrides) -> CascadeRCNN:

@@ -52,14 +52,14 @@ STAGE1_NMS_CANDIDATES = 8
 
 def test_scales(model, image_size) -> list[float]:
     """The test pyramid's scales for ``(height, width)`` images (empty: smaller than one window)."""
-    cfg = model.get_config()
-    return pyramid_scales(image_size, min_face_size=cfg["min_face_size"], window=12,
-                          levels_per_octave=cfg["levels_per_octave"])
+    test = model.test_spec
+    return pyramid_scales(image_size, min_face_size=test.min_face_size, window=12,
+                          levels_per_octave=test.levels_per_octave)
 
 
 def crop_sources(model, x, levels, scales):
     """``(maps, their scales)`` the later stages crop from: the image, and the levels below it (Sec. 6.5)."""
-    if model.get_config()["crop_source"] == "pyramid" and scales[0] < 1.0:
+    if model.test_spec.crop_source == "pyramid" and scales[0] < 1.0:
         return [x] + list(levels), [1.0] + list(scales)
     return [x], [1.0]
 
@@ -89,7 +89,7 @@ def stage1(model, levels, image_size, *, threshold: float, keep: int):
     (the first maximum in row-major order), box-regressed and decoded.
     TFLite builtins only.
     """
-    k = model.get_config()["pool_size"]
+    k = model.test_spec.pool_size
     faces, features, anchors, maxima, shapes = [], [], [], [], []
     for level in levels:
         feature = model.x12.trunk(level)
@@ -129,10 +129,9 @@ def crop_patches(model, levels, level_scales, boxes, box_index, image_size, crop
     partitioned by level: one ``crop_and_resize`` per level on its own boxes.
     The model's ``use_gather`` twin crops with gathers (TFLite builtins).
     """
-    cfg = model.get_config()
-    method = cfg["crop_method"]
+    method = model.test_spec.crop_method
     side = crop if samples is None else samples
-    if cfg["use_gather"]:
+    if model.use_gather:
         return gather_crops(levels, level_scales, boxes, box_index, image_size=image_size, crop=crop,
                             samples=samples)
     if len(levels) == 1:
@@ -206,20 +205,20 @@ def detect_steps(model, images: tf.Tensor) -> Iterator[tuple[str, dict]]:
     ``detect`` runs them all; a profiler stops early to time a prefix.
     An image smaller than one window at ``min_face_size`` yields only ``"nms"``.
     """
-    cfg = model.get_config()
+    test = model.test_spec
     if images.shape.rank != 4 or images.shape[-1] != 3 or images.shape[1] is None or images.shape[2] is None:
         raise ValueError(f"FaceCascade.detect needs [B, H, W, 3] images with static H, W; got {images.shape}")
     image_size = (int(images.shape[1]), int(images.shape[2]))
     model.build()  # the branches' parts are called one by one below (x12's trunk, then its outputs)
     scales = test_scales(model, image_size)
     if not scales:
-        yield "nms", postprocess.empty_detections(tf.shape(images)[0], cfg["max_detections"])
+        yield "nms", postprocess.empty_detections(tf.shape(images)[0], test.max_detections)
         return
     x = model.preprocess(images)
-    levels = build_pyramid(x, scales, use_gather=cfg["use_gather"], method=cfg["pyramid"])
+    levels = build_pyramid(x, scales, use_gather=model.use_gather, method=test.pyramid)
     yield "pyramid", {"image": x, "levels": levels}
-    t1, t2, t3 = cfg["test_thresholds"]
-    keep, iou = cfg["stage1_max_boxes"], cfg["stage1_nms_iou"]
+    t1, t2, t3 = test.thresholds
+    keep, iou = test.stage1_max_boxes, test.stage1_nms_iou
     scores, boxes = stage1(model, levels, image_size, threshold=t1,
                            keep=keep if iou is None else STAGE1_NMS_CANDIDATES * keep)
     if iou is not None:  # without it stage1's top-k already is the budget
@@ -227,14 +226,14 @@ def detect_steps(model, images: tf.Tensor) -> Iterator[tuple[str, dict]]:
     yield "x12", {"scores": scores, "boxes": boxes}
     sources = crop_sources(model, x, levels, scales)
     scores, boxes = refine(model, sources, boxes, scores, depth=2, threshold=t2, image_size=image_size)
-    scores, boxes = budget(scores, boxes, cfg["stage2_max_boxes"], cfg["stage2_nms_iou"])
+    scores, boxes = budget(scores, boxes, test.stage2_max_boxes, test.stage2_nms_iou)
     yield "x24", {"scores": scores, "boxes": boxes}
     scores, boxes = refine(model, sources, boxes, scores, depth=3, threshold=t3, image_size=image_size)
     yield "x48", {"scores": scores, "boxes": boxes}
     boxes = box_ops.clip_boxes(boxes, image_size)
     yield "nms", postprocess.class_aware_nms(boxes, scores, tf.zeros_like(scores, tf.int32),
-                                             iou_threshold=cfg["nms_iou_threshold"],
-                                             max_detections=cfg["max_detections"])
+                                             iou_threshold=test.nms_iou_threshold,
+                                             max_detections=test.max_detections)
 
 
 def window_scorer(model, *, depth: int = 1, thresholds: tuple[float, ...] | None = None,
@@ -263,7 +262,7 @@ def window_scorer(model, *, depth: int = 1, thresholds: tuple[float, ...] | None
     if window % 12:
         raise ValueError(f"window must be a multiple of 12, got {window}")
     factor = window // 12
-    first = float((thresholds or model.get_config()["thresholds"])[0])
+    first = float((thresholds or model.training_spec.thresholds)[0])
 
     def run(patches, depth_):
         size, out = SIDES[depth_], []

@@ -28,12 +28,14 @@ from kdet.detectors.cascade_rcnn import CascadeRCNN  # noqa: E402
 from kdet.face.cascade import FaceCascade  # noqa: E402
 from kdet.detectors.retinanet import RetinaNet  # noqa: E402
 
-KWARGS = dict(num_classes=3, backbone="tiny", freeze_batchnorm=True, fpn_filters=16, head_convs=1, head_filters=16,
-              anchor_size=2.0, allow_low_quality_matches=True)
+TINY = dict(name="tiny", freeze_batchnorm=True)
+KWARGS = dict(num_classes=3, backbone=TINY, fpn_filters=16, head=dict(num_convs=1, filters=16),
+              anchors=dict(anchor_size=2.0), matcher=dict(allow_low_quality_matches=True))
 # Budgets above the candidates (64x64 images: 5 levels x 3 anchors; 64 proposals + ground truth).
-RPN = dict(backbone="tiny", freeze_batchnorm=True, fpn_filters=16, head_filters=16, num_samples=100000,
-           pre_nms_top_k_train=200, max_proposals_train=64)
-CASCADE = dict(num_classes=3, rpn=RPN, num_rois=1000, fc_dim=32, roi_canonical_size=56.0)
+RPN = dict(backbone=TINY, fpn_filters=16, head_filters=16, sampling=dict(num_samples=100000),
+           proposals=dict(pre_nms_top_k_train=200, max_proposals_train=64))
+CASCADE = dict(num_classes=3, rpn=RPN, roi_sampling=dict(num_samples=1000), fc_dim=32,
+               roi_pooler=dict(canonical_size=56.0))
 FACE = dict(dropout=0.0)
 DETECTORS = {"retinanet": (RetinaNet, KWARGS), "cascade_rcnn": (CascadeRCNN, CASCADE),
              "face_cascade": (FaceCascade, FACE)}

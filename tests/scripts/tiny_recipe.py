@@ -5,9 +5,10 @@ from kdet.training import Recipe, StepSchedule, recipe_main
 
 
 def build_model(num_classes, *, backbone, backbone_weights):
-    return RetinaNet(num_classes=num_classes, backbone=backbone, backbone_weights=backbone_weights,
-                     freeze_batchnorm=True, fpn_filters=16, head_convs=1, head_filters=16, anchor_size=2.0,
-                     min_level=3, max_level=5, allow_low_quality_matches=True)
+    return RetinaNet(num_classes=num_classes,
+                     backbone=dict(name=backbone, weights=backbone_weights, freeze_batchnorm=True), fpn_filters=16,
+                     head=dict(num_convs=1, filters=16), anchors=dict(anchor_size=2.0, min_level=3, max_level=5),
+                     matcher=dict(allow_low_quality_matches=True))
 
 
 RECIPES = {
