@@ -608,7 +608,7 @@ def cascade_training(args, name: str = "cascade_joint_from_separate"):
     """The :class:`~kdet.face.procedures.CascadeTraining` that trains the cascade ``name``.
 
     At the defaults, ``cascade_joint_from_separate``'s is ``kdet train face_cascade:embedded``'s
-    (checked in tests/test_face_procedures.py).
+    (checked in tests/face/test_procedures.py).
     """
     from kdet.face.procedures import CascadeTraining
 

@@ -54,7 +54,7 @@ VOC0712_1X = StepSchedule(base_lr=0.005, reference_batch=BATCH,
 
 # --smoke checks a recipe's wiring (its detector settings, data, schedule, evaluation, model directory) in a
 # few seconds, so it swaps the ResNet for the tiny backbone: ResNet-50/101 builds and steps are tested on their
-# own (tests/test_backbones.py, tests/test_cascade_rcnn.py) and its weight files alone made CI slower.
+# own (tests/test_backbones.py, tests/detectors/test_cascade_rcnn.py) and its weight files alone made CI slower.
 SMOKE = {"image_size": (128, 128), "batch_size": 2, "steps": 2, "val_images": 2, "steps_per_epoch": 2,
          "backbone": "tiny"}
 

@@ -7,6 +7,7 @@ would start a three-minute module while the other sits idle.
 """
 
 import os
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -23,15 +24,17 @@ def _seed_everything():
     yield
 
 
-#: Modules that take a minute or more on the 2-core CI machine, longest first.
-LONG_MODULES = ("test_benchmarks_smoke.py", "test_distributed.py", "test_tflite.py", "test_recipe_smoke.py",
-                "test_face_rcnn.py", "test_cascade_rcnn.py", "test_bad_input_corpus.py", "test_training_processes.py",
-                "test_serving.py", "test_image_path.py", "test_detector_contract.py", "test_training_backup.py")
+#: Modules that take a minute or more on the 2-core CI machine, longest first (paths under tests/).
+LONG_MODULES = ("test_benchmarks_smoke.py", "training/test_distribute.py", "serving/test_tflite.py",
+                "training/test_recipe_smoke.py", "face/test_rcnn.py", "detectors/test_cascade_rcnn.py",
+                "test_bad_input_corpus.py", "training/test_processes.py", "serving/test_savedmodel.py",
+                "test_image_path.py", "detectors/test_detector_contract.py", "training/test_backup.py")
+TESTS = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(config, items):
     def rank(item):
-        name = item.path.name
+        name = Path(item.path).resolve().relative_to(TESTS).as_posix()
         return LONG_MODULES.index(name) if name in LONG_MODULES else len(LONG_MODULES)
 
     items.sort(key=rank)  # stable: the order inside each module, and of the other modules, is kept

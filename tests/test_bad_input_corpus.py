@@ -27,9 +27,10 @@ from PIL import Image
 from kdet import cli
 from kdet.data import load_coco_json
 from kdet.data.synthetic_shapes import SHAPE_NAMES
+from tests.paths import ROOT as REPOSITORY, TINY_RECIPE
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RECIPE = os.path.join(ROOT, "tests", "scripts", "tiny_recipe.py")
+ROOT = str(REPOSITORY)
+RECIPE = TINY_RECIPE
 CATEGORIES = [{"id": 1, "name": "a"}]
 SHAPES = [{"id": i, "name": n} for i, n in enumerate(SHAPE_NAMES, 1)]  # the tiny recipe's classes
 

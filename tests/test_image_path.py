@@ -19,7 +19,7 @@ from kdet.inference import detect_files
 from kdet.model_dir import save_model_dir
 from kdet.serving.image import decode_image, letterbox, read_image_file
 from tests.detection_parity import block_image
-from tests.test_serving import _cascade, _retinanet
+from tests.serving.test_savedmodel import _cascade, _retinanet
 
 SIZE = (128, 128)
 
@@ -108,7 +108,7 @@ def _degenerate(found):
 
 def _rpn():
     from kdet.detectors.rpn import RegionProposalNetwork
-    from tests.test_serving import RPN
+    from tests.serving.test_savedmodel import RPN
 
     return RegionProposalNetwork(**RPN)
 

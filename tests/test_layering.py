@@ -10,8 +10,9 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from tests.paths import ROOT
 
-KDET = Path(__file__).resolve().parent.parent / "kdet"
+KDET = ROOT / "kdet"
 MAX_MODULE_LINES = 450
 MAX_FUNCTION_LINES = 60
 

@@ -1,6 +1,6 @@
 """Model directories written before the grouped arguments (format versions 1 and 2) still load and detect as before.
 
-``tests/data/model_dir_v2/<detector>/`` holds what kdet at eba8ec6 (flat
+``tests/fixtures/model_dir_v2/<detector>/`` holds what kdet at eba8ec6 (flat
 keyword arguments) wrote for a tiny RetinaNet (AP-loss, consistent
 optimization, P3-P5) and a two-stage Cascade R-CNN, and what kdet at 78708ac
 (the last before the face cascade's specs) wrote for a FaceCascade with
@@ -26,8 +26,9 @@ from kdet.detectors import CascadeRCNN, RegionProposalNetwork, RetinaNet
 from kdet.face.cascade import FaceCascade
 from kdet.files import file_sha256
 from kdet.model_dir import FORMAT_VERSION, build_for, load_model_dir, read_model_info, save_model_dir
+from tests.paths import FIXTURES as STORED
 
-FIXTURES = Path(__file__).parent / "data" / "model_dir_v2"
+FIXTURES = STORED / "model_dir_v2"
 DETECTORS = {"retinanet": RetinaNet, "cascade_rcnn": CascadeRCNN, "face_cascade": FaceCascade}
 
 

@@ -1,6 +1,6 @@
 """A reader (and writer) of COCO-format json + an image folder, for users' data.
 
-Behaviour on bad input (tested in ``tests/test_data_coco_json.py`` and the
+Behaviour on bad input (tested in ``tests/data/test_coco_json.py`` and the
 bad-input corpus ``tests/test_bad_input_corpus.py``):
   * malformed json, json that is not UTF-8, a missing top-level field
     (``images``, ``categories``, ``annotations``), or a missing/ill-typed field

@@ -6,7 +6,7 @@ gives them; every box is a face (classes are not read). Ground truth:
 ``is_crowd`` (or ``ignore``) marks ignore regions (crowds, WIDER's invalid
 faces); detections: ``{"image_id", "boxes" [D, 4] yxyx, "scores" [D]}``.
 
-Conventions (checked on hand-computed values in tests/test_face_metrics.py):
+Conventions (checked on hand-computed values in tests/evaluation/test_face.py):
 
 - **Matching** (:func:`match_detections`), COCO style: in descending score
   (stable: of tied detections the one listed first matches first), a

@@ -14,9 +14,10 @@ import time
 
 import numpy as np
 import pytest
+from tests.paths import ROOT as REPOSITORY, SCRIPTS
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "train_worker.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = str(SCRIPTS / "train_worker.py")
+ROOT = str(REPOSITORY)
 TIMEOUT = 300
 
 

@@ -10,7 +10,7 @@ from kdet import boxes as box_ops
 from kdet import losses
 from kdet.detectors.retinanet import RetinaNet
 from kdet.specs import APLossSpec, ConsistentOptimizationSpec, override, to_config
-from tests.test_retinanet import TINY, _toy_batch
+from tests.detectors.test_retinanet import TINY, _toy_batch
 
 CON = dict(TINY, consistent=ConsistentOptimizationSpec(cls_terms=2, reg_terms=2))
 

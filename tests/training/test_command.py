@@ -10,8 +10,9 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from kdet import cli
+from tests.paths import TINY_RECIPE
 
-RECIPE = os.path.join(os.path.dirname(__file__), "scripts", "tiny_recipe.py")
+RECIPE = TINY_RECIPE
 
 
 def _tags(folder):

@@ -1,4 +1,4 @@
-"""COCO-json reader/writer cases beyond tests/test_data_readers.py."""
+"""COCO-json reader/writer cases beyond tests/data/test_readers.py."""
 
 import io
 import json

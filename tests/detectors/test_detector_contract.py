@@ -15,7 +15,7 @@ import tensorflow as tf
 from kdet.detectors import CascadeRCNN, Detector, FaceCascade, RegionProposalNetwork, RetinaNet
 from kdet.face.rcnn import face_rcnn
 from kdet.model_dir import load_model_dir, read_model_info, save_model_dir
-from tests.test_serving import RPN
+from tests.serving.test_savedmodel import RPN
 
 SIZE = (128, 128)
 BUILDERS = {

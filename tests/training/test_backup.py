@@ -18,8 +18,9 @@ from kdet import cli
 from kdet.training import BackupError, backup_position, restore_backup, train
 from kdet.training.backup import LEGACY_METADATA, LEGACY_WEIGHTS, list_backups, write_backup
 from tests.scripts.tiny_recipe import RECIPES
+from tests.paths import TINY_RECIPE
 
-RECIPE_FILE = os.path.join(os.path.dirname(__file__), "scripts", "tiny_recipe.py")
+RECIPE_FILE = TINY_RECIPE
 
 
 def _model(seed=0):

@@ -13,9 +13,10 @@ import subprocess
 import sys
 
 import pytest
+from tests.paths import ROOT as REPOSITORY, SCRIPTS
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "mirrored_step.py")
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = str(SCRIPTS / "mirrored_step.py")
+ROOT = str(REPOSITORY)
 
 VARIANTS = [
     {"classification_loss": "focal"},
