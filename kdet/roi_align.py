@@ -31,17 +31,14 @@ Two interchangeable paths compute the crops (equal to 1e-5):
   CPU/GPU. It has no XLA kernel and is not a TFLite builtin. Boxes are grouped
   by level with ``tf.dynamic_partition`` / ``tf.dynamic_stitch`` so that each
   box is cropped once (dynamic shapes inside, static output shape).
-* ``use_gather=True``: :func:`crop_and_resize_bilinear`'s maths (``tf.gather``
+* ``use_gather=True``: :func:`kdet.gather.crop_and_resize_bilinear`'s maths (``tf.gather``
   and arithmetic) for ``jit_compile=True`` and TFLite builtins. All padded
   levels of an image are laid end to end in one pixel table and each box
   gathers from its own level's slice: one crop per box, all shapes static.
 
-Measured on 2 CPU cores, B=2, 512x512 input, C=128, R=256 per image, median
-of 5 (forward / forward+backward, ms): crop_and_resize partitioned 19 / 56,
-crop_and_resize on every level then select 30 / 161; gather one table 42 / 159,
-with XLA 13 / 86; gather on every level then select 156 / 589, with XLA
-29 / 286. Cropping every box on every level costs ~4x the crops and (for the
-backward pass) 4x the scatter into the features.
+Cropping each box once (not every box on every level, ~4x the crops and the
+backward scatter) is what makes both paths fast; their timings are in
+docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -52,6 +49,7 @@ import keras
 import tensorflow as tf
 
 from kdet import boxes as box_ops
+from kdet.gather import bilinear_gather, dim as _dim
 
 # Added to the box-size ratio before the log so that zero-area (padding) boxes
 # give a large negative, finite level that is then clipped to min_level
@@ -88,135 +86,6 @@ def assign_levels(
     size = tf.sqrt(box_ops.area(boxes))
     level = tf.floor(canonical_level + tf.math.log(size / canonical_size + _LEVEL_EPSILON) / tf.math.log(2.0))
     return tf.cast(tf.clip_by_value(level, float(min_level), float(max_level)), tf.int32)
-
-
-def _sample_coords(start: tf.Tensor, end: tf.Tensor, size: tf.Tensor, crop: int):
-    """``crop_and_resize`` sample positions along one axis and their validity.
-
-    Mirrors TF's kernel (``crop_and_resize_op.cc``) operation for operation so
-    that float rounding matches too.
-
-    Args:
-      start: ``[N]`` normalised start (``y1`` or ``x1``).
-      end: ``[N]`` normalised end.
-      size: ``[N]`` int32 size of each box's image along the axis.
-      crop: output size along the axis (python int).
-
-    Returns:
-      ``([N, crop] float32 positions in pixels, [N, crop] bool inside [0, size-1])``.
-    """
-    last = tf.cast(size - 1, tf.float32)
-    if crop > 1:
-        scale = (end - start) * last / float(crop - 1)
-        steps = tf.range(crop, dtype=tf.float32)
-        coords = (start * last)[:, None] + steps[None, :] * scale[:, None]
-    else:
-        # TF samples the box centre when the crop is a single pixel.
-        coords = (0.5 * (start + end) * last)[:, None]
-    valid = (coords >= 0.0) & (coords <= last[:, None])
-    return coords, valid
-
-
-def _lerp_indices(coords: tf.Tensor, size: tf.Tensor):
-    """Floor index, next index (both clipped into ``[0, size - 1]``) and the lerp weight."""
-    low = tf.floor(coords)
-    frac = coords - low
-    last = (size - 1)[:, None]
-    low = tf.clip_by_value(tf.cast(low, tf.int32), 0, last)
-    high = tf.minimum(low + 1, last)
-    return low, high, frac
-
-
-def bilinear_gather(
-    flat: tf.Tensor,
-    offsets: tf.Tensor,
-    heights: tf.Tensor,
-    widths: tf.Tensor,
-    boxes: tf.Tensor,
-    crop_size: Sequence[int],
-    extrapolation_value: float,
-) -> tf.Tensor:
-    """``crop_and_resize`` from images stored row-major in one ``[P, C]`` table.
-
-    Box ``n`` reads the ``heights[n] x widths[n]`` image whose pixel ``(0, 0)``
-    is row ``offsets[n]`` of ``flat``; so boxes may come from different images
-    and from maps of different sizes (the FPN levels) in one gather.
-
-    Args:
-      flat: ``[P, C]`` pixels.
-      offsets: ``[N]`` int32 first row of each box's image.
-      heights: ``[N]`` int32 image heights.
-      widths: ``[N]`` int32 image widths.
-      boxes: ``[N, 4]`` normalised yxyx.
-      crop_size: ``(crop_h, crop_w)`` python ints.
-      extrapolation_value: value of samples outside the image.
-
-    Returns:
-      ``[N, crop_h, crop_w, C]`` float32.
-    """
-    crop_h, crop_w = int(crop_size[0]), int(crop_size[1])
-    ys, y_valid = _sample_coords(boxes[:, 0], boxes[:, 2], heights, crop_h)
-    xs, x_valid = _sample_coords(boxes[:, 1], boxes[:, 3], widths, crop_w)
-    y_lo, y_hi, y_frac = _lerp_indices(ys, heights)
-    x_lo, x_hi, x_frac = _lerp_indices(xs, widths)
-
-    # One gather per corner: row starts [N, crop_h, 1] + columns [N, 1, crop_w].
-    rows_lo = (offsets[:, None] + y_lo * widths[:, None])[:, :, None]
-    rows_hi = (offsets[:, None] + y_hi * widths[:, None])[:, :, None]
-    cols_lo, cols_hi = x_lo[:, None, :], x_hi[:, None, :]
-    top_left = tf.gather(flat, rows_lo + cols_lo)
-    top_right = tf.gather(flat, rows_lo + cols_hi)
-    bottom_left = tf.gather(flat, rows_hi + cols_lo)
-    bottom_right = tf.gather(flat, rows_hi + cols_hi)
-
-    # Same order of operations as TF's kernel.
-    x_frac = x_frac[:, None, :, None]
-    y_frac = y_frac[:, :, None, None]
-    top = top_left + (top_right - top_left) * x_frac
-    bottom = bottom_left + (bottom_right - bottom_left) * x_frac
-    crops = top + (bottom - top) * y_frac
-
-    valid = (y_valid[:, :, None] & x_valid[:, None, :])[..., None]
-    return tf.where(valid, crops, tf.cast(extrapolation_value, tf.float32))
-
-
-def crop_and_resize_bilinear(
-    image: tf.Tensor,
-    boxes: tf.Tensor,
-    box_indices: tf.Tensor,
-    crop_size: Sequence[int],
-    *,
-    extrapolation_value: float = 0.0,
-) -> tf.Tensor:
-    """``tf.image.crop_and_resize(method="bilinear")`` with gathers and arithmetic.
-
-    Same arguments and output, to float rounding: box ``[y1, x1, y2, x2]`` in
-    normalised coordinates samples row ``i`` at ``y1 * (H - 1) + i * (y2 - y1)
-    * (H - 1) / (crop_h - 1)`` (the centre ``(y1 + y2) / 2 * (H - 1)`` when
-    ``crop_h == 1``); samples outside ``[0, H - 1]`` get
-    ``extrapolation_value``. Unlike the TF op it compiles under XLA and
-    converts to TFLite builtins (GATHER, arithmetic, SELECT).
-
-    Args:
-      image: ``[B, H, W, C]``.
-      boxes: ``[N, 4]`` normalised yxyx.
-      box_indices: ``[N]`` int32 image of each box.
-      crop_size: ``(crop_h, crop_w)`` python ints.
-      extrapolation_value: value of samples outside the image.
-
-    Returns:
-      ``[N, crop_h, crop_w, C]`` float32.
-    """
-    image = tf.cast(image, tf.float32)
-    boxes = tf.convert_to_tensor(boxes, tf.float32)
-    box_indices = tf.cast(box_indices, tf.int32)
-    shape = tf.shape(image)
-    height, width = shape[1], shape[2]
-    flat = tf.reshape(image, [-1, _dim(image, 3)])
-    ones = tf.ones_like(box_indices)
-    return bilinear_gather(
-        flat, box_indices * height * width, ones * height, ones * width, boxes, crop_size, extrapolation_value
-    )
 
 
 def _pad_edges(features: tf.Tensor) -> tf.Tensor:
@@ -284,7 +153,7 @@ def multilevel_roi_align(
       max_level: largest pyramid level used.
       canonical_size: see :func:`assign_levels`.
       canonical_level: see :func:`assign_levels`.
-      use_gather: crop with :func:`crop_and_resize_bilinear` (XLA, TFLite)
+      use_gather: crop with :func:`kdet.gather.crop_and_resize_bilinear` (XLA, TFLite)
         instead of ``tf.image.crop_and_resize``.
 
     Returns:
@@ -361,12 +230,6 @@ def _gather_all_levels(padded, boxes, box_indices, box_levels, crop):
     offsets = box_indices * per_image + tf.gather(starts, slot)
     flat = tf.reshape(table, [-1, channels])
     return bilinear_gather(flat, offsets, box_sizes[:, 0], box_sizes[:, 1], normalised, [crop, crop], 0.0)
-
-
-def _dim(tensor: tf.Tensor, axis: int):
-    """Static size of ``axis`` if known, else the dynamic one."""
-    static = tensor.shape[axis]
-    return static if static is not None else tf.shape(tensor)[axis]
 
 
 class RoIAlign(keras.layers.Layer):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kdet import roi_align
+from kdet import gather, roi_align
 from tests.layer_contract import check_layer_contract
 
 IMAGE_H, IMAGE_W = 128, 160  # P2 is 32x40, P5 is 4x5: small and fast.
@@ -141,7 +141,7 @@ def test_gather_twin_equals_crop_and_resize(crop_size):
     ).astype(np.float32)
     indices = rng.integers(0, 3, len(boxes)).astype(np.int32)
     expected = tf.image.crop_and_resize(image, boxes, indices, crop_size, extrapolation_value=-2.0)
-    got = roi_align.crop_and_resize_bilinear(image, boxes, indices, crop_size, extrapolation_value=-2.0)
+    got = gather.crop_and_resize_bilinear(image, boxes, indices, crop_size, extrapolation_value=-2.0)
     np.testing.assert_allclose(got.numpy(), expected.numpy(), atol=1e-5)
 
 

@@ -59,15 +59,13 @@ VALIDATED_TEST_SETTINGS = {"thresholds": (0.01, 0.05, 0.5), "pyramid": "area", "
 VALIDATED_TEST = TEST.replace(**VALIDATED_TEST_SETTINGS)
 
 
-def _check_arguments(train_branches, use_gather: bool, compute_dtype: str, test: FaceTestSpec) -> None:
+def _check_arguments(train_branches, use_gather: bool, compute_dtype: str) -> None:
     """Raises ValueError naming the first FaceCascade argument that is out of range."""
     unknown = set(train_branches) - set(BRANCHES)
     if unknown or not train_branches:
         raise ValueError(f"train_branches must be a non-empty subset of {BRANCHES}, got {train_branches!r}")
     if compute_dtype not in COMPUTE_DTYPES:
         raise ValueError(f"compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, got {compute_dtype!r}")
-    if use_gather and test.crop_method != "bilinear":
-        raise ValueError("use_gather=True crops bilinearly only: pass test=dict(crop_method='bilinear')")
     if use_gather and compute_dtype != "float32":
         raise ValueError("use_gather=True (the TFLite twin) computes float32: pass compute_dtype='float32'")
 
@@ -89,8 +87,8 @@ class FaceCascade(Detector):
         arithmetic (:func:`kdet.face.pyramid.resize_level_gather`,
         :func:`kdet.face.pyramid.gather_crops`) instead of ``tf.image``
         resize / ``crop_and_resize``: the same values to float rounding,
-        and TFLite builtins only (what :mod:`kdet.serving.tflite` converts).
-        Bilinear crops only.
+        and TFLite builtins only (what :mod:`kdet.serving.tflite` converts),
+        bilinear or nearest crops alike.
       compute_dtype: "float32", or "bfloat16" to run the three branches'
         convolutions and fully-connected layers in bfloat16 (Keras
         ``mixed_bfloat16``: the weights stay float32, the output layers,
@@ -126,7 +124,7 @@ class FaceCascade(Detector):
         self.training_spec = coerce(training, TRAINING, "training")
         self.test_spec = coerce(test, TEST, "test")
         train_branches = tuple(train_branches)
-        _check_arguments(train_branches, use_gather, compute_dtype, self.test_spec)
+        _check_arguments(train_branches, use_gather, compute_dtype)
         self.use_gather = bool(use_gather)
         self._set_arguments(training=self.training_spec, dropout=dropout, train_branches=train_branches,
                             test=self.test_spec, use_gather=self.use_gather, compute_dtype=compute_dtype,

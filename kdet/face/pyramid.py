@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.face.resize import resize_level, resize_level_gather
-from kdet.roi_align import bilinear_gather
+from kdet.gather import bilinear_gather, nearest_gather
 
 
 def pyramid_scales(
@@ -354,8 +354,9 @@ def gather_crops(
     image_size: Sequence[int],
     crop: int,
     samples: int | None = None,
+    method: str = "bilinear",
 ) -> tf.Tensor:
-    """Bilinear ``crop x crop`` patches of ``boxes``, each from its :func:`best_levels` level, with gathers.
+    """``crop x crop`` patches of ``boxes``, each from its :func:`best_levels` level, with gathers.
 
     The twin of cropping level by level with ``tf.image.crop_and_resize``
     (same samples, :func:`crop_boxes_for`): every level of every image is
@@ -372,10 +373,13 @@ def gather_crops(
       crop: patch side.
       samples: only the first ``samples`` rows and columns of each patch
         (see :func:`crop_boxes_for`); None: all ``crop``.
+      method: ``"bilinear"`` or ``"nearest"``, as ``crop_and_resize``'s.
 
     Returns:
       ``[N, samples, samples, C]`` float32.
     """
+    if method not in ("bilinear", "nearest"):
+        raise ValueError(f"method must be 'bilinear' or 'nearest', got {method!r}")
     side = crop if samples is None else samples
     sizes = [(int(level.shape[1]), int(level.shape[2])) for level in levels]
     lengths = [h * w for h, w in sizes]
@@ -387,6 +391,7 @@ def gather_crops(
     box_sizes = tf.gather(tf.constant(sizes, tf.int32), chosen)  # [N, 2]
     normalised = level_crop_boxes(boxes, chosen, sizes, image_size=image_size, crop=crop, samples=samples)
     offsets = tf.cast(box_index, tf.int32) * sum(lengths) + tf.gather(tf.constant(starts), chosen)
-    crops = bilinear_gather(tf.reshape(table, [-1, channels]), offsets, box_sizes[:, 0], box_sizes[:, 1],
-                            normalised, (side, side), 0.0)
+    gather = bilinear_gather if method == "bilinear" else nearest_gather
+    crops = gather(tf.reshape(table, [-1, channels]), offsets, box_sizes[:, 0], box_sizes[:, 1], normalised,
+                   (side, side), 0.0)
     return tf.ensure_shape(crops, [None, side, side, channels])

@@ -133,7 +133,7 @@ def crop_patches(model, levels, level_scales, boxes, box_index, image_size, crop
     side = crop if samples is None else samples
     if model.use_gather:
         return gather_crops(levels, level_scales, boxes, box_index, image_size=image_size, crop=crop,
-                            samples=samples)
+                            samples=samples, method=method)
     if len(levels) == 1:
         return tf.image.crop_and_resize(
             levels[0], crop_boxes_for(boxes, image_size=image_size, crop=crop, samples=samples),

@@ -383,9 +383,11 @@ def test_crops_of_the_first_samples_are_the_top_left_of_the_full_crops(method):
     part = stages.crop_patches(model, levels, level_scales, boxes, index, (120, 160), 48, samples=41).numpy()
     assert part.shape == (4, 41, 41, 3)
     np.testing.assert_allclose(part, full[:, :41, :41], atol=1e-3, rtol=0)
-    twin = gather_crops(levels, level_scales, boxes, index, image_size=(120, 160), crop=48, samples=41)
-    if method == "bilinear":
-        np.testing.assert_allclose(twin.numpy(), part, atol=1e-3, rtol=0)
+    twin = gather_crops(levels, level_scales, boxes, index, image_size=(120, 160), crop=48, samples=41,
+                        method=method)
+    np.testing.assert_allclose(twin.numpy(), part, atol=1e-3, rtol=0)
+    whole = gather_crops(levels, level_scales, boxes, index, image_size=(120, 160), crop=48, method=method)
+    np.testing.assert_allclose(whole.numpy(), full, atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("x24_trunk, samples", [("li", (23, 46)), ("rnet", (22, 44))])
@@ -429,9 +431,13 @@ def _gather_twin_of(common: dict, images) -> FaceCascade:
 
 def test_use_gather_detects_the_same_faces():
     common = dict(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7))
-    _gather_twin_of(common, tf.constant(np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3)).astype(np.uint8)))
-    with pytest.raises(ValueError, match="bilinear"):
-        FaceCascade(use_gather=True, test=dict(crop_method="nearest"))
+    images = tf.constant(np.random.default_rng(0).integers(0, 255, (2, 96, 128, 3)).astype(np.uint8))
+    _gather_twin_of(common, images)
+    # nearest crops (the recipes' validated test pipeline) have their gather twin too
+    _gather_twin_of({"test": {**common["test"], "crop_method": "nearest"}}, images)
+    with pytest.raises(ValueError, match="method must be"):
+        gather_crops([images], [1.0], tf.zeros([1, 4]), tf.zeros([1], tf.int32), image_size=(96, 128), crop=24,
+                     method="area")
 
 
 # ------------------------------------------------------------ test-time speed settings

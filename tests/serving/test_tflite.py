@@ -69,11 +69,18 @@ def test_retinanet_float16_and_int8(retinanet, retinanet_float32):
         tflite.convert(retinanet, input_size=SIZE, quantization="int4")
 
 
-def test_face_cascade_float32_matches_keras():
+@pytest.mark.parametrize("pipeline", ["default", "recipe"])
+def test_face_cascade_float32_matches_keras(pipeline):
     import keras
 
     keras.utils.set_random_seed(7)
-    model = FaceCascade(test=dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7))
+    test = dict(thresholds=(0.0, 0.0, 0.0), stage1_max_boxes=40, stage2_max_boxes=10, max_detections=7)
+    if pipeline == "recipe":  # the face recipes' test pipeline: area pyramid, nearest crops, NMS before the budgets
+        from recipes.face_cascade import build_model
+
+        test = {**build_model(1, backbone="none", backbone_weights=None).test_spec.to_config(), **test}
+        assert (test["pyramid"], test["crop_method"]) == ("area", "nearest")
+    model = FaceCascade(test=test)
     model.build(None)
     flatbuffer = tflite.convert(model.export_variant((96, 128)), input_size=(96, 128))
     assert tflite.flex_ops(flatbuffer) == []
