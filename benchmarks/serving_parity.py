@@ -83,15 +83,17 @@ def coco_ap(ground_truth: str, results: list[dict]) -> dict[str, float]:
     return {"AP": float(evaluation.stats[0]), "AP50": float(evaluation.stats[1])}
 
 
-def _result_rows(image_id: int, boxes_pixels, scores, classes, category_ids) -> list[dict]:
+def _result_rows(image_id: int, boxes_pixels, scores, categories) -> list[dict]:
+    """COCO result rows of one image's detections; ``categories``: each detection's category id."""
     rows = []
-    for (y0, x0, y1, x1), score, label in zip(boxes_pixels, scores, classes):
-        rows.append({"image_id": int(image_id), "category_id": int(category_ids[int(label)]),
+    for (y0, x0, y1, x1), score, category in zip(boxes_pixels, scores, categories):
+        rows.append({"image_id": int(image_id), "category_id": int(category),
                      "bbox": [float(x0), float(y0), float(x1 - x0), float(y1 - y0)], "score": float(score)})
     return rows
 
 
-def served_results(saved_model: str, records: list[dict], image_dir: str, category_ids) -> list[dict]:
+def served_results(saved_model: str, records: list[dict], image_dir: str) -> list[dict]:
+    """The SavedModel's detections as a TF Serving client reads them: ``detection_classes`` are category ids."""
     import tensorflow as tf
 
     serve = tf.saved_model.load(saved_model).signatures["serving_bytes"]
@@ -102,8 +104,8 @@ def served_results(saved_model: str, records: list[dict], image_dir: str, catego
         n = int(out["num_detections"][0])
         h, w = record["height"], record["width"]
         boxes = out["detection_boxes"][0, :n].numpy() * [h, w, h, w]
-        classes = out["detection_classes"][0, :n].numpy().astype(int) - 1
-        rows += _result_rows(record["id"], boxes, out["detection_scores"][0, :n].numpy(), classes, category_ids)
+        categories = out["detection_classes"][0, :n].numpy().astype(int)
+        rows += _result_rows(record["id"], boxes, out["detection_scores"][0, :n].numpy(), categories)
     return rows
 
 
@@ -113,7 +115,8 @@ def detect_results(model_dir: str, records: list[dict], image_dir: str, category
     paths = [os.path.join(image_dir, r["file_name"]) for r in records]
     rows = []
     for record, (_, _, found) in zip(records, detect_files(model_dir, paths, out_dir=out_dir, score_threshold=0.0)):
-        rows += _result_rows(record["id"], found["boxes"], found["scores"], found["classes"], category_ids)
+        categories = [category_ids[int(label)] for label in found["classes"]]
+        rows += _result_rows(record["id"], found["boxes"], found["scores"], categories)
     return rows
 
 
@@ -137,7 +140,9 @@ def main(argv=None) -> dict:
     ann = write_jpeg_split(data, os.path.join(work, "data"), images=args.images, upscale=args.upscale)
     with open(ann) as f:
         written = json.load(f)
-    category_ids = [c["id"] for c in sorted(written["categories"], key=lambda c: c["id"])]
+    # kdet detect reports class indices: the model's own category ids name them (as the SavedModel's label map)
+    category_ids = info.config.get("category_ids") or [c["id"] for c in sorted(written["categories"],
+                                                                                key=lambda c: c["id"])]
     results_json = os.path.join(work, "evaluate_results.json")
     own = evaluate_model_dir(args.model_dir, data=f"coco-json:{ann}", results_json=results_json, progress=False)
     with open(results_json) as f:
@@ -146,7 +151,7 @@ def main(argv=None) -> dict:
     export_model_dir(args.model_dir, format="savedmodel", out=saved)
     image_dir = os.path.dirname(ann)
     rows = {"kdet_evaluate": evaluated,
-            "savedmodel": served_results(saved, written["images"], image_dir, category_ids),
+            "savedmodel": served_results(saved, written["images"], image_dir),
             "kdet_detect": detect_results(args.model_dir, written["images"], image_dir, category_ids,
                                           os.path.join(work, "drawn"))}
     scores = {name: coco_ap(ann, r) for name, r in rows.items()}

@@ -118,6 +118,42 @@ def _freeze(model: keras.Model, *, freeze_batchnorm: bool, frozen_prefixes: tupl
             layer.trainable = False
 
 
+#: ``weights=IMAGENET``: keras.applications' ImageNet weights through Keras' own download and cache.
+IMAGENET = "imagenet"
+_IMAGENET_URL = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+#: depth -> keras.applications' no-top ImageNet weights file and its MD5 (keras.applications.resnet's).
+_IMAGENET_FILES = {50: ("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", "4d473c1dd8becc155b73f8504c6f6626"),
+                   101: ("resnet101_weights_tf_dim_ordering_tf_kernels_notop.h5", "88cf7a10940856eca736dc7b7e228a21")}
+
+
+def keras_cache_folder() -> str:
+    """Where Keras keeps downloaded weights: ``$KERAS_HOME/models``, by default ``~/.keras/models``."""
+    return os.path.join(os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras"), "models")
+
+
+def imagenet_weights(depth: int) -> str:
+    """The local file of keras.applications' ImageNet weights (no top) of ResNet-``depth``.
+
+    The copy in :func:`keras_cache_folder` if there is one (put there by an
+    earlier download or by hand), else downloaded into it by
+    ``keras.utils.get_file`` (checked against Keras' MD5). Offline, the error
+    names the file, where to get it and the folder to put it in.
+    """
+    if depth not in _IMAGENET_FILES:
+        raise ValueError(f"ImageNet weights exist for ResNet depths {sorted(_IMAGENET_FILES)}, got {depth}")
+    name, md5 = _IMAGENET_FILES[depth]
+    folder = keras_cache_folder()
+    if os.path.isfile(os.path.join(folder, name)):
+        return os.path.join(folder, name)
+    try:
+        return keras.utils.get_file(name, _IMAGENET_URL + name, cache_subdir="models", file_hash=md5)
+    except Exception as error:  # no network, a proxy, a half download: what to do by hand
+        raise FileNotFoundError(
+            f"ResNet-{depth} ImageNet weights: {name} is not in the Keras cache {folder} and could not be "
+            f"downloaded ({type(error).__name__}: {error}). Fetch {_IMAGENET_URL + name} on a machine with "
+            f"network access and put it in {folder} (or set KERAS_HOME), or pass the file's path") from None
+
+
 def resnet_backbone(
     depth: int = 50,
     *,
@@ -129,9 +165,10 @@ def resnet_backbone(
 
     Args:
       depth: 50 or 101.
-      weights: ``None`` (random init) or the path of a local ImageNet weights
-        file (``*.h5`` / ``*.weights.h5`` without the top). Nothing is ever
-        downloaded.
+      weights: ``None`` (random init), ``"imagenet"`` (keras.applications'
+        ImageNet weights, :func:`imagenet_weights`: from the Keras cache, or
+        downloaded by Keras on this explicit request) or the path of a local
+        ImageNet weights file (``*.h5`` / ``*.weights.h5`` without the top).
       freeze_batchnorm: keep BatchNormalization statistics and affine
         parameters fixed (the usual policy with small per-GPU batches).
       frozen_stages: freeze the stem (1) and also stages 2.. up to this number
@@ -143,10 +180,12 @@ def resnet_backbone(
     """
     if depth not in _RESNET_BUILDERS:
         raise ValueError(f"ResNet depth must be one of {sorted(_RESNET_BUILDERS)}, got {depth}")
+    if weights == IMAGENET:
+        weights = imagenet_weights(depth)
     if weights is not None and not os.path.isfile(weights):
         raise FileNotFoundError(
-            f"ResNet-{depth} weights file {weights!r} does not exist; kdet never downloads weights, "
-            "pass a local keras.applications '..._notop.h5' file or weights=None"
+            f"ResNet-{depth} weights file {weights!r} does not exist; pass a local keras.applications "
+            "'..._notop.h5' file, 'imagenet' (Keras' download and cache) or None"
         )
     images = keras.Input(shape=(None, None, 3), name="images")
     x = ImageNormalization(mode="caffe", name="normalize")(images)
@@ -205,8 +244,8 @@ class BackboneSpec(Spec):
     Attributes:
       name: ``"resnet50"``, ``"resnet101"`` or ``"tiny"``.
       weights: local weights file (ImageNet ``*_notop.h5`` for ResNets, a
-        saved tiny backbone) or None (random initialisation; nothing is
-        ever downloaded).
+        saved tiny backbone), ``"imagenet"`` (ResNets: Keras' download and
+        cache, :func:`imagenet_weights`) or None (random initialisation).
       freeze_batchnorm: keep BatchNorm statistics and affine parameters fixed.
     """
 
@@ -230,6 +269,9 @@ def build_backbone(name: str, *, weights: str | None = None, freeze_batchnorm: b
         return resnet_backbone(101, weights=weights, freeze_batchnorm=freeze_batchnorm)
     if name == "tiny":
         model = tiny_backbone(freeze_batchnorm=freeze_batchnorm)
+        if weights == IMAGENET:
+            raise ValueError("the tiny backbone has no ImageNet weights: use resnet50 / resnet101 for "
+                             "weights='imagenet', or give the tiny one a file it saved")
         if weights is not None:
             # Weights of a tiny backbone trained earlier (``detector.backbone.save_weights(path)``).
             if not os.path.isfile(weights):

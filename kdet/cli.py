@@ -34,6 +34,9 @@ def demo_defaults() -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdet", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--verbose", action="store_true",
+                        help="show TensorFlow's own C++ log lines (hidden by default: on a CPU-only machine they are "
+                             "noise such as a CUDA cuInit error); an explicit TF_CPP_MIN_LOG_LEVEL is kept")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = sub.add_parser(
         "demo",
@@ -68,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "same name get distinct outputs)")
     detect.add_argument("--score-threshold", type=_unit_interval, default=0.3,
                         help="draw detections scoring at least this, 0..1 (default: %(default)s)")
+    detect.add_argument("--json", metavar="FILE",
+                        help="also write the detections here: per image its path, size and each detection's box "
+                             "(ymin, xmin, ymax, xmax pixels of the original image), score, category id and name")
 
     export = sub.add_parser("export", help="write a model directory as a SavedModel (TF Serving) or a TFLite file")
     export.add_argument("--model-dir", required=True, help="a kdet model directory (kdet_model.json + weights)")
@@ -119,17 +125,29 @@ def _evaluate(args) -> int:
 
 
 def _detect(args) -> int:
-    from kdet.inference import detect_files
+    from kdet.files import check_output_path, write_json_atomic
+    from kdet.inference import detect_files, detections_record
+    from kdet.model_dir import read_model_info
 
-    for _, out, found in detect_files(args.model_dir, args.images, out_dir=args.out,
-                                      score_threshold=args.score_threshold):
+    if args.json:
+        check_output_path(args.json, "--json", folder=False, what="the detections' json file")
+    records, class_names = [], read_model_info(args.model_dir).class_names
+    for path, out, found in detect_files(args.model_dir, args.images, out_dir=args.out,
+                                         score_threshold=args.score_threshold):
         print(f"{out}: {len(found['scores'])} detections")
+        records.append(detections_record(path, found["image_size"], found, class_names))
+    if args.json:
+        write_json_atomic(args.json, {"model_dir": args.model_dir, "score_threshold": args.score_threshold,
+                                      "images": records}, indent=1)
+        print(f"detections: {args.json}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before TensorFlow is first imported
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # (imports no TensorFlow)
+    # before TensorFlow is first imported: 3 hides its C++ errors too (a CPU-only machine's cuInit line); kdet's
+    # own errors are Python exceptions and are printed either way
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args.verbose else "3")
     if args.command == "demo":
         from kdet.demo import run_demo
 

@@ -74,7 +74,7 @@ def _write_outputs(model, val, evaluator, out_dir: str, *, info, size, val_image
         class_names=info.class_names, ground_truth={k: v.numpy()[:8] for k, v in targets.items()},
     )
     evaluator.write_results_json(os.path.join(out_dir, "coco_results.json"))
-    save_model_dir(model, out_dir, input_size=size, class_names=info.class_names,
+    save_model_dir(model, out_dir, input_size=size, class_names=info.class_names, category_ids=info.category_ids,
                    data=f"embedded:shapes:validation[:{val_images}]", recipe=recipe)
     return picture
 

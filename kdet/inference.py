@@ -121,7 +121,9 @@ def detect_image(model, image: np.ndarray, input_size: Sequence[int]) -> dict[st
     Returns:
       ``boxes float32 [N, 4]`` yxyx pixels of ``image``, ``boxes_normalized``
       (as the SavedModel's ``detection_boxes``), ``scores [N]``, ``classes
-      int [N]`` (label indices), for the ``N`` detections kept.
+      int [N]`` (label indices) and ``category_ids int [N]`` (the dataset's
+      ids of those labels, as the SavedModel's ``detection_classes``), for
+      the ``N`` detections kept.
     """
     from kdet.serving.image import letterbox
     from kdet.serving.savedmodel import to_detection_api
@@ -132,9 +134,25 @@ def detect_image(model, image: np.ndarray, input_size: Sequence[int]) -> dict[st
     n = int(served["num_detections"][0])
     normalized = served["detection_boxes"][0, :n].numpy()
     height, width = image.shape[:2]
+    classes = served["detection_classes"][0, :n].numpy().astype(np.int64) - 1
     return {"boxes": normalized * np.array([height, width, height, width], np.float32),
             "boxes_normalized": normalized, "scores": served["detection_scores"][0, :n].numpy(),
-            "classes": served["detection_classes"][0, :n].numpy().astype(np.int64) - 1}
+            "classes": classes, "category_ids": np.asarray(model.category_ids, np.int64)[classes]}
+
+
+def detections_record(path: str, image_size: Sequence[int], found: dict, class_names: Sequence[str]) -> dict:
+    """One image's detections as plain data (``kdet detect --json``): original pixels, ids and names.
+
+    ``boxes`` are ``[ymin, xmin, ymax, xmax]`` pixels of the original image,
+    ``boxes_normalized`` as the SavedModel's ``detection_boxes``, best first.
+    """
+    return {"image": path, "height": int(image_size[0]), "width": int(image_size[1]),
+            "detections": [{"box": [round(float(v), 3) for v in box],
+                            "box_normalized": [float(v) for v in normalized], "score": float(score),
+                            "category_id": int(category), "class_name": str(class_names[int(label)])}
+                           for box, normalized, score, category, label in zip(
+                               found["boxes"], found["boxes_normalized"], found["scores"], found["category_ids"],
+                               found["classes"])]}
 
 
 def _check_threshold(score_threshold: float) -> float:
@@ -153,7 +171,8 @@ def detect_files(model_dir: str, paths: Sequence[str], *, out_dir: str,
 
     Yields:
       ``(image path, png path, detections)`` with the detections of
-      :func:`detect_image` at or above ``score_threshold``.
+      :func:`detect_image` at or above ``score_threshold``, and the image's
+      ``image_size`` ``(height, width)``.
     """
     from PIL import Image
 
@@ -169,7 +188,7 @@ def detect_files(model_dir: str, paths: Sequence[str], *, out_dir: str,
     for path, name, image in zip(paths, output_names(paths), images):
         found = detect_image(model, image, info.input_size)
         keep = found["scores"] >= score_threshold
-        found = {k: v[keep] for k, v in found.items()}
+        found = {**{k: v[keep] for k, v in found.items()}, "image_size": image.shape[:2]}
         drawn = draw_detections(image, found["boxes"], found["classes"], found["scores"],
                                 class_names=info.class_names, score_threshold=score_threshold)
         out = os.path.join(out_dir, name)

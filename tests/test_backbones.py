@@ -77,7 +77,7 @@ def test_resnet_loads_local_weights_file(resnet50_weight_files, which):
 
 
 def test_missing_weights_file_is_a_clear_error():
-    with pytest.raises(FileNotFoundError, match="never downloads"):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
         resnet_backbone(50, weights="/nonexistent/resnet50.h5")
     with pytest.raises(ValueError, match="valid names"):
         build_backbone("vgg16")
@@ -151,3 +151,34 @@ def test_fused_batchnorm_matches_keras_batchnorm_in_training():
     # Inference and frozen layers take the parent's path.
     np.testing.assert_allclose(fused(x, training=False).numpy(), ref(x, training=False).numpy(), atol=1e-5)
     assert fused.get_config() == {**ref.get_config(), "name": fused.name}
+
+
+def test_imagenet_weights_come_from_the_keras_cache_and_offline_the_error_says_where(
+        resnet50_weight_files, tmp_path, monkeypatch):
+    """``weights="imagenet"``: Keras' cache first (no network here: a download attempt fails the test)."""
+    import os
+    import shutil
+
+    legacy, _, probe, expected = resnet50_weight_files
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    attempts = []
+
+    def offline(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("no network in the tests")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    name = "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    folder = str(tmp_path / "keras" / "models")
+    with pytest.raises(FileNotFoundError) as error:
+        resnet_backbone(50, weights="imagenet")
+    for part in (name, folder, "storage.googleapis.com/tensorflow/keras-applications/resnet/" + name, "KERAS_HOME"):
+        assert part in str(error.value), (part, str(error.value))
+    assert len(attempts) == 1  # Keras' own get_file was asked, once
+    os.makedirs(folder)
+    shutil.copy(legacy, os.path.join(folder, name))  # what a download (or the user, by hand) leaves there
+    model = resnet_backbone(50, weights="imagenet")
+    np.testing.assert_allclose(model(probe)["C5"].numpy(), expected, rtol=1e-4, atol=1e-4)
+    assert len(attempts) == 1  # the cached file was used
+    with pytest.raises(ValueError, match="no ImageNet weights"):
+        build_backbone("tiny", weights="imagenet")

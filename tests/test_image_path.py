@@ -65,11 +65,16 @@ def test_training_pipeline_kdet_detect_and_savedmodel_decode_and_letterbox_ident
     assert np.abs(grey[..., 0].astype(int) - expected).max() <= 1 and grey.min() < 10
 
 
-def test_kdet_detect_gives_the_savedmodels_detections(files, tmp_path):
+def test_kdet_detect_gives_the_savedmodels_detections(files, tmp_path, capsys):
+    """``kdet detect`` (Python and ``--json``) and the SavedModel on one file: the same detections, the same ids."""
+    from kdet import cli
+
     keras.utils.set_random_seed(7)
     model = _retinanet()
     model.detect(tf.zeros((1,) + SIZE + (3,)))
-    model_dir = save_model_dir(model, str(tmp_path / "model"), input_size=SIZE, class_names=["a", "b", "c"])
+    ids = [3, 7, 42]  # a dataset's non-contiguous category ids
+    model_dir = save_model_dir(model, str(tmp_path / "model"), input_size=SIZE, class_names=["a", "b", "c"],
+                               category_ids=ids)
     export_model_dir(model_dir, format="savedmodel", out=str(tmp_path / "served" / "1"))
     served = tf.saved_model.load(str(tmp_path / "served" / "1")).signatures["serving_bytes"]
     results = list(detect_files(model_dir, [str(files / "photo.jpg")], out_dir=str(tmp_path / "drawn"),
@@ -80,8 +85,23 @@ def test_kdet_detect_gives_the_savedmodels_detections(files, tmp_path):
     assert n == len(found["scores"]) > 0
     np.testing.assert_allclose(found["boxes_normalized"], out["detection_boxes"][0, :n].numpy(), atol=1e-6)
     np.testing.assert_allclose(found["scores"], out["detection_scores"][0, :n].numpy(), atol=1e-6)
-    np.testing.assert_array_equal(found["classes"] + 1, out["detection_classes"][0, :n].numpy())
+    np.testing.assert_array_equal(np.asarray(ids)[found["classes"]], out["detection_classes"][0, :n].numpy())
+    np.testing.assert_array_equal(found["category_ids"], out["detection_classes"][0, :n].numpy())
     np.testing.assert_allclose(found["boxes"], found["boxes_normalized"] * [90, 150, 90, 150], rtol=1e-6)
+    # kdet detect --json: the same numbers, with names, in the original image's pixels
+    listing = tmp_path / "detections.json"
+    assert cli.main(["detect", str(files / "photo.jpg"), "--model-dir", model_dir, "--out", str(tmp_path / "cli"),
+                     "--score-threshold", "0", "--json", str(listing)]) == 0
+    assert f"detections: {listing}" in capsys.readouterr().out
+    record, = json.loads(listing.read_text())["images"]
+    assert (record["image"], record["height"], record["width"]) == (str(files / "photo.jpg"), 90, 150)
+    rows = record["detections"]
+    assert len(rows) == n
+    np.testing.assert_allclose([r["box_normalized"] for r in rows], out["detection_boxes"][0, :n].numpy(), atol=1e-6)
+    np.testing.assert_allclose([r["box"] for r in rows], found["boxes"], atol=1e-3)
+    np.testing.assert_allclose([r["score"] for r in rows], out["detection_scores"][0, :n].numpy(), atol=1e-6)
+    assert [r["category_id"] for r in rows] == out["detection_classes"][0, :n].numpy().astype(int).tolist()
+    assert [r["class_name"] for r in rows] == [["a", "b", "c"][ids.index(r["category_id"])] for r in rows]
 
 
 def test_output_names_never_collide(tmp_path):

@@ -131,3 +131,20 @@ def test_a_version_1_directory_loads_and_newer_ones_are_refused(tmp_path):
     (newer / "kdet_model.json").write_text(json.dumps({**record, "format_version": "2"}))
     with pytest.raises(ValueError, match="format_version must be a whole number"):
         read_model_info(str(newer))
+
+
+def test_a_model_directory_loads_without_the_backbone_file_it_was_trained_from(tmp_path):
+    """The initial backbone weights (a file, 'imagenet') are not read again: the directory's weights replace them."""
+    from kdet.backbones import tiny_backbone
+
+    initial = str(tmp_path / "tiny_backbone.weights.h5")
+    tiny_backbone(freeze_batchnorm=False).save_weights(initial)
+    model = RetinaNet(num_classes=2, backbone=dict(name="tiny", weights=initial, freeze_batchnorm=False),
+                      fpn_filters=16, head=dict(num_convs=1, filters=16, prior_probability=0.3))
+    expected = {k: v.numpy() for k, v in build_for(model, (64, 64)).detect(tf.constant(_images())).items()}
+    save_model_dir(model, str(tmp_path / "model"), input_size=(64, 64))
+    assert json.loads((tmp_path / "model" / "kdet_model.json").read_text())["config"]["backbone"]["weights"] == initial
+    (tmp_path / "tiny_backbone.weights.h5").unlink()  # another machine: the file is not there
+    loaded, _ = load_model_dir(str(tmp_path / "model"))
+    _same_detections(loaded.detect(tf.constant(_images())), expected)
+    assert loaded.get_config()["backbone"]["weights"] is None

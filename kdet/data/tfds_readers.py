@@ -34,6 +34,7 @@ Conversions:
 from __future__ import annotations
 
 import functools
+import os
 
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -157,6 +158,17 @@ def _convert(features: dict, *, name: str, stats: DataStats) -> dict[str, tf.Ten
     return sanitize_example(to_example(features), stats=stats)
 
 
+def _not_prepared(name: str, data_dir: str | None) -> str:
+    """The error for a tfds dataset that is not prepared where it was looked for: what to run, what else works."""
+    where = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    text = (f"the tfds dataset {name!r} is not prepared in {where} (kdet never downloads): prepare it once with "
+            f"`tfds build {name} --data_dir DIR` (it downloads the data; some datasets need files placed by hand, "
+            f"see the tfds catalogue), then pass --data-dir DIR")
+    if name in FACE_TFDS_NAMES:
+        text += "; or train on the embedded synthetic face set: --data embedded:faces:train"
+    return text
+
+
 def load_tfds(
     name: str,
     *,
@@ -189,14 +201,13 @@ def load_tfds(
     _check_name(name)
     stats = DataStats()
     info = tfds_info(name, stats=stats)
-    dataset = tfds.load(
-        name,
-        split=split,
-        data_dir=data_dir,
-        download=download,
-        shuffle_files=shuffle_files,
-        read_config=read_config,
-    )
+    try:
+        dataset = tfds.load(name, split=split, data_dir=data_dir, download=download, shuffle_files=shuffle_files,
+                            read_config=read_config)
+    except AssertionError as error:  # tfds' own words for data that was never prepared
+        if download or "download_and_prepare" not in str(error):
+            raise
+        raise ValueError(_not_prepared(name, data_dir)) from None
     convert = functools.partial(_convert, name=name, stats=stats)
     dataset = dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset, info

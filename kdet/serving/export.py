@@ -83,7 +83,7 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
                                 representative_images=representative)
     tflite.write(flatbuffer, out)
     return {"format": format, "path": out, "quantization": quantization, "input_size": list(size),
-            "class_names": info.class_names, **tflite.summary(flatbuffer)}
+            "class_names": info.class_names, "category_ids": list(model.category_ids), **tflite.summary(flatbuffer)}
 
 
 def format_summary(summary: dict) -> str:
@@ -98,6 +98,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  label map (assets/label_map.pbtxt): {summary['label_map']}")
     else:
         lines.append(f"  quantization {summary['quantization']}; Flex ops: {summary['flex_ops'] or 'none'}")
+        labels = ", ".join(f"{i} {name}" for i, name in zip(summary["category_ids"], summary["class_names"]))
+        lines.append(f"  classes (output index: category id and name): {labels}")
         lines += [f"  input  {k}: {v['dtype']} {v['shape']}" for k, v in summary["inputs"].items()]
         lines += [f"  output {k}: {v['dtype']} {v['shape']}" for k, v in summary["outputs"].items()]
         ops = ", ".join(f"{name} x{count}" for name, count in summary["ops"].items())

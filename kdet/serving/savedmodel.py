@@ -25,13 +25,17 @@ the boxes back. Outputs follow the TF Object Detection API::
 
     detection_boxes    float32 [B, K, 4]  yxyx normalised to the original image
     detection_scores   float32 [B, K]
-    detection_classes  float32 [B, K]     label-map ids (class index + 1), 0 on padding
+    detection_classes  float32 [B, K]     label-map ids: the dataset's category ids, 0 on padding
     num_detections     float32 [B]
 
 Rows at and after ``num_detections`` are padding (zeros); detections that lie
 wholly in the letterbox padding are dropped. The label map
 travels with the model as the asset ``assets/label_map.pbtxt`` (TF Object
-Detection API ``item { id: 1 name: "..." }`` form). A zero-sized image gives
+Detection API ``item { id: 3 name: "..." }`` form): its ids are the
+model's ``category_ids``, the ids of the dataset it was trained on (COCO's
+1..90 with gaps, a user's 3, 7, 11, ...; 1..K where the data had none), and
+``detection_classes`` reports them, so a client maps them back to its own
+categories directly. A zero-sized image gives
 zero detections; a wrong channel count or a corrupt encoded image raises an
 ``InvalidArgumentError`` that says what was expected.
 
@@ -64,12 +68,13 @@ SIGNATURES = ("serving_default", "serving_bytes")
 LABEL_MAP_FILE = "label_map.pbtxt"
 
 
-def label_map_pbtxt(class_names: Sequence[str]) -> str:
-    """The TF Object Detection API label map of ``class_names`` (ids from 1)."""
+def label_map_pbtxt(class_names: Sequence[str], category_ids: Sequence[int] | None = None) -> str:
+    """The TF Object Detection API label map of ``class_names`` with ids ``category_ids`` (default 1..K)."""
+    ids = range(1, len(class_names) + 1) if category_ids is None else category_ids
     items = []
-    for i, name in enumerate(class_names):
+    for i, name in zip(ids, class_names):
         escaped = str(name).replace("\\", "\\\\").replace('"', '\\"')
-        items.append(f'item {{\n  id: {i + 1}\n  name: "{escaped}"\n}}\n')
+        items.append(f'item {{\n  id: {int(i)}\n  name: "{escaped}"\n}}\n')
     return "".join(items)
 
 
@@ -81,7 +86,8 @@ def parse_label_map(text: str) -> dict[int, str]:
     return {int(i): name.replace('\\"', '"').replace("\\\\", "\\") for i, name in pairs}
 
 
-def to_detection_api(detections: dict, scale: tf.Tensor, original_hw: tf.Tensor, valid: tf.Tensor) -> dict:
+def to_detection_api(detections: dict, scale: tf.Tensor, original_hw: tf.Tensor, valid: tf.Tensor,
+                     category_ids: Sequence[int] | None = None) -> dict:
     """The output contract on a letterboxed canvas -> TF Object Detection API outputs.
 
     Args:
@@ -89,6 +95,8 @@ def to_detection_api(detections: dict, scale: tf.Tensor, original_hw: tf.Tensor,
       scale: ``[B]`` (or scalar) canvas pixels per original pixel.
       original_hw: ``[B, 2]`` (or ``[2]``) original heights and widths.
       valid: ``[B]`` bool; invalid images report zero detections.
+      category_ids: the id ``detection_classes`` reports for each class
+        index (default: the index + 1); padding rows report 0.
     """
     batch = tf.shape(detections["scores"])[0]
     k = tf.shape(detections["scores"])[1]
@@ -103,12 +111,20 @@ def to_detection_api(detections: dict, scale: tf.Tensor, original_hw: tf.Tensor,
     return {
         "detection_boxes": kept["boxes"],
         "detection_scores": kept["scores"],
-        "detection_classes": tf.cast(kept["classes"] + 1, tf.float32),  # padding: -1 + 1 = 0
+        "detection_classes": _category_ids(kept["classes"], category_ids),
         "num_detections": tf.cast(kept["num_detections"], tf.float32),
     }
 
 
-def _serve_images(input_tensor, detect, size):
+def _category_ids(classes: tf.Tensor, category_ids: Sequence[int] | None) -> tf.Tensor:
+    """Class indices (-1 on padding) -> float32 ids: ``category_ids[index]`` (default index + 1), 0 on padding."""
+    if category_ids is None:
+        return tf.cast(classes + 1, tf.float32)  # padding: -1 + 1 = 0
+    table = tf.constant([0] + [int(i) for i in category_ids], tf.float32)
+    return tf.gather(table, classes + 1)
+
+
+def _serve_images(input_tensor, detect, size, category_ids):
     """serving_default: uint8 ``[B, H, W, 3]`` (rank and channels checked) -> Detection API outputs."""
     expected = "serving_default expects uint8 RGB images [batch, height, width, 3]; got shape"
     shape = tf.shape(input_tensor)
@@ -124,7 +140,7 @@ def _serve_images(input_tensor, detect, size):
     valid = shape[1] * shape[2] > 0
     safe = tf.cond(valid, lambda: input_tensor, lambda: tf.zeros([shape[0], 1, 1, 3], tf.uint8))
     canvas, scale, _ = letterbox(safe, size)
-    return to_detection_api(detect(canvas), scale, shape[1:3], tf.fill([shape[0]], valid))
+    return to_detection_api(detect(canvas), scale, shape[1:3], tf.fill([shape[0]], valid), category_ids)
 
 
 def _decode_one(data, size, max_pixels: int):
@@ -147,7 +163,7 @@ def _decode_one(data, size, max_pixels: int):
     return canvas, scale, hw, valid
 
 
-def _serve_bytes(input_tensor, detect, size, max_pixels: int):
+def _serve_bytes(input_tensor, detect, size, max_pixels: int, category_ids):
     """serving_bytes: string ``[B]`` of encoded images -> Detection API outputs."""
     rank_ok = tf.debugging.Assert(tf.equal(tf.rank(input_tensor), 1), [
         "serving_bytes expects a batch of encoded images, string [batch]; got shape", tf.shape(input_tensor)])
@@ -157,7 +173,7 @@ def _serve_bytes(input_tensor, detect, size, max_pixels: int):
         lambda data: _decode_one(data, size, max_pixels), input_tensor,
         fn_output_signature=(tf.TensorSpec([size[0], size[1], 3], tf.float32), tf.TensorSpec([], tf.float32),
                              tf.TensorSpec([2], tf.int32), tf.TensorSpec([], tf.bool)))
-    return to_detection_api(detect(canvas), scale, hw, valid)
+    return to_detection_api(detect(canvas), scale, hw, valid, category_ids)
 
 
 class DetectionServingModule(tf.Module):
@@ -170,13 +186,17 @@ class DetectionServingModule(tf.Module):
         ``2 ** max_level``; FaceCascade builds its pyramid for this size.
       class_names: label names in class-index order (default: the model's
         ``class_names``).
+      category_ids: the label map's id of each class, which
+        ``detection_classes`` reports (default: the model's
+        ``category_ids``, the dataset's).
       max_pixels: ``serving_bytes`` refuses an encoded image whose header
         declares more pixels (height x width) than this, before decoding it
         (a 12000x12000 JPEG would otherwise take about 1.8 GB).
     """
 
     def __init__(self, model, *, input_size: Sequence[int], class_names: Sequence[str] | None = None,
-                 max_pixels: int = DEFAULT_MAX_PIXELS, name: str | None = None):
+                 category_ids: Sequence[int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 name: str | None = None):
         super().__init__(name=name)
         if int(max_pixels) < 1:
             raise ValueError(f"max_pixels must be positive, got {max_pixels!r}")
@@ -188,27 +208,31 @@ class DetectionServingModule(tf.Module):
         if len(names) != model.num_classes:
             raise ValueError(f"class_names has {len(names)} names but the model has {model.num_classes} classes")
         self.class_names = names
+        ids = [int(i) for i in (category_ids if category_ids is not None else model.category_ids)]
+        if len(ids) != len(names) or len(set(ids)) != len(ids) or min(ids) < 1:
+            raise ValueError(f"category_ids must be {len(names)} distinct positive ids (0 marks padding), got {ids}")
+        self.category_ids = ids
         if not model.variables:
             build_for(model, self.input_size)
         self.model_variables = list(model.variables)  # tracked: the graph reads them
         folder = tempfile.mkdtemp(prefix="kdet_label_map_")
         with open(os.path.join(folder, LABEL_MAP_FILE), "w") as f:
-            f.write(label_map_pbtxt(names))
+            f.write(label_map_pbtxt(names, ids))
         self.label_map = tf.saved_model.Asset(os.path.join(folder, LABEL_MAP_FILE))
         detect, size = model.detect, self.input_size  # a closure, so the Keras model itself is not tracked
         self.serving_default = tf.function(  # any rank, so that a wrong one gets this module's error
-            lambda input_tensor: _serve_images(input_tensor, detect, size),
+            lambda input_tensor: _serve_images(input_tensor, detect, size, ids),
             input_signature=[tf.TensorSpec(None, tf.uint8, name="input_tensor")])
         self.serving_bytes = tf.function(
-            lambda input_tensor: _serve_bytes(input_tensor, detect, size, max_pixels),
+            lambda input_tensor: _serve_bytes(input_tensor, detect, size, max_pixels, ids),
             input_signature=[tf.TensorSpec(None, tf.string, name="input_tensor")])
 
     def signatures(self) -> dict:
         return {name: getattr(self, name).get_concrete_function() for name in SIGNATURES}
 
 
-def export_saved_model(model, path: str, *, input_size: Sequence[int],
-                       class_names: Sequence[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
+def export_saved_model(model, path: str, *, input_size: Sequence[int], class_names: Sequence[str] | None = None,
+                       category_ids: Sequence[int] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> str:
     """Writes ``model`` as a SavedModel with the two serving signatures; returns ``path``.
 
     ``path`` is the version folder TF Serving loads (e.g. ``models/faces/1``).
@@ -221,7 +245,8 @@ def export_saved_model(model, path: str, *, input_size: Sequence[int],
     if os.path.exists(path) and not (os.path.isdir(path) and (
             not os.listdir(path) or os.path.isfile(os.path.join(path, "saved_model.pb")))):
         raise ValueError(f"--out {path!r} exists and is not a SavedModel folder; give a new or empty folder")
-    module = DetectionServingModule(model, input_size=input_size, class_names=class_names, max_pixels=max_pixels)
+    module = DetectionServingModule(model, input_size=input_size, class_names=class_names, category_ids=category_ids,
+                                    max_pixels=max_pixels)
     partial = f"{os.path.normpath(path)}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
     tf.saved_model.save(module, partial, signatures=module.signatures())

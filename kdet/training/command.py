@@ -44,12 +44,17 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-data", help="evaluation data, same forms (default: the recipe's)")
     parser.add_argument("--model-dir", help="output model directory (default: runs/RECIPE_NAME)")
     parser.add_argument("--epochs", type=positive_int, help="Keras epochs of the recipe's steps_per_epoch "
-                                                              "(default: the whole schedule)")
-    parser.add_argument("--steps", type=positive_int, help="total training steps (wins over --epochs)")
+                                                              "(default: the whole schedule); the learning-rate "
+                                                              "schedule's warm-up and decay points are rescaled "
+                                                              "to the run's length")
+    parser.add_argument("--steps", type=positive_int, help="total training steps (wins over --epochs); the "
+                                                             "schedule is rescaled to them as for --epochs")
     parser.add_argument("--batch-size", type=positive_int,
                         help="global batch; the schedule is rescaled by the linear rule (default: the recipe's)")
     parser.add_argument("--backbone", choices=("resnet50", "resnet101", "tiny"), help="(default: the recipe's)")
-    parser.add_argument("--backbone-weights", help="local keras.applications ImageNet weights file (*_notop.h5)")
+    parser.add_argument("--backbone-weights", help="'imagenet' (keras.applications' ImageNet weights: Keras "
+                                                    "downloads them once into its cache, ~/.keras/models) or a "
+                                                    "local weights file (*_notop.h5)")
     parser.add_argument("--image-size", type=image_size, nargs=2, metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--smoke", action="store_true",
                         help="a few steps on tiny inputs (tfds data is replaced by tfds.testing.mock_data)")

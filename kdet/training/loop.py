@@ -324,8 +324,9 @@ def _total_steps(recipe: Recipe, *, epochs, steps) -> tuple[int, int]:
     return int(steps), int(min(recipe.steps_per_epoch, steps))
 
 
-def _build(recipe: Recipe, info: DetectionInfo, strategy) -> keras.Model:
-    schedule = recipe.schedule.for_batch(recipe.batch_size)
+def _build(recipe: Recipe, info: DetectionInfo, strategy, total_steps: int) -> keras.Model:
+    """The recipe's compiled detector; its schedule rescaled to the batch, then fitted to ``total_steps``."""
+    schedule = recipe.schedule.for_batch(recipe.batch_size).fit_to(total_steps)
     with strategy.scope():
         model = recipe.build_model(info.num_classes, backbone=recipe.backbone,
                                    backbone_weights=recipe.backbone_weights)
@@ -363,7 +364,7 @@ def _train_steps(recipe: Recipe, *, model_dir, train_examples, info, val, epochs
     if is_multi_worker(strategy) and not is_chief(strategy):
         backup_dir = os.path.join(model_dir, BACKUP_DIR, f"worker{strategy.cluster_resolver.task_id}")
     os.makedirs(backup_dir, exist_ok=True)  # before fit: makedirs races between workers sharing model_dir
-    model = _build(recipe, info, strategy)
+    model = _build(recipe, info, strategy, total)
     with strategy.scope():
         start = restore_backup(model, backup_dir)  # before anything is evaluated or written
     if start > total:

@@ -134,6 +134,25 @@ class StepSchedule:
             boundaries=tuple(min(steps(b), total - 1) for b in self.boundaries if total > 1),
             warmup_steps=steps(self.warmup_steps) if self.warmup_steps else 0)
 
+    def fit_to(self, total_steps: int) -> StepSchedule:
+        """The same schedule squeezed or stretched to ``total_steps``: warm-up and decay points move with it.
+
+        A run of ``--steps``/``--epochs`` shorter than the recipe's schedule
+        still warms up and decays, at the same fractions of the run (a
+        boundary at 2/3 of 90k steps sits at 2/3 of a 900-step run).
+        """
+        if total_steps < 1:
+            raise ValueError(f"need total_steps >= 1, got {total_steps}")
+        if total_steps == self.total_steps:
+            return self
+        k = total_steps / self.total_steps
+        # (boundaries that land on one step stay twice: the rate still decays as often)
+        boundaries = sorted(min(max(int(round(b * k)), 1), total_steps - 1) for b in self.boundaries
+                            ) if total_steps > 1 else []
+        warmup = min(int(round(self.warmup_steps * k)), total_steps) if self.warmup_steps else 0
+        return dataclasses.replace(self, total_steps=int(total_steps), boundaries=tuple(boundaries),
+                                   warmup_steps=max(warmup, 1) if self.warmup_steps else 0)
+
     def learning_rate(self) -> WarmupStepDecay:
         return WarmupStepDecay(base_lr=self.base_lr, boundaries=self.boundaries, decay_factor=self.decay_factor,
                                warmup_steps=self.warmup_steps, warmup_factor=self.warmup_factor)

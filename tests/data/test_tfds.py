@@ -86,3 +86,21 @@ def test_voc_under_mock_data_feeds_the_pipeline(name):
     classes = targets["classes"].numpy()
     assert ((classes >= -1) & (classes < 20)).all()
     assert info.stats.as_dict()["dropped_boxes"] > 0  # mock boxes are often inverted
+
+
+def test_an_unprepared_tfds_dataset_is_a_clear_error_naming_what_to_do(tmp_path, capsys):
+    """No tfds traceback: the error names the dataset, the folder, the build command (faces: the embedded set)."""
+    from kdet import cli
+
+    with pytest.raises(ValueError) as error:
+        load_tfds("wider_face", split="train", data_dir=str(tmp_path))
+    text = str(error.value)
+    for part in ("'wider_face' is not prepared", str(tmp_path), "tfds build wider_face", "--data embedded:faces:train"):
+        assert part in text, (part, text)
+    with pytest.raises(ValueError, match="'voc/2007' is not prepared") as error:
+        load_tfds("voc/2007", split="test", data_dir=str(tmp_path))
+    assert "embedded:faces" not in str(error.value)
+    code = cli.main(["train", "face_cascade", "--data-dir", str(tmp_path), "--model-dir", str(tmp_path / "m"),
+                     "--steps", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "'wider_face' is not prepared" in err and "Traceback" not in err, err

@@ -133,3 +133,40 @@ def test_bad_input_and_edge_cases():
 def test_label_map_text_round_trip():
     names = ["person", 'say "hi"', "back\\slash"]
     assert serving.parse_label_map(serving.label_map_pbtxt(names)) == {1: names[0], 2: names[1], 3: names[2]}
+    ids = [3, 7, 42]
+    assert serving.parse_label_map(serving.label_map_pbtxt(names, ids)) == dict(zip(ids, names))
+
+
+def test_detection_classes_are_the_datasets_category_ids(tmp_path):
+    """A model trained on non-contiguous category ids serves them: label map and detection_classes (TF OD API)."""
+    import keras
+
+    from kdet.model_dir import load_model_dir, save_model_dir
+    from kdet.serving.export import export_model_dir, format_summary
+
+    keras.utils.set_random_seed(7)
+    model = _retinanet()
+    model.detect(tf.zeros((1,) + SIZE + (3,)))
+    ids = (3, 7, 42)
+    save_model_dir(model, str(tmp_path / "model"), input_size=SIZE, class_names=["cat", "dog", "zebra"],
+                   category_ids=ids)
+    loaded_model, _ = load_model_dir(str(tmp_path / "model"))
+    assert loaded_model.category_ids == ids  # the model directory keeps them
+    summary = export_model_dir(str(tmp_path / "model"), format="savedmodel", out=str(tmp_path / "served" / "1"))
+    assert summary["label_map"] == {3: "cat", 7: "dog", 42: "zebra"}
+    image = block_image()
+    keras_out = {k: v.numpy() for k, v in model.detect(tf.constant(image[None], tf.float32)).items()}
+    n = int(keras_out["num_detections"][0])
+    assert n > 0 and len(set(keras_out["classes"][0, :n].tolist())) > 1, "the check needs several classes"
+    served = tf.saved_model.load(str(tmp_path / "served" / "1"))
+    for name, request in (("serving_default", tf.constant(image[None])), ("serving_bytes", tf.constant([_png(image)]))):
+        out = served.signatures[name](input_tensor=request)
+        classes = out["detection_classes"].numpy()[0]
+        assert int(out["num_detections"][0]) == n, name
+        np.testing.assert_array_equal(classes[:n], np.asarray(ids)[keras_out["classes"][0, :n]], err_msg=name)
+        assert (classes[n:] == 0).all(), name  # padding
+    tflite_summary = export_model_dir(str(tmp_path / "model"), format="tflite", out=str(tmp_path / "m.tflite"))
+    assert tflite_summary["category_ids"] == list(ids)
+    assert "classes (output index: category id and name): 3 cat, 7 dog, 42 zebra" in format_summary(tflite_summary)
+    with pytest.raises(ValueError, match="category_ids must be 3 distinct positive ids"):
+        serving.DetectionServingModule(model, input_size=SIZE, category_ids=[3, 3, 4])

@@ -40,6 +40,21 @@ def test_schedule_linear_scaling_rule():
         StepSchedule(base_lr=0.1, reference_batch=1, total_steps=10, optimizer="lion")
 
 
+def test_a_shorter_or_longer_run_fits_the_schedule_to_its_steps():
+    """--steps / --epochs: warm-up and decay points at the same fractions of the run (hand values)."""
+    coco_1x = StepSchedule(base_lr=0.02, reference_batch=16, total_steps=90_000, boundaries=(60_000, 80_000),
+                           warmup_steps=500)
+    short = coco_1x.fit_to(900)
+    assert (short.total_steps, short.boundaries, short.warmup_steps, short.base_lr) == (900, (600, 800), 5, 0.02)
+    assert coco_1x.fit_to(180_000).boundaries == (120_000, 160_000) and coco_1x.fit_to(90_000) is coco_1x
+    tiny = coco_1x.fit_to(4)  # 2.67 -> 3 and 3.56 -> 3: both decays stay, on one step; warm-up at least a step
+    assert (tiny.boundaries, tiny.warmup_steps) == ((3, 3), 1)
+    np.testing.assert_allclose([float(tiny.learning_rate()(s)) for s in (2, 3)], [0.02, 0.0002], rtol=1e-6)
+    assert coco_1x.fit_to(1).boundaries == ()
+    with pytest.raises(ValueError, match="total_steps"):
+        coco_1x.fit_to(0)
+
+
 def test_sgd_l2_weight_decay_goes_through_momentum():
     """Caffe's rule by hand: v = m v + (g + wd w); w -= lr v (Keras SGD: v = m v - lr g'; w += v)."""
     schedule = StepSchedule(base_lr=0.1, reference_batch=1, total_steps=10, momentum=0.9, weight_decay=0.01)
