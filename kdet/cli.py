@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="TFLite weights/activations (default: %(default)s); int8 calibrates on --data")
     export.add_argument("--input-size", type=positive_int, nargs=2, metavar=("HEIGHT", "WIDTH"),
                         help="fixed input size (default: the model directory's)")
-    export.add_argument("--data", help="int8 calibration data, e.g. embedded:faces:validation or tfds:coco/2017:validation "
-                                       "(default: the model directory's)")
+    export.add_argument("--data", help="int8 calibration data, e.g. embedded:faces:train or tfds:coco/2017:train "
+                                       "(default: the training data of the model directory's recipe)")
     export.add_argument("--calibration-images", type=positive_int, default=64, help="(default: %(default)s)")
     export.add_argument("--max-pixels", type=positive_int,
                         help="SavedModel: serving_bytes refuses encoded images of more pixels (height x width), "

@@ -142,9 +142,9 @@ def run_demo(
     print(f"\nCOCO metrics on the validation split ({val_images} images):")
     print(format_metrics_table(metrics))
 
-    picture = _write_outputs(model, val, evaluator, out_dir, info=info, size=size, val_images=val_images,
-                             recipe={"name": "kdet demo", "epochs": epochs, "train_images": train_images,
-                                     "batch_size": batch_size, "seed": seed})
+    record = {"name": "kdet demo", "train_data": f"embedded:shapes:train[:{train_images}]", "epochs": epochs,
+              "train_images": train_images, "batch_size": batch_size, "seed": seed}
+    picture = _write_outputs(model, val, evaluator, out_dir, info=info, size=size, val_images=val_images, recipe=record)
     summary = {"metrics": {k: float(v) for k, v in metrics.items()}, "config": config, "epochs": epochs,
                "train_images": train_images, "train_seconds": round(train_seconds, 1),
                "total_seconds": round(time.time() - started, 1),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
+from kdet.backbones import IMAGENET
 from kdet.training import Recipe, StepSchedule
 
 COCO_TRAIN_IMAGES = 118_287  # coco/2017 train (= the trainval35k of the older papers)
@@ -56,7 +57,10 @@ VOC0712_1X = StepSchedule(base_lr=0.005, reference_batch=BATCH,
 # few seconds, so it swaps the ResNet for the tiny backbone: ResNet-50/101 builds and steps are tested on their
 # own (tests/test_backbones.py, tests/detectors/test_cascade_rcnn.py) and its weight files alone made CI slower.
 SMOKE = {"image_size": (128, 128), "batch_size": 2, "steps": 2, "val_images": 2, "steps_per_epoch": 2,
-         "backbone": "tiny"}
+         "backbone": "tiny", "backbone_weights": None}
+# The papers start from ImageNet-pretrained ResNets: every COCO / VOC variant (make_variants) loads
+# keras.applications' ImageNet weights (Keras downloads them once into its cache, on this request).
+RESNETS = ("resnet50", "resnet101")
 
 #: The variants of the RetinaNet recipes: Consistent Optimization's settings (Sec. 6.2, Tables 1-4 and 6) and
 #: mmdetection's VOC 07+12 schedule (``retinanet_r50_fpn_1x_voc0712``). Each entry: the suffix of the recipe's
@@ -86,12 +90,16 @@ def make_variants(name: str, paper: str, variants: Mapping[str, Mapping[str, Any
       paper: the paper string; a variant's is ``paper + its "paper"``.
       variants: ``{variant: {"suffix": ..., "paper": ..., **Recipe fields}}``.
       **common: the Recipe fields every variant shares (a variant's own win).
+        A ResNet variant's ``backbone_weights`` defaults to ``"imagenet"``.
     """
     recipes = {}
     for variant, settings in variants.items():
         own = dict(settings)
         suffix, detail = own.pop("suffix"), own.pop("paper")
-        recipes[variant] = Recipe(name=name + suffix, paper=paper + detail, **{**common, **own})
+        fields = {**common, **own}
+        if fields.get("backbone", "resnet50") in RESNETS:
+            fields.setdefault("backbone_weights", IMAGENET)  # as the papers: ImageNet-initialised
+        recipes[variant] = Recipe(name=name + suffix, paper=paper + detail, **fields)
     return recipes
 
 

@@ -24,6 +24,16 @@ def calibration_images(data: str, input_size: Sequence[int], count: int, *, seed
     return images
 
 
+def calibration_source(info, data: str | None = None) -> str:
+    """The int8 calibration data of a model directory (its ``ModelInfo``): ``data`` if given, else the
+    training data its recipe record names (what the activations' ranges should come from), else its
+    evaluation data."""
+    source = data or (info.recipe or {}).get("train_data") or info.data
+    if not source:
+        raise ValueError("int8 needs calibration images: pass --data (e.g. embedded:faces:train)")
+    return source
+
+
 def _folder_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(path) for f in files)
 
@@ -39,7 +49,8 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
       out: the SavedModel folder (e.g. ``serving/faces/1``) or the ``.tflite`` path.
       quantization: TFLite only: ``float32``, ``float16`` or ``int8``.
       input_size: ``(height, width)``; default: the model directory's.
-      data: int8 calibration data (default: the model directory's ``data``).
+      data: int8 calibration data (default: the training data its recipe
+        record names, else the directory's evaluation ``data``).
       num_calibration: images used to calibrate int8.
       max_pixels: SavedModel only: the largest image ``serving_bytes``
         decodes (default :data:`kdet.serving.image.DEFAULT_MAX_PIXELS`).
@@ -75,10 +86,7 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
                 "signatures": signatures, "label_map": savedmodel.load_label_map(out)}
     representative = None
     if quantization == "int8":
-        source = data or info.data
-        if not source:
-            raise ValueError("int8 needs calibration images: pass --data (e.g. embedded:faces:validation)")
-        representative = calibration_images(source, size, num_calibration)
+        representative = calibration_images(calibration_source(info, data), size, num_calibration)
     flatbuffer = tflite.convert(model.export_variant(size), input_size=size, quantization=quantization,
                                 representative_images=representative)
     tflite.write(flatbuffer, out)

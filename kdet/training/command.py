@@ -53,8 +53,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="global batch; the schedule is rescaled by the linear rule (default: the recipe's)")
     parser.add_argument("--backbone", choices=("resnet50", "resnet101", "tiny"), help="(default: the recipe's)")
     parser.add_argument("--backbone-weights", help="'imagenet' (keras.applications' ImageNet weights: Keras "
-                                                    "downloads them once into its cache, ~/.keras/models) or a "
-                                                    "local weights file (*_notop.h5)")
+                                                    "downloads them once into its cache, ~/.keras/models; the "
+                                                    "COCO and VOC recipes' default, as in the papers), a local "
+                                                    "weights file (*_notop.h5) or 'none' (random initialisation)")
     parser.add_argument("--image-size", type=image_size, nargs=2, metavar=("HEIGHT", "WIDTH"))
     parser.add_argument("--smoke", action="store_true",
                         help="a few steps on tiny inputs (tfds data is replaced by tfds.testing.mock_data)")

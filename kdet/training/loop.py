@@ -119,6 +119,8 @@ def _apply_overrides(recipe: Recipe, *, smoke: bool, data, val_data, batch_size,
     changes = {k: v for k, v in dict(train_data=data, val_data=val_data, batch_size=batch_size, backbone=backbone,
                                       backbone_weights=backbone_weights, image_size=image_size).items()
                if v is not None}
+    if backbone_weights == "none" or (backbone_weights is None and backbone == "tiny"):
+        changes["backbone_weights"] = None  # random initialisation (the tiny backbone has no ImageNet weights)
     if data is not None and val_data is None and data != recipe.train_data:
         changes["val_data"] = None  # the recipe's validation set belongs to its own data, not the user's
     return recipe.replace(**changes) if changes else recipe

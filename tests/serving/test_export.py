@@ -92,6 +92,7 @@ def test_kdet_export_savedmodel_and_tflite(model_dir, tmp_path, capsys):
                      "--calibration-images", "4", "--out", lite]) == 0
     printed = capsys.readouterr().out
     assert "Flex ops: none" in printed and "CONV_2D" in printed and "uint8 [1, 128, 128, 3]" in printed
+    assert "classes (output index: category id and name): 1 circle, 2 square, 3 triangle" in printed
 
     assert cli.main(["export", "--model-dir", str(tmp_path / "missing"), "--format", "tflite", "--out", lite]) == 2
     assert "kdet_model.json is missing" in capsys.readouterr().err
@@ -100,3 +101,18 @@ def test_kdet_export_savedmodel_and_tflite(model_dir, tmp_path, capsys):
     assert "--format tflite only" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["export", "--model-dir", path, "--format", "onnx", "--out", lite])
+
+
+def test_int8_calibrates_on_the_training_data_by_default():
+    from kdet.model_dir import ModelInfo
+    from kdet.serving.export import calibration_source
+
+    info = ModelInfo(detector="kdet>RetinaNet", config={}, input_size=(128, 128), class_names=["a"],
+                     data="embedded:shapes:validation[:8]", recipe={"train_data": "embedded:shapes:train[:100]"})
+    assert calibration_source(info) == "embedded:shapes:train[:100]"
+    assert calibration_source(info, "tfds:coco/2017:train") == "tfds:coco/2017:train"
+    older = ModelInfo(detector="kdet>RetinaNet", config={}, input_size=(128, 128), class_names=["a"],
+                      data="embedded:shapes:validation[:8]")  # a directory whose record names no training data
+    assert calibration_source(older) == "embedded:shapes:validation[:8]"
+    with pytest.raises(ValueError, match="int8 needs calibration images"):
+        calibration_source(ModelInfo(detector="kdet>RetinaNet", config={}, input_size=(128, 128), class_names=["a"]))

@@ -156,6 +156,22 @@ def test_smoke_overrides_are_recipe_fields(item):
 
 
 @pytest.mark.parametrize("item", RECIPES, ids=recipe_id)
+def test_resnet_recipes_start_from_imagenet_as_the_papers_and_smoke_runs_never_download(item):
+    from kdet.training.loop import _apply_overrides
+
+    recipe = item[2]
+    resnet = recipe.backbone in ("resnet50", "resnet101")
+    assert recipe.backbone_weights == ("imagenet" if resnet else recipe.backbone_weights)
+    assert recipe.smoke_version().backbone_weights is None  # --smoke: the tiny backbone, random weights
+    common = dict(smoke=False, data=None, val_data=None, batch_size=None, image_size=None)
+    assert _apply_overrides(recipe, backbone="tiny", backbone_weights=None, **common).backbone_weights is None
+    assert _apply_overrides(recipe, backbone=None, backbone_weights="none", **common).backbone_weights is None
+    assert _apply_overrides(recipe, backbone=None, backbone_weights="w.h5", **common).backbone_weights == "w.h5"
+    kept = _apply_overrides(recipe, backbone="resnet101", backbone_weights=None, **common).backbone_weights
+    assert kept == recipe.backbone_weights
+
+
+@pytest.mark.parametrize("item", RECIPES, ids=recipe_id)
 def test_face_recipes_train_their_own_way(item):
     stem, variant, recipe = item
     num_classes = NUM_CLASSES[parse_data_string(recipe.train_data)[1]]
