@@ -143,8 +143,9 @@ def detect_image(model, image: np.ndarray, input_size: Sequence[int]) -> dict[st
 def detections_record(path: str, image_size: Sequence[int], found: dict, class_names: Sequence[str]) -> dict:
     """One image's detections as plain data (``kdet detect --json``): original pixels, ids and names.
 
-    ``boxes`` are ``[ymin, xmin, ymax, xmax]`` pixels of the original image,
-    ``boxes_normalized`` as the SavedModel's ``detection_boxes``, best first.
+    Each detection's ``box`` is ``[ymin, xmin, ymax, xmax]`` in pixels of the
+    original image, ``box_normalized`` the SavedModel's ``detection_boxes``
+    row; ``category_id`` the dataset's id; detections best first.
     """
     return {"image": path, "height": int(image_size[0]), "width": int(image_size[1]),
             "detections": [{"box": [round(float(v), 3) for v in box],
