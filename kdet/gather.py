@@ -59,7 +59,7 @@ def _lerp_indices(coords: tf.Tensor, size: tf.Tensor):
     return low, high, frac
 
 
-def bilinear_gather(
+def table_crops(
     flat: tf.Tensor,
     offsets: tf.Tensor,
     heights: tf.Tensor,
@@ -67,6 +67,8 @@ def bilinear_gather(
     boxes: tf.Tensor,
     crop_size: Sequence[int],
     extrapolation_value: float,
+    *,
+    method: str = "bilinear",
 ) -> tf.Tensor:
     """``crop_and_resize`` from images stored row-major in one ``[P, C]`` table.
 
@@ -82,16 +84,32 @@ def bilinear_gather(
       boxes: ``[N, 4]`` normalised yxyx.
       crop_size: ``(crop_h, crop_w)`` python ints.
       extrapolation_value: value of samples outside the image.
+      method: ``"bilinear"`` or ``"nearest"``, as ``crop_and_resize``'s
+        (nearest: TF's kernel reads the pixel at ``roundf`` of each sample
+        position, halves away from zero; inside the image positions are
+        >= 0, so ``floor(x + 0.5)``).
 
     Returns:
       ``[N, crop_h, crop_w, C]`` float32.
     """
+    if method not in ("bilinear", "nearest"):
+        raise ValueError(f"method must be 'bilinear' or 'nearest', got {method!r}")
     crop_h, crop_w = int(crop_size[0]), int(crop_size[1])
     ys, y_valid = _sample_coords(boxes[:, 0], boxes[:, 2], heights, crop_h)
     xs, x_valid = _sample_coords(boxes[:, 1], boxes[:, 3], widths, crop_w)
-    y_lo, y_hi, y_frac = _lerp_indices(ys, heights)
-    x_lo, x_hi, x_frac = _lerp_indices(xs, widths)
+    if method == "nearest":
+        rows = tf.clip_by_value(tf.cast(tf.floor(ys + 0.5), tf.int32), 0, (heights - 1)[:, None])
+        cols = tf.clip_by_value(tf.cast(tf.floor(xs + 0.5), tf.int32), 0, (widths - 1)[:, None])
+        crops = tf.gather(flat, (offsets[:, None] + rows * widths[:, None])[:, :, None] + cols[:, None, :])
+    else:
+        crops = _bilinear(flat, offsets, widths, _lerp_indices(ys, heights), _lerp_indices(xs, widths))
+    valid = (y_valid[:, :, None] & x_valid[:, None, :])[..., None]
+    return tf.where(valid, crops, tf.cast(extrapolation_value, tf.float32))
 
+
+def _bilinear(flat, offsets, widths, y_taps, x_taps) -> tf.Tensor:
+    """The bilinear samples of :func:`table_crops` from their ``(low, high, fraction)`` taps per axis."""
+    (y_lo, y_hi, y_frac), (x_lo, x_hi, x_frac) = y_taps, x_taps
     # One gather per corner: row starts [N, crop_h, 1] + columns [N, 1, crop_w].
     rows_lo = (offsets[:, None] + y_lo * widths[:, None])[:, :, None]
     rows_hi = (offsets[:, None] + y_hi * widths[:, None])[:, :, None]
@@ -106,34 +124,7 @@ def bilinear_gather(
     y_frac = y_frac[:, :, None, None]
     top = top_left + (top_right - top_left) * x_frac
     bottom = bottom_left + (bottom_right - bottom_left) * x_frac
-    crops = top + (bottom - top) * y_frac
-
-    valid = (y_valid[:, :, None] & x_valid[:, None, :])[..., None]
-    return tf.where(valid, crops, tf.cast(extrapolation_value, tf.float32))
-
-
-def nearest_gather(
-    flat: tf.Tensor,
-    offsets: tf.Tensor,
-    heights: tf.Tensor,
-    widths: tf.Tensor,
-    boxes: tf.Tensor,
-    crop_size: Sequence[int],
-    extrapolation_value: float,
-) -> tf.Tensor:
-    """``crop_and_resize(method="nearest")`` from images stored in one ``[P, C]`` table (see :func:`bilinear_gather`).
-
-    TF's kernel reads the pixel at ``roundf`` of each sample position (half
-    away from zero; positions inside the image are >= 0, so ``floor(x + 0.5)``).
-    """
-    crop_h, crop_w = int(crop_size[0]), int(crop_size[1])
-    ys, y_valid = _sample_coords(boxes[:, 0], boxes[:, 2], heights, crop_h)
-    xs, x_valid = _sample_coords(boxes[:, 1], boxes[:, 3], widths, crop_w)
-    rows = tf.clip_by_value(tf.cast(tf.floor(ys + 0.5), tf.int32), 0, (heights - 1)[:, None])
-    cols = tf.clip_by_value(tf.cast(tf.floor(xs + 0.5), tf.int32), 0, (widths - 1)[:, None])
-    crops = tf.gather(flat, (offsets[:, None] + rows * widths[:, None])[:, :, None] + cols[:, None, :])
-    valid = (y_valid[:, :, None] & x_valid[:, None, :])[..., None]
-    return tf.where(valid, crops, tf.cast(extrapolation_value, tf.float32))
+    return top + (bottom - top) * y_frac
 
 
 def crop_and_resize_bilinear(
@@ -170,6 +161,6 @@ def crop_and_resize_bilinear(
     height, width = shape[1], shape[2]
     flat = tf.reshape(image, [-1, dim(image, 3)])
     ones = tf.ones_like(box_indices)
-    return bilinear_gather(
+    return table_crops(
         flat, box_indices * height * width, ones * height, ones * width, boxes, crop_size, extrapolation_value
     )

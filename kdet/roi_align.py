@@ -49,7 +49,7 @@ import keras
 import tensorflow as tf
 
 from kdet import boxes as box_ops
-from kdet.gather import bilinear_gather, dim as _dim
+from kdet.gather import dim as _dim, table_crops
 
 # Added to the box-size ratio before the log so that zero-area (padding) boxes
 # give a large negative, finite level that is then clipped to min_level
@@ -229,7 +229,7 @@ def _gather_all_levels(padded, boxes, box_indices, box_levels, crop):
                                   feature_shape=box_sizes - 2, crop=crop)
     offsets = box_indices * per_image + tf.gather(starts, slot)
     flat = tf.reshape(table, [-1, channels])
-    return bilinear_gather(flat, offsets, box_sizes[:, 0], box_sizes[:, 1], normalised, [crop, crop], 0.0)
+    return table_crops(flat, offsets, box_sizes[:, 0], box_sizes[:, 1], normalised, [crop, crop], 0.0)
 
 
 class RoIAlign(keras.layers.Layer):

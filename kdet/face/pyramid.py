@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from kdet.face.resize import resize_level, resize_level_gather
-from kdet.gather import bilinear_gather, nearest_gather
+from kdet.gather import table_crops
 
 
 def pyramid_scales(
@@ -378,8 +378,6 @@ def gather_crops(
     Returns:
       ``[N, samples, samples, C]`` float32.
     """
-    if method not in ("bilinear", "nearest"):
-        raise ValueError(f"method must be 'bilinear' or 'nearest', got {method!r}")
     side = crop if samples is None else samples
     sizes = [(int(level.shape[1]), int(level.shape[2])) for level in levels]
     lengths = [h * w for h, w in sizes]
@@ -391,7 +389,6 @@ def gather_crops(
     box_sizes = tf.gather(tf.constant(sizes, tf.int32), chosen)  # [N, 2]
     normalised = level_crop_boxes(boxes, chosen, sizes, image_size=image_size, crop=crop, samples=samples)
     offsets = tf.cast(box_index, tf.int32) * sum(lengths) + tf.gather(tf.constant(starts), chosen)
-    gather = bilinear_gather if method == "bilinear" else nearest_gather
-    crops = gather(tf.reshape(table, [-1, channels]), offsets, box_sizes[:, 0], box_sizes[:, 1], normalised,
-                   (side, side), 0.0)
+    crops = table_crops(tf.reshape(table, [-1, channels]), offsets, box_sizes[:, 0], box_sizes[:, 1], normalised,
+                        (side, side), 0.0, method=method)
     return tf.ensure_shape(crops, [None, side, side, channels])
