@@ -435,9 +435,14 @@ def with_settings(config: dict, settings: dict) -> dict:
     from kdet.face.cascade import FaceCascade
     from kdet.specs import override
 
-    if set(config) & set(FaceCascade.flat_config_keys):
-        config = FaceCascade.upgrade_config(config)
-    return override(config, FaceCascade.upgrade_config(settings))
+    return override(_grouped_cascade_config(config), FaceCascade.upgrade_config(settings))
+
+
+def _grouped_cascade_config(config: dict) -> dict:
+    """A FaceCascade config; one saved before the grouped arguments (flat keys such as ``min_face_size``) upgraded."""
+    from kdet.face.cascade import FaceCascade
+
+    return FaceCascade.upgrade_config(config) if set(config) & set(FaceCascade.flat_config_keys) else dict(config)
 
 
 def build_model(kind: str, config: dict):
@@ -448,14 +453,13 @@ def build_model(kind: str, config: dict):
     """
     from kdet.detectors.cascade_rcnn import CascadeRCNN
     from kdet.face.cascade import FaceCascade
-    from kdet.specs import override
+    from kdet.model_dir import without_initial_weights
 
     if kind == "cascade":
-        flat = set(config) & set(FaceCascade.flat_config_keys)  # saved before the grouped arguments
-        model = FaceCascade.from_config(FaceCascade.upgrade_config(config) if flat else config)
+        model = FaceCascade.from_config(_grouped_cascade_config(config))
     else:
         config = CascadeRCNN.upgrade_config(config) if "stage_ious" in config else config
-        model = CascadeRCNN.from_config(override(config, {"rpn": {"backbone": {"weights": None}}}))
+        model = CascadeRCNN.from_config(without_initial_weights(config))
     model.build(None)
     return model
 

@@ -109,14 +109,13 @@ def served_results(saved_model: str, records: list[dict], image_dir: str) -> lis
     return rows
 
 
-def detect_results(model_dir: str, records: list[dict], image_dir: str, category_ids, out_dir: str) -> list[dict]:
+def detect_results(model_dir: str, records: list[dict], image_dir: str, out_dir: str) -> list[dict]:
     from kdet.inference import detect_files
 
     paths = [os.path.join(image_dir, r["file_name"]) for r in records]
     rows = []
     for record, (_, _, found) in zip(records, detect_files(model_dir, paths, out_dir=out_dir, score_threshold=0.0)):
-        categories = [category_ids[int(label)] for label in found["classes"]]
-        rows += _result_rows(record["id"], found["boxes"], found["scores"], categories)
+        rows += _result_rows(record["id"], found["boxes"], found["scores"], found["category_ids"])
     return rows
 
 
@@ -140,9 +139,6 @@ def main(argv=None) -> dict:
     ann = write_jpeg_split(data, os.path.join(work, "data"), images=args.images, upscale=args.upscale)
     with open(ann) as f:
         written = json.load(f)
-    # kdet detect reports class indices: the model's own category ids name them (as the SavedModel's label map)
-    category_ids = info.config.get("category_ids") or [c["id"] for c in sorted(written["categories"],
-                                                                                key=lambda c: c["id"])]
     results_json = os.path.join(work, "evaluate_results.json")
     own = evaluate_model_dir(args.model_dir, data=f"coco-json:{ann}", results_json=results_json, progress=False)
     with open(results_json) as f:
@@ -152,8 +148,7 @@ def main(argv=None) -> dict:
     image_dir = os.path.dirname(ann)
     rows = {"kdet_evaluate": evaluated,
             "savedmodel": served_results(saved, written["images"], image_dir),
-            "kdet_detect": detect_results(args.model_dir, written["images"], image_dir, category_ids,
-                                          os.path.join(work, "drawn"))}
+            "kdet_detect": detect_results(args.model_dir, written["images"], image_dir, os.path.join(work, "drawn"))}
     scores = {name: coco_ap(ann, r) for name, r in rows.items()}
     report = {"model_dir": args.model_dir, "data": data, "images": len(written["images"]), "upscale": args.upscale,
               "cpu_flags": cpu_flags(), "seconds": round(time.time() - started, 1),

@@ -127,15 +127,14 @@ def _evaluate(args) -> int:
 def _detect(args) -> int:
     from kdet.files import check_output_path, write_json_atomic
     from kdet.inference import detect_files, detections_record
-    from kdet.model_dir import read_model_info
 
     if args.json:
         check_output_path(args.json, "--json", folder=False, what="the detections' json file")
-    records, class_names = [], read_model_info(args.model_dir).class_names
+    records = []
     for path, out, found in detect_files(args.model_dir, args.images, out_dir=args.out,
                                          score_threshold=args.score_threshold):
         print(f"{out}: {len(found['scores'])} detections")
-        records.append(detections_record(path, found["image_size"], found, class_names))
+        records.append(detections_record(path, found["image_size"], found))
     if args.json:
         write_json_atomic(args.json, {"model_dir": args.model_dir, "score_threshold": args.score_threshold,
                                       "images": records}, indent=1)

@@ -121,9 +121,9 @@ def detect_image(model, image: np.ndarray, input_size: Sequence[int]) -> dict[st
     Returns:
       ``boxes float32 [N, 4]`` yxyx pixels of ``image``, ``boxes_normalized``
       (as the SavedModel's ``detection_boxes``), ``scores [N]``, ``classes
-      int [N]`` (label indices) and ``category_ids int [N]`` (the dataset's
-      ids of those labels, as the SavedModel's ``detection_classes``), for
-      the ``N`` detections kept.
+      int [N]`` (label indices), ``category_ids int [N]`` (the dataset's
+      ids of those labels, as the SavedModel's ``detection_classes``) and
+      ``class_names str [N]``, for the ``N`` detections kept.
     """
     from kdet.serving.image import letterbox
     from kdet.serving.savedmodel import to_detection_api
@@ -137,10 +137,11 @@ def detect_image(model, image: np.ndarray, input_size: Sequence[int]) -> dict[st
     classes = served["detection_classes"][0, :n].numpy().astype(np.int64) - 1
     return {"boxes": normalized * np.array([height, width, height, width], np.float32),
             "boxes_normalized": normalized, "scores": served["detection_scores"][0, :n].numpy(),
-            "classes": classes, "category_ids": np.asarray(model.category_ids, np.int64)[classes]}
+            "classes": classes, "category_ids": np.asarray(model.category_ids, np.int64)[classes],
+            "class_names": np.asarray(model.class_names, dtype=str)[classes]}
 
 
-def detections_record(path: str, image_size: Sequence[int], found: dict, class_names: Sequence[str]) -> dict:
+def detections_record(path: str, image_size: Sequence[int], found: dict) -> dict:
     """One image's detections as plain data (``kdet detect --json``): original pixels, ids and names.
 
     Each detection's ``box`` is ``[ymin, xmin, ymax, xmax]`` in pixels of the
@@ -150,10 +151,10 @@ def detections_record(path: str, image_size: Sequence[int], found: dict, class_n
     return {"image": path, "height": int(image_size[0]), "width": int(image_size[1]),
             "detections": [{"box": [round(float(v), 3) for v in box],
                             "box_normalized": [float(v) for v in normalized], "score": float(score),
-                            "category_id": int(category), "class_name": str(class_names[int(label)])}
-                           for box, normalized, score, category, label in zip(
+                            "category_id": int(category), "class_name": str(name)}
+                           for box, normalized, score, category, name in zip(
                                found["boxes"], found["boxes_normalized"], found["scores"], found["category_ids"],
-                               found["classes"])]}
+                               found["class_names"])]}
 
 
 def _check_threshold(score_threshold: float) -> float:

@@ -172,14 +172,14 @@ def _arguments(info: ModelInfo, cls) -> dict:
     """The keyword arguments of ``cls`` that a directory's record gives: a flat config (formats 1-2) upgraded
     by ``cls.upgrade_config``, and the labels and evaluation kind that version 1 kept beside the config."""
     config = dict(info.config) if info.format_version >= 3 else cls.upgrade_config(info.config)
-    config = _without_initial_weights(config)
+    config = without_initial_weights(config)
     config.setdefault("class_names", list(info.class_names))
     if "evaluation" not in config and info.recipe.get("evaluation"):
         config["evaluation"] = info.recipe["evaluation"]
     return config
 
 
-def _without_initial_weights(config: dict) -> dict:
+def without_initial_weights(config: dict) -> dict:
     """``config`` with every backbone's initial weights (a file, ``"imagenet"``) set to None, at any depth.
 
     The directory's own weights replace them at once, so the model loads on a
@@ -188,7 +188,7 @@ def _without_initial_weights(config: dict) -> dict:
     out = {}
     for key, value in config.items():
         if isinstance(value, dict):
-            value = _without_initial_weights(value)
+            value = without_initial_weights(value)
             if key == "backbone" and value.get("weights") is not None:
                 value = {**value, "weights": None}
         out[key] = value
