@@ -46,9 +46,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import ablation_common as common  # noqa: E402
 
-from kdet.backbones import BackboneSpec  # noqa: E402
 from kdet.detectors.cascade_rcnn import CascadeRCNN  # noqa: E402
+from kdet.presets import small_rcnn  # noqa: E402
 from kdet.rcnn_specs import CascadeSpec  # noqa: E402
+from kdet.specs import override  # noqa: E402
 
 METRICS = ("AP", "AP50", "AP60", "AP70", "AP80", "AP90")
 BOX_WEIGHTS = ((10.0, 10.0, 5.0, 5.0), (20.0, 20.0, 10.0, 10.0), (30.0, 30.0, 15.0, 15.0))
@@ -79,19 +80,16 @@ TABLE2 = (
 
 
 def model_config(detector: str, num_classes: int, backbone_weights: str | None = None) -> dict:
-    """Shared Faster/Cascade R-CNN data sized for 128-px images on a CPU, plus the detector's own.
+    """:func:`kdet.presets.small_rcnn` at 128 px on the pretrained tiny backbone (frozen BatchNorm), plus the detector's stages.
 
     RPN anchors 16..256 px on P2..P6 (the synthetic objects are 10..115
     px); RoIs pooled from P4 at 56 px (224 scaled like the images, so the
     objects spread over P2..P5); 128 RoIs per image at 25% positives (the
-    images hold at most 8 objects); 256-wide box heads; frozen BatchNorm.
+    images hold at most 8 objects); 256-wide box heads.
     """
-    rpn = dict(backbone=BackboneSpec(name="tiny", weights=backbone_weights, freeze_batchnorm=True), fpn_filters=64,
-               head_filters=64, anchors=dict(anchor_size=4.0),
-               proposals=dict(pre_nms_top_k_train=1000, max_proposals_train=512, pre_nms_top_k_test=500,
-                              max_proposals_test=300))
-    return dict(num_classes=num_classes, rpn=rpn, stages=DETECTORS[detector], roi_sampling=dict(num_samples=128),
-                fc_dim=256, roi_pooler=dict(canonical_size=56.0))
+    small = override(small_rcnn(common.IMAGE_SIZE, freeze_batchnorm=True),
+                     dict(rpn=dict(backbone=dict(name="tiny", weights=backbone_weights))))
+    return dict(num_classes=num_classes, **small, stages=DETECTORS[detector])
 
 
 def parse_args(argv=None) -> argparse.Namespace:

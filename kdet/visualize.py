@@ -83,7 +83,7 @@ def _dashed_rectangle(draw: ImageDraw.ImageDraw, box, *, color, dash: int = 4) -
 
 def draw_detections(image, boxes, classes, scores=None, *,
                     class_names: Sequence[str] | None = None, score_threshold: float = 0.3,
-                    color_seed: int = 0) -> np.ndarray:
+                    max_overlap: float | None = None, color_seed: int = 0) -> np.ndarray:
     """Draws labelled boxes, one colour per class.
 
     Args:
@@ -94,6 +94,9 @@ def draw_detections(image, boxes, classes, scores=None, *,
         class_names: label id -> name in the label text ("name 0.87").
         score_threshold: rows with a lower score are skipped. Detections are
             drawn in increasing score order, so the best one is on top.
+        max_overlap: one label per object: a detection whose IoU with a
+            higher-scoring drawn one exceeds this is not drawn (whatever its
+            class); None draws every detection above the threshold.
         color_seed: shifts the class colours.
 
     Returns:
@@ -107,11 +110,11 @@ def draw_detections(image, boxes, classes, scores=None, *,
     width = _line_width(canvas.size)
     # Best last: where boxes and labels overlap, the higher score is drawn on top and stays readable.
     order = range(len(classes)) if scores is None else np.argsort(np.nan_to_num(scores, nan=-1.0), kind="stable")
-    for i in order:
-        if classes[i] < 0 or not np.all(np.isfinite(boxes[i])):
-            continue
-        if scores is not None and not scores[i] >= score_threshold:
-            continue
+    drawn = [i for i in order if classes[i] >= 0 and np.all(np.isfinite(boxes[i]))
+             and (scores is None or scores[i] >= score_threshold)]
+    if max_overlap is not None and scores is not None:
+        drawn = _best_per_object(boxes, drawn, max_overlap)
+    for i in drawn:
         color = class_color(int(classes[i]), color_seed=color_seed)
         y0, x0, y1, x1 = boxes[i]
         draw.rectangle([x0, y0, max(x0, x1), max(y0, y1)], outline=color, width=width)
@@ -119,6 +122,22 @@ def draw_detections(image, boxes, classes, scores=None, *,
         _draw_label(draw, (x0, y0), _label_text(int(classes[i]), score, class_names), color,
                     image_width=canvas.size[0])
     return np.asarray(canvas)
+
+
+def _best_per_object(boxes: np.ndarray, order: list[int], max_overlap: float) -> list[int]:
+    """The rows of ``order`` (increasing score) that no later row overlaps by IoU above ``max_overlap``."""
+    kept: list[int] = []
+    for i in reversed(order):  # best first: greedy, class-agnostic suppression
+        if all(_iou(boxes[i], boxes[j]) <= max_overlap for j in kept):
+            kept.append(i)
+    return kept[::-1]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of two yxyx boxes."""
+    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def draw_ground_truth(image, boxes, classes=None, *, color=GROUND_TRUTH_COLOR) -> np.ndarray:
@@ -164,7 +183,7 @@ def _upscale_factor(images: list[np.ndarray], upscale: int | None) -> int:
 
 def save_detection_grid(images, detections, path: str | os.PathLike, *,
                         class_names: Sequence[str] | None, ground_truth=None,
-                        score_threshold: float = 0.3, cols: int = 4,
+                        score_threshold: float = 0.3, max_overlap: float | None = None, cols: int = 4,
                         upscale: int | None = None) -> str:
     """Writes one PNG with several images and their detections side by side.
 
@@ -179,6 +198,7 @@ def save_detection_grid(images, detections, path: str | os.PathLike, *,
             ``classes`` [B, M], -1 padding) or list of dicts, drawn thin,
             dashed and white under the detections.
         score_threshold: detections below it are not drawn.
+        max_overlap: one label per object (see :func:`draw_detections`).
         cols: images per row.
         upscale: integer pixel-repeat factor; None: enough for the shortest
             image side to reach 256 pixels (tiny test images stay visible).
@@ -199,7 +219,7 @@ def save_detection_grid(images, detections, path: str | os.PathLike, *,
         if gts is not None:
             big = draw_ground_truth(big, gts[b]["boxes"] * factor, gts[b].get("classes"))
         big = draw_detections(big, dets[b]["boxes"] * factor, dets[b]["classes"], dets[b].get("scores"),
-                              class_names=class_names, score_threshold=score_threshold)
+                              class_names=class_names, score_threshold=score_threshold, max_overlap=max_overlap)
         tiles.append(big)
     cols = max(1, min(cols, len(tiles)))
     rows = math.ceil(len(tiles) / cols)

@@ -50,7 +50,8 @@ Settings the paper leaves open or kdet cannot express, and what is used:
 from kdet.detectors import RetinaNet
 from kdet.specs import APLossSpec, override
 from kdet.training import StepSchedule, recipe_main
-from recipes.common import COCO, COCO_TRAIN_IMAGES, SMOKE, VOC0712, VOC0712_TRAINVAL_IMAGES, make_variants
+from kdet.presets import SMALL_RETINANET
+from recipes.common import COCO, COCO_TRAIN_IMAGES, SMALL, SMOKE, VOC0712, VOC0712_TRAINVAL_IMAGES, make_variants
 from recipes.retinanet import retinanet_settings
 
 PAPER = "Chen et al., AP-Loss for Accurate One-Stage Object Detection, Sec. 4.1"
@@ -90,10 +91,10 @@ AP_LOSS = dict(
 )
 
 
-def build_model(num_classes, *, backbone, backbone_weights):
-    """RetinaNet with the interpolated AP-loss instead of the focal loss."""
+def build_model(num_classes, *, backbone, backbone_weights, changes=None):
+    """RetinaNet with the interpolated AP-loss instead of the focal loss (``changes``: the ``:small`` one's)."""
     settings = retinanet_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights)
-    return RetinaNet(**override(settings, AP_LOSS))
+    return RetinaNet(**override(override(settings, AP_LOSS), changes or {}))
 
 
 VARIANTS = {
@@ -106,6 +107,8 @@ VARIANTS = {
     # "800 x 800 in training" rounded down to a multiple of 128
     "coco_800": dict(suffix="_800", paper="; AP-loss800, COCO (Table 6, ResNet-101)", **COCO,
                      image_size=(768, 768), schedule=COCO_SCHEDULE, steps_per_epoch=2000),
+    # CPU-sized (recipes.common.SMALL), with the recipe's SSD-style augmentation
+    "small": dict(SMALL, scale_jitter=(0.25, 3.0), changes=SMALL_RETINANET),
 }
 
 RECIPES = make_variants(

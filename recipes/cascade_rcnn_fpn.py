@@ -43,6 +43,7 @@ warm-up (Detectron's) and the proposal budgets (Detectron's FPN).
 
 from kdet.detectors import CascadeRCNN
 from kdet.rcnn_specs import CascadeSpec
+from kdet.specs import override
 from kdet.training import recipe_main
 from recipes.faster_rcnn_fpn import fpn_plus_settings, fpn_plus_variants
 
@@ -63,10 +64,10 @@ CASCADE = CascadeSpec(
 )
 
 
-def build_model(num_classes, *, backbone, backbone_weights, num_rois=256):
+def build_model(num_classes, *, backbone, backbone_weights, num_rois=256, changes=None):
     """The three-stage Cascade R-CNN (``num_rois`` 256 in the ablations, 512 in Sec. 5.5)."""
     settings = fpn_plus_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights, num_rois=num_rois)
-    return CascadeRCNN(**{**settings, "stages": CASCADE})
+    return CascadeRCNN(**override({**settings, "stages": CASCADE}, changes or {}))
 
 
 # --smoke (recipes.common.SMOKE) runs on the tiny backbone: with ResNet-50 the run (two 128-px steps, two

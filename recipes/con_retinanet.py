@@ -39,7 +39,7 @@ Run::
 """
 
 from kdet.detectors import RetinaNet
-from kdet.specs import ConsistentOptimizationSpec
+from kdet.specs import ConsistentOptimizationSpec, override
 from kdet.training import recipe_main
 from recipes import retinanet
 from recipes.common import standard_variants
@@ -56,10 +56,10 @@ CONSISTENT_OPTIMIZATION = ConsistentOptimizationSpec(
 )
 
 
-def build_model(num_classes, *, backbone, backbone_weights):
-    """ConRetinaNet: Detectron's RetinaNet plus Eq. 1 and Eq. 2's consistent terms."""
+def build_model(num_classes, *, backbone, backbone_weights, changes=None):
+    """ConRetinaNet: Detectron's RetinaNet plus Eq. 1 and Eq. 2's consistent terms (``changes``: the ``:small`` one's)."""
     settings = retinanet.retinanet_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights)
-    return RetinaNet(**settings, consistent=CONSISTENT_OPTIMIZATION)
+    return RetinaNet(**override(settings, changes or {}), consistent=CONSISTENT_OPTIMIZATION)
 
 
 RECIPES = standard_variants("con_retinanet", PAPER, build_model, **retinanet.COMMON)

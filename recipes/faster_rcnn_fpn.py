@@ -42,9 +42,10 @@ from kdet.anchors import AnchorSpec
 from kdet.backbones import BackboneSpec
 from kdet.detectors import CascadeRCNN
 from kdet.rcnn_specs import CascadeSpec, ProposalSpec, RoIPoolerSpec
-from kdet.specs import BoxRegressionSpec, MatcherSpec, PostProcessSpec, SamplingSpec
+from kdet.presets import small_rcnn
+from kdet.specs import BoxRegressionSpec, MatcherSpec, PostProcessSpec, SamplingSpec, override
 from kdet.training import StepSchedule, recipe_main
-from recipes.common import BATCH, COCO, SGD, SMOKE, VOC0712, VOC0712_1X, WARMUP, make_variants
+from recipes.common import BATCH, COCO, SGD, SMALL, SMOKE, VOC0712, VOC0712_1X, WARMUP, make_variants
 
 PAPER = "Cai & Vasconcelos 2018, Cascade R-CNN, Sec. 5.1.1 (FPN+ baseline); RPN: Ren et al., Faster R-CNN, Sec. 3.1"
 # Sec. 5.1.1: "a learning rate of 0.005 for 120k iterations and 0.0005 for the next 60k iterations"
@@ -111,10 +112,13 @@ def fpn_plus_settings(num_classes, *, backbone, backbone_weights, num_rois=256) 
     )
 
 
-def build_model(num_classes, *, backbone, backbone_weights, num_rois=256):
-    """Faster R-CNN FPN+: one RoI stage at IoU 0.5 (``num_rois`` 256 in the ablations, 512 in Table 5)."""
-    return CascadeRCNN(**fpn_plus_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights,
-                                           num_rois=num_rois))
+def build_model(num_classes, *, backbone, backbone_weights, num_rois=256, changes=None):
+    """Faster R-CNN FPN+: one RoI stage at IoU 0.5 (``num_rois`` 256 in the ablations, 512 in Table 5).
+
+    ``changes`` (:func:`kdet.specs.override`): the ``:small`` variant's.
+    """
+    settings = fpn_plus_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights, num_rois=num_rois)
+    return CascadeRCNN(**override(settings, changes or {}))
 
 
 #: The variants of the FPN+ detectors (this one and Cascade R-CNN); the paper strings of ``coco`` and ``voc``
@@ -130,6 +134,8 @@ VARIANTS = {
     # shorter side 600 / longer <= 1000 (Faster R-CNN's VOC scale): a 768 x 768 square (0.59 Mpx, as 600 x 1000;
     # a 4:3 image gets 576 x 768); mmdetection's voc0712 1x schedule
     "voc": dict(suffix="_voc", **VOC0712, image_size=(768, 768), schedule=VOC0712_1X, backbone="resnet50"),
+    # CPU-sized (recipes.common.SMALL; kdet.presets.small_rcnn), not a paper setting
+    "small": dict(SMALL, changes=small_rcnn(SMALL["image_size"][0])),
 }
 
 

@@ -21,6 +21,10 @@ Variants (``kdet train retinanet:VARIANT``):
   metrics). The paper has no VOC experiment; the schedule is mmdetection's
   ``retinanet_r50_fpn_1x_voc0712`` (12 epochs, rate / 10 after 9, shorter
   side 600 / longer <= 1000) at batch 8 and its per-image rate.
+* ``small``: CPU-sized (not a paper setting): the tiny backbone, a 64-wide
+  FPN and two 64-wide convs per head (:data:`kdet.presets.SMALL_RETINANET`),
+  256 px, Adam; on the embedded shapes unless ``--data`` names your own
+  (:data:`recipes.common.SMALL`).
 
 Schedule: Detectron's RetinaNet 1x (batch 16, lr 0.01, 90k iterations, rate
 / 10 at 60k and 80k, linear warm-up over 500 iterations from 1/3, momentum
@@ -33,13 +37,14 @@ Run::
     kdet train retinanet --data tfds:coco/2017:train --model-dir runs/retinanet
     kdet train retinanet:coco_800 --backbone resnet101 --model-dir runs/retinanet_r101_800
     kdet train retinanet:voc --model-dir runs/retinanet_voc
+    kdet train retinanet:small --data coco-json:train.json --val-data coco-json:val.json --model-dir runs/mine
     python -m recipes.retinanet --smoke --model-dir /tmp/retinanet_smoke
 """
 
 from kdet.anchors import AnchorSpec
 from kdet.backbones import BackboneSpec
 from kdet.detectors import RetinaNet
-from kdet.specs import BoxRegressionSpec, FocalLossSpec, MatcherSpec, PostProcessSpec, RetinaNetHeadSpec
+from kdet.specs import BoxRegressionSpec, FocalLossSpec, MatcherSpec, PostProcessSpec, RetinaNetHeadSpec, override
 from kdet.training import recipe_main
 from recipes.common import BATCH, SMOKE, standard_variants
 
@@ -76,9 +81,10 @@ def retinanet_settings(num_classes, *, backbone, backbone_weights) -> dict:
     )
 
 
-def build_model(num_classes, *, backbone, backbone_weights):
-    """RetinaNet as Detectron configures it (Lin et al.'s settings)."""
-    return RetinaNet(**retinanet_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights))
+def build_model(num_classes, *, backbone, backbone_weights, changes=None):
+    """RetinaNet as Detectron configures it (Lin et al.'s settings), with ``changes`` (the ``:small`` variant's)."""
+    settings = retinanet_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights)
+    return RetinaNet(**override(settings, changes or {}))
 
 
 # What every variant shares (ConRetinaNet's too).

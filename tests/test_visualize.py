@@ -31,6 +31,17 @@ def test_padding_and_low_scores_are_not_drawn():
     assert out[60:101, 60:101].any() and not out[10:51, 10:51].any()
 
 
+def test_max_overlap_draws_one_label_per_object_the_best_one():
+    boxes = [[10, 10, 60, 60], [12, 12, 62, 62], [80, 80, 110, 150]]  # two labels on one object, and another
+    crowded = draw_detections(black(), boxes, [0, 1, 1], [0.9, 0.6, 0.5])
+    one = draw_detections(black(), boxes, [0, 1, 1], [0.9, 0.6, 0.5], max_overlap=0.5)
+    assert tuple(crowded[62, 30]) == class_color(1) and not one[62, 30].any()  # the 0.6 box is gone ...
+    assert tuple(one[60, 30]) == class_color(0)  # ... the 0.9 one stays
+    assert tuple(one[110, 120]) == class_color(1)  # the separate object keeps its box
+    kept = draw_detections(black(), boxes[:2], [0, 1], [0.9, 0.6], max_overlap=0.95)
+    assert tuple(kept[62, 30]) == class_color(1)  # IoU 0.85 < 0.95: both drawn
+
+
 def test_classes_get_different_colours_and_float_grey_input_works():
     assert class_color(0) != class_color(1)
     assert class_color(0, color_seed=1) != class_color(0)

@@ -29,7 +29,8 @@ bad-input corpus ``tests/test_bad_input_corpus.py``):
     and the SavedModel, so training sees the pixels serving sees.
   * boxes are clipped to the decoded image; zero-area, inverted and out-of-image
     boxes are dropped and counted (``info.stats``, see
-    :func:`kdet.data.example.sanitize_example`).
+    :func:`kdet.data.example.sanitize_example`), with one warning per image per
+    run naming the image id and the dropped annotations' ids.
   * grey, palette, CMYK and RGBA images are converted to RGB (alpha dropped).
   * non-contiguous category ids are mapped to labels ``0..K-1`` in increasing
     id order; ``info.category_ids`` maps them back.
@@ -60,6 +61,7 @@ _EMPTY = {
     "boxes": np.zeros([0, 4], np.float32),
     "classes": np.zeros([0], np.int32),
     "is_crowd": np.zeros([0], bool),
+    "annotation_ids": np.zeros([0], np.int64),
 }
 
 
@@ -144,7 +146,8 @@ def parse_annotations(
         One record per image: ``file_name`` str, ``image_id`` int, ``size``
         ``(height, width)`` as declared or None, ``boxes`` float32 ``[N, 4]``
         yxyx pixels (not yet clipped), ``classes`` int32 ``[N]`` labels,
-        ``is_crowd`` bool ``[N]``.
+        ``is_crowd`` bool ``[N]``, ``annotation_ids`` int64 ``[N]`` (the
+        annotation's ``id``, or its index in ``annotations`` if it has none).
     """
     records = [_image_record(image, where=f"{source}: images[{i}]")
                for i, image in enumerate(_list_field(data, "images", source=source))]
@@ -178,6 +181,7 @@ def parse_annotations(
         record["boxes"].append([y, x, y + h, x + w])
         record["classes"].append(label_of[category_id])
         record["is_crowd"].append(bool(crowd))
+        record["annotation_ids"].append(ann["id"] if isinstance(ann.get("id"), int) else i)
         used.add(category_id)
     unused = [f"{cid} ({name!r})" for cid, name in zip(info.category_ids, info.class_names) if cid not in used]
     if annotations and unused:
@@ -187,6 +191,7 @@ def parse_annotations(
         record["boxes"] = np.asarray(record["boxes"], np.float32).reshape(-1, 4)
         record["classes"] = np.asarray(record["classes"], np.int32)
         record["is_crowd"] = np.asarray(record["is_crowd"], bool)
+        record["annotation_ids"] = np.asarray(record["annotation_ids"], np.int64)
     return records
 
 
@@ -199,7 +204,8 @@ def _image_record(image, *, where: str) -> dict[str, Any]:
             raise ValueError(f"{where}: 'width' and 'height' must be positive, got {width}x{height}")
         size = (height, width)
     return {"file_name": _field(image, "file_name", str, where=where),
-            "image_id": _field(image, "id", int, where=where), "size": size, "boxes": [], "classes": [], "is_crowd": []}
+            "image_id": _field(image, "id", int, where=where), "size": size, "boxes": [], "classes": [], "is_crowd": [],
+            "annotation_ids": []}
 
 
 class _ImageLoader:
@@ -311,7 +317,7 @@ def load_coco_json(
         "path": tf.constant(paths, tf.string, shape=[len(paths)]),
         "image_id": tf.constant([r["image_id"] for r in records], tf.int64, shape=[len(records)]),
         "declared_hw": tf.constant([r["size"] or (-1, -1) for r in records], tf.int32, shape=[len(records), 2]),
-        **{key: _ragged(records, key) for key in ("boxes", "classes", "is_crowd")},
+        **{key: _ragged(records, key) for key in ("boxes", "classes", "is_crowd", "annotation_ids")},
     }
     dataset = tf.data.Dataset.from_tensor_slices(columns)
     loader = _ImageLoader()

@@ -17,8 +17,11 @@ to the image, and boxes that are inverted (``ymax < ymin`` or ``xmax < xmin``),
 have zero area, are not finite, or lie wholly outside the image are dropped.
 Dropped boxes are *counted* in a :class:`DataStats` (``tf.Variable`` counters, so
 the counting works inside ``tf.data`` graphs) that each reader exposes as
-``info.stats``, and a warning naming the image id is printed to stderr with
-``tf.print`` (python ``logging`` cannot run inside a ``tf.data`` graph).
+``info.stats``, and a warning naming the image id (and the annotation ids, where
+the reader has them) is printed to stderr with ``tf.print`` (python ``logging``
+cannot run inside a ``tf.data`` graph), once per image per run: a
+:class:`WarnedImages` table remembers which images were reported, so later
+epochs stay quiet.
 """
 
 from __future__ import annotations
@@ -36,6 +39,51 @@ EXAMPLE_KEYS = ("image", "boxes", "classes", "is_crowd", "image_id")
 WARNING_PREFIX = "WARNING kdet.data:"
 
 
+class WarnedImages:
+    """The images a warning was printed for, so that each is printed once per image per run.
+
+    A ``tf.lookup`` hash table keyed by ``"kind:image_id"``: it can be read and
+    written inside ``tf.data`` maps, and it lives as long as the reader (one
+    run), so the warnings of a bad image are not repeated every epoch.
+    """
+
+    def __init__(self):
+        with tf.init_scope():
+            self._table = tf.lookup.experimental.MutableHashTable(tf.string, tf.bool, default_value=False)
+
+    def print_once(self, kind: str, image_id: tf.Tensor, *message) -> tf.Tensor:
+        """Prints ``WARNING kdet.data: image_id ID <message>`` unless printed for this kind and image.
+
+        Args:
+            kind: what the warning is about (``"dropped"``, ``"truncated"``).
+            image_id: scalar int image id.
+            *message: python strings and scalar tensors (numbers or strings), joined by spaces.
+
+        Returns:
+            A scalar bool tensor, True when it printed (use it as a control dependency).
+        """
+        key = tf.strings.join([kind, tf.strings.as_string(image_id)], separator=":")
+
+        def emit():
+            parts = [WARNING_PREFIX, "image_id", image_id, *message]
+            line = tf.strings.join([_as_text(p) for p in parts], separator=" ")
+            printed = tf.print(line, output_stream=sys.stderr)  # one string tensor prints unquoted
+            with tf.control_dependencies([printed]):
+                inserted = self._table.insert(key, True)
+            with tf.control_dependencies([inserted]):
+                return tf.constant(True)
+
+        return tf.cond(self._table.lookup(key), lambda: tf.constant(False), emit)
+
+
+def _as_text(value) -> tf.Tensor | str:
+    """A python string as is; a number or scalar tensor as its decimal text."""
+    if isinstance(value, str):
+        return value
+    value = tf.convert_to_tensor(value)
+    return value if value.dtype == tf.string else tf.strings.as_string(value)
+
+
 class DataStats:
     """Counters of what a reader fixed or threw away, readable by the user.
 
@@ -49,6 +97,7 @@ class DataStats:
             wholly outside their image.
         clipped_boxes: boxes kept but clipped to the image.
         skipped_images: images skipped because they could not be decoded.
+        warned: the images whose dropped boxes were reported (once per image).
     """
 
     _NAMES = ("dropped_boxes", "clipped_boxes", "skipped_images")
@@ -58,6 +107,7 @@ class DataStats:
             for name in self._NAMES:
                 var = tf.Variable(0, dtype=tf.int64, trainable=False, name=name)
                 setattr(self, name, var)
+        self.warned = WarnedImages()
 
     def as_dict(self) -> dict[str, int]:
         """Returns the current counts as python ints."""
@@ -187,12 +237,16 @@ def sanitize_example(
 
     Runs inside ``tf.data`` maps. Dropped boxes take their ``classes`` and
     ``is_crowd`` entries with them; they are added to ``stats.dropped_boxes``
-    and a warning naming the image id is printed to stderr.
+    and a warning naming the image id, and the dropped boxes' annotation ids
+    when the example has ``annotation_ids``, is printed to stderr once per
+    image per ``stats`` (that is, per run: not again in later epochs).
 
     Args:
         example: dict with the keys of :data:`EXAMPLE_KEYS`; ``boxes`` in
-            pixels, any numeric dtypes, image with 1 to 4 channels.
-        stats: counters to increment, or None to only warn.
+            pixels, any numeric dtypes, image with 1 to 4 channels; optionally
+            ``annotation_ids`` ``[N]`` int (used in the warning, not returned).
+        stats: counters to increment and the record of warned images, or None
+            to warn on every call.
 
     Returns:
         The example dict with the contract's dtypes and shapes.
@@ -204,9 +258,10 @@ def sanitize_example(
     )
     image_id = tf.cast(tf.reshape(example["image_id"], []), tf.int64)
     num_dropped = tf.reduce_sum(tf.cast(~keep, tf.int64))
+    warned = stats.warned if stats is not None else WarnedImages()
     warn = tf.cond(
         num_dropped > 0,
-        lambda: _print_dropped(num_dropped, image_id),
+        lambda: _print_dropped(warned, num_dropped, image_id, example.get("annotation_ids"), keep),
         lambda: tf.constant(False),
     )
     updates = []
@@ -230,17 +285,12 @@ def sanitize_example(
     }
 
 
-def _print_dropped(num_dropped: tf.Tensor, image_id: tf.Tensor) -> tf.Tensor:
-    """Prints the dropped-boxes warning; returns True once printed."""
-    op = tf.print(
-        WARNING_PREFIX,
-        "image_id",
-        image_id,
-        ": dropped",
-        num_dropped,
-        "zero-area, inverted, non-finite or out-of-image boxes",
-        output_stream=sys.stderr,
-    )
-    with tf.control_dependencies([op]):
-        return tf.constant(True)
+def _print_dropped(warned: WarnedImages, num_dropped, image_id, annotation_ids, keep) -> tf.Tensor:
+    """Prints the dropped-boxes warning once per image; returns True when it printed."""
+    message = [": dropped", num_dropped, "zero-area, inverted, non-finite or out-of-image boxes"]
+    if annotation_ids is not None:
+        dropped_ids = tf.boolean_mask(tf.reshape(tf.cast(annotation_ids, tf.int64), [-1]), ~keep)
+        ids = tf.strings.reduce_join(tf.strings.as_string(dropped_ids), separator=", ")
+        message += [tf.strings.join(["(annotation ids ", ids, ")"])]
+    return warned.print_once("dropped", image_id, *message)
 

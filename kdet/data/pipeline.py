@@ -9,13 +9,12 @@ its boxes are padded to ``max_boxes`` rows inside the parallel map, so plain
 from __future__ import annotations
 
 import functools
-import sys
 from typing import Mapping, Sequence
 
 import tensorflow as tf
 
 from kdet.data import transforms
-from kdet.data.example import WARNING_PREFIX
+from kdet.data.example import WarnedImages
 from kdet.serving.image import letterbox
 
 #: Largest feature stride of the detectors (P7); input sizes must be multiples.
@@ -44,22 +43,25 @@ def pad_targets(
     *,
     max_boxes: int,
     image_id: tf.Tensor,
+    warned: WarnedImages | None = None,
 ) -> dict[str, tf.Tensor]:
     """Truncates to ``max_boxes`` (with a warning) and pads to exactly that many.
 
     The first ``max_boxes`` boxes are kept, in the reader's order. Padding rows
-    have box 0, class -1 and is_crowd False.
+    have box 0, class -1 and is_crowd False. The warning names the image id and
+    is printed once per image per ``warned`` (a pipeline keeps one for its run).
 
     Returns:
         ``{"boxes": [M, 4] float32, "classes": [M] int32, "is_crowd": [M] bool}``.
     """
     num = tf.shape(boxes)[0]
-    warned = tf.cond(
+    warned = WarnedImages() if warned is None else warned
+    printed = tf.cond(
         num > max_boxes,
-        lambda: _print_truncated(num, max_boxes, image_id),
+        lambda: warned.print_once("truncated", image_id, ": has", num, "boxes; truncated to max_boxes =", max_boxes),
         lambda: tf.constant(False),
     )
-    with tf.control_dependencies([warned]):
+    with tf.control_dependencies([printed]):
         num = tf.minimum(num, max_boxes)
     pad = max_boxes - num
     boxes = tf.pad(tf.cast(boxes[:num], tf.float32), [[0, pad], [0, 0]])
@@ -73,21 +75,6 @@ def pad_targets(
     return {"boxes": boxes, "classes": classes, "is_crowd": is_crowd}
 
 
-def _print_truncated(num, max_boxes, image_id) -> tf.Tensor:
-    op = tf.print(
-        WARNING_PREFIX,
-        "image_id",
-        image_id,
-        ": has",
-        num,
-        "boxes; truncated to max_boxes =",
-        max_boxes,
-        output_stream=sys.stderr,
-    )
-    with tf.control_dependencies([op]):
-        return tf.constant(True)
-
-
 def preprocess_example(
     example: Mapping[str, tf.Tensor],
     seed: tf.Tensor | None = None,
@@ -96,6 +83,7 @@ def preprocess_example(
     max_boxes: int,
     flip: bool,
     scale_jitter: tuple[float, float] | None,
+    warned: WarnedImages | None = None,
 ) -> tuple[tf.Tensor, dict[str, tf.Tensor]]:
     """Turns one example dict into one padded ``(image, targets)`` pair.
 
@@ -109,6 +97,7 @@ def preprocess_example(
         max_boxes: rows of the padded targets.
         flip: random horizontal flip with probability 0.5.
         scale_jitter: ``(low, high)`` scale range, or None for a plain resize.
+        warned: the images already warned about (see :func:`pad_targets`).
 
     Returns:
         ``(image [H, W, 3] float32 0..255, targets)``, targets as in
@@ -132,7 +121,8 @@ def preprocess_example(
         resized_shape = tf.shape(image)[:2]
         image = transforms.pad_to_size(image, output_size=image_size)
     image_id = tf.cast(example["image_id"], tf.int64)
-    targets = pad_targets(boxes, classes, is_crowd, max_boxes=max_boxes, image_id=image_id)
+    targets = pad_targets(boxes, classes, is_crowd, max_boxes=max_boxes, image_id=image_id,
+                          warned=warned)
     targets.update(
         image_id=image_id,
         scale=tf.cast(scale, tf.float32),
@@ -175,7 +165,7 @@ def make_pipeline(
         batch_size: images per batch.
         training: shuffles, and sets the defaults of ``flip``/``drop_remainder``.
         max_boxes: ``M``, rows of the padded targets; an image with more boxes keeps its first ``M`` (a
-            warning names its image_id on stderr).
+            warning names its image_id on stderr, once per image for this pipeline).
         flip: random horizontal flip; defaults to ``training``.
         scale_jitter: ``(low, high)`` random scale range with random crop, or
             None. With jitter ``scale`` is the resize factor only (the crop
@@ -202,7 +192,7 @@ def make_pipeline(
     drop_remainder = training if drop_remainder is None else drop_remainder
     dataset = examples.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True) if training else examples
     preprocess = functools.partial(preprocess_example, image_size=image_size, max_boxes=max_boxes, flip=flip,
-                                   scale_jitter=scale_jitter)
+                                   scale_jitter=scale_jitter, warned=WarnedImages())
     if flip or scale_jitter is not None:  # one stateless [2] seed per element keeps parallel maps reproducible
         dataset = tf.data.Dataset.zip(dataset, tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
                                       .batch(2))

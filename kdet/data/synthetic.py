@@ -58,8 +58,8 @@ def synthetic_info() -> DetectionInfo:
     )
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Gradient + blurred blobs + thin clutter lines, ``[size, size, 3]`` float32."""
+def _background(rng: np.random.Generator, size: int, *, clutter: bool = True) -> np.ndarray:
+    """Gradient + blurred blobs + thin clutter lines (``clutter``), ``[size, size, 3]`` float32."""
     c0, c1 = rng.uniform(0, 255, (2, 3))
     theta = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
@@ -74,8 +74,8 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
         colour = tuple(rng.integers(0, 256, 3).tolist())
         draw.ellipse([x, y, x + w, y + h], fill=colour)
     image = image.filter(ImageFilter.GaussianBlur(rng.uniform(4, 9)))
-    draw = ImageDraw.Draw(image)
-    _draw_clutter(rng, draw, size=size, count=rng.integers(3, 11))
+    if clutter:
+        _draw_clutter(rng, ImageDraw.Draw(image), size=size, count=rng.integers(3, 11))
     return np.asarray(image, np.float32)
 
 
@@ -175,19 +175,21 @@ def _try_place(rng, canvas, visible, *, size):
 
 
 def render_scene(
-    rng: np.random.Generator, *, image_size: int = 128
+    rng: np.random.Generator, *, image_size: int = 128, clutter: bool = True
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Renders one synthetic image and its objects.
 
     Args:
         rng: the only source of randomness.
         image_size: side of the square image.
+        clutter: draw the distracting lines and arcs (False: a cleaner scene
+            for pictures; every split of the dataset has them).
 
     Returns:
         ``(image [S, S, 3] uint8, boxes [N, 4] float32 yxyx pixels,
         classes [N] int32)``; N in ``0..MAX_OBJECTS``.
     """
-    canvas = _background(rng, image_size)
+    canvas = _background(rng, image_size, clutter=clutter)
     empty = rng.random() < EMPTY_FRACTION
     wanted = 0 if empty else int(rng.integers(1, MAX_OBJECTS + 1))
     visible, boxes, classes = [], [], []
@@ -203,7 +205,7 @@ def render_scene(
         visible.append((mask, max(int(mask.sum()), 1)))
         boxes.append(box)
         classes.append(label)
-    top_clutter = int(rng.integers(0, 3))  # thin lines over the objects too
+    top_clutter = int(rng.integers(0, 3)) if clutter else 0  # thin lines over the objects too
     if top_clutter:
         image = Image.fromarray(np.clip(canvas, 0, 255).astype(np.uint8))
         _draw_clutter(rng, ImageDraw.Draw(image), size=image_size, count=top_clutter)
@@ -224,6 +226,7 @@ def synthetic_examples(
     seed: int = 0,
     num_images: int | None = None,
     image_size: int = 128,
+    clutter: bool = True,
 ) -> tuple[dict[str, np.ndarray], ...]:
     """The synthetic examples as numpy example dicts (cached, read-only arrays).
 
@@ -232,6 +235,8 @@ def synthetic_examples(
         seed: dataset seed.
         num_images: defaults to 2000 / 200 / 200 for the three splits.
         image_size: side of the square images.
+        clutter: draw the distracting lines and arcs (the dataset has them;
+            False renders other, cleaner scenes, for pictures only).
 
     Returns:
         Tuple of dicts with the keys of the example dict; ``image_id`` is
@@ -244,7 +249,7 @@ def synthetic_examples(
     examples = []
     for index in range(count):
         rng = np.random.default_rng([int(seed), stream, index])
-        image, boxes, classes = render_scene(rng, image_size=image_size)
+        image, boxes, classes = render_scene(rng, image_size=image_size, clutter=clutter)
         example = {
             "image": image,
             "boxes": boxes,
@@ -265,6 +270,7 @@ def synthetic_dataset(
     seed: int = 0,
     num_images: int | None = None,
     image_size: int = 128,
+    clutter: bool = True,
 ) -> tuple[tf.data.Dataset, DetectionInfo]:
     """The synthetic set as a ``tf.data.Dataset`` of example dicts.
 
@@ -275,7 +281,7 @@ def synthetic_dataset(
         ``(dataset, DetectionInfo)``; examples follow the reader contract.
     """
     examples = synthetic_examples(
-        split, seed=seed, num_images=num_images, image_size=image_size
+        split, seed=seed, num_images=num_images, image_size=image_size, clutter=clutter
     )
     lengths = np.array([len(e["classes"]) for e in examples], np.int64)
 

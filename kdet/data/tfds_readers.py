@@ -84,16 +84,19 @@ def _pixel_boxes(normalised: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
 
 
 def coco_example_from_tfds(features: dict) -> dict[str, tf.Tensor]:
-    """tfds ``coco/2017`` features -> unsanitised example dict."""
+    """tfds ``coco/2017`` features -> unsanitised example dict (with ``annotation_ids`` for warnings)."""
     objects = features["objects"]
     n = _common_length(objects, ("bbox", "label", "is_crowd"))
-    return {
+    example = {
         "image": features["image"],
         "boxes": _pixel_boxes(objects["bbox"][:n], features["image"]),
         "classes": tf.cast(objects["label"][:n], tf.int32),
         "is_crowd": tf.cast(objects["is_crowd"][:n], tf.bool),
         "image_id": tf.cast(features["image/id"], tf.int64),
     }
+    if "id" in objects:
+        example["annotation_ids"] = tf.cast(objects["id"][:n], tf.int64)
+    return example
 
 
 def voc_example_from_tfds(features: dict) -> dict[str, tf.Tensor]:

@@ -46,7 +46,9 @@ model's own SavedModel signature would be traced too, on unknown shapes.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import weakref
 from typing import Sequence
 
 import tensorflow as tf
@@ -215,7 +217,8 @@ class DetectionServingModule(tf.Module):
         if not model.variables:
             build_for(model, self.input_size)
         self.model_variables = list(model.variables)  # tracked: the graph reads them
-        folder = tempfile.mkdtemp(prefix="kdet_label_map_")
+        folder = tempfile.mkdtemp(prefix="kdet_label_map_")  # the Asset's source, removed with this module
+        weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)  # (or at exit): no temp folder is left
         with open(os.path.join(folder, LABEL_MAP_FILE), "w") as f:
             f.write(label_map_pbtxt(names, ids))
         self.label_map = tf.saved_model.Asset(os.path.join(folder, LABEL_MAP_FILE))

@@ -41,6 +41,30 @@ def test_truncated_jpeg_is_skipped_counted_and_named(tmp_path, caplog):
     assert "cut.jpg" in caplog.text and "good.jpg" not in caplog.text
 
 
+def test_dropped_boxes_are_warned_once_per_image_per_run_naming_their_annotation_ids(tmp_path, capfd):
+    (tmp_path / "a.jpg").write_bytes(_jpeg_bytes())  # 24 x 32
+    (tmp_path / "b.jpg").write_bytes(_jpeg_bytes())
+    ann = [{"id": 501, "image_id": 1, "category_id": 1, "bbox": [2, 2, 0, 5]},  # zero width
+           {"id": 502, "image_id": 1, "category_id": 1, "bbox": [2, 2, 8, 8]},
+           {"id": 503, "image_id": 1, "category_id": 1, "bbox": [40, 30, 5, 5]},  # outside the image
+           {"image_id": 2, "category_id": 1, "bbox": [1, 1, -3, 4]}]  # no id: its index names it
+    path = _write_json(tmp_path / "ann.json", [{"id": 1, "file_name": "a.jpg"}, {"id": 2, "file_name": "b.jpg"}],
+                       ann)
+    dataset, info = load_coco_json(path, str(tmp_path))
+    for _ in range(3):  # three epochs
+        kept = [e["boxes"].shape[0] for e in dataset]
+    assert kept == [1, 0]
+    assert info.stats.as_dict()["dropped_boxes"] == 3 * 3  # the counters count every pass
+    lines = [line for line in capfd.readouterr().err.splitlines() if "dropped" in line]
+    assert len(lines) == 2, lines  # once per image, not once per epoch
+    first = next(line for line in lines if "image_id 1 " in line)
+    assert "dropped 2" in first and "annotation ids 501, 503" in first
+    assert "annotation ids 3" in next(line for line in lines if "image_id 2 " in line)
+    # A new reader is a new run: it warns again.
+    list(load_coco_json(path, str(tmp_path))[0])
+    assert sum("dropped" in line for line in capfd.readouterr().err.splitlines()) == 2
+
+
 def test_image_info_file_without_annotations_gives_empty_examples(tmp_path):
     (tmp_path / "a.jpg").write_bytes(_jpeg_bytes((10, 12, 3)))
     path = _write_json(tmp_path / "info.json", [{"id": 9, "file_name": "a.jpg"}], annotations=None)

@@ -82,6 +82,8 @@ def test_boxes_beyond_max_boxes_are_truncated_with_a_warning(capfd):
     assert t["classes"].numpy().tolist() == [[0, 1, 2]]
     err = capfd.readouterr().err
     assert "image_id 42" in err and "truncated to max_boxes = 3" in err
+    list(pipe)  # a second epoch of the same pipeline does not repeat it
+    assert "truncated" not in capfd.readouterr().err
 
 
 def test_training_pipeline_is_seeded_fixed_shape_and_boxes_stay_valid():

@@ -24,9 +24,11 @@ def test_coco_features_to_pixels_with_mismatched_lengths():
                                  [0.2, 0.2, 0.3, 0.3]]),
             "label": tf.constant([0, 79], tf.int64),  # shorter: cuts the others
             "is_crowd": tf.constant([False, True, False]),
+            "id": tf.constant([11, 12, 13], tf.int64),
         },
     }
     ex = coco_example_from_tfds(features)
+    assert ex["annotation_ids"].numpy().tolist() == [11, 12]  # named by the dropped-box warning
     np.testing.assert_allclose(ex["boxes"], [[5, 20, 25, 60], [0, 0, 50, 100]], rtol=1e-6)
     assert ex["classes"].numpy().tolist() == [0, 79]
     assert ex["is_crowd"].numpy().tolist() == [False, True]

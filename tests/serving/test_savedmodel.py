@@ -130,6 +130,18 @@ def test_bad_input_and_edge_cases():
         serving.DetectionServingModule(model, input_size=SIZE, class_names=["a", "b"])
 
 
+def test_the_label_maps_temporary_folder_goes_with_its_module():
+    import gc
+    import os
+
+    module = serving.DetectionServingModule(_retinanet(), input_size=SIZE)
+    folder = os.path.dirname(module.label_map.asset_path.numpy().decode())
+    assert os.path.isfile(os.path.join(folder, serving.LABEL_MAP_FILE))
+    del module
+    gc.collect()
+    assert not os.path.exists(folder), "every export left a kdet_label_map_* folder in the temp directory"
+
+
 def test_label_map_text_round_trip():
     names = ["person", 'say "hi"', "back\\slash"]
     assert serving.parse_label_map(serving.label_map_pbtxt(names)) == {1: names[0], 2: names[1], 3: names[2]}

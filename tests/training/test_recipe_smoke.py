@@ -12,13 +12,15 @@ from kdet.training import command
 from kdet.model_dir import read_model_info
 
 RECIPE_NAMES = command.known_recipes()
+#: The CPU-sized variants train in smoke mode too (their configuration: tests/training/test_recipes.py).
+SMALL_VARIANTS = ["retinanet:small", "faster_rcnn_fpn:small"]
 
 
 def test_the_recipes_are_found():
     assert len(RECIPE_NAMES) >= 7, "the recipes package is importable (python -m pytest from the checkout)"
 
 
-@pytest.mark.parametrize("name", RECIPE_NAMES)
+@pytest.mark.parametrize("name", RECIPE_NAMES + SMALL_VARIANTS)
 def test_recipe_trains_in_smoke_mode(name, tmp_path, capsys):
     model_dir = tmp_path / "model"
     assert cli.main(["train", name, "--smoke", "--model-dir", str(model_dir)]) == 0

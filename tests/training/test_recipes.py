@@ -292,5 +292,46 @@ def test_common_is_not_a_recipe():
     assert not hasattr(common, "RECIPES") and "common" not in RECIPE_NAMES
     build_model = load_recipe_module("retinanet").build_model
     variants = common.standard_variants("x", "paper", build_model, batch_size=8, smoke=common.SMOKE)
-    assert list(variants) == ["coco", "coco_800", "coco_800_jitter", "voc"]
-    assert [r.name for r in variants.values()] == ["x", "x_800", "x_800_jitter", "x_voc"]
+    assert list(variants) == ["coco", "coco_800", "coco_800_jitter", "voc", "small"]
+    assert [r.name for r in variants.values()] == ["x", "x_800", "x_800_jitter", "x_voc", "x_small"]
+
+
+#: The recipes with a ``:small`` variant: every COCO/VOC one (the face recipes' CPU size is their embedded variant).
+SMALL_RECIPES = ("retinanet", "con_retinanet", "ap_loss_retinanet", "faster_rcnn_fpn", "cascade_rcnn_fpn")
+
+
+@pytest.mark.parametrize("name", SMALL_RECIPES)
+def test_every_coco_recipe_has_the_cpu_sized_small_variant_the_readme_describes(name):
+    """``NAME:small``: the tiny backbone from scratch, 256-px images, batch 8, the embedded shapes by default, and the
+    paper's detector with only the widths, anchors and budgets of :mod:`kdet.presets` changed."""
+    from kdet.presets import SMALL_RETINANET, small_rcnn
+
+    module = load_recipe_module(name)
+    small, paper = module.RECIPES["small"], next(iter(module.RECIPES.values()))
+    assert command.resolve_recipe(f"{name}:small")[0] is small and small.name == f"{name}_small"
+    assert (small.backbone, small.backbone_weights, small.image_size, small.batch_size) == ("tiny", None, (256, 256), 8)
+    assert small.train_data.startswith("embedded:shapes:train") and small.val_data.startswith("embedded:shapes:val")
+    assert small.schedule.optimizer == "adam" and small.schedule.total_steps == 3000
+    assert small.steps_per_epoch * small.batch_size == 2000  # one epoch: the embedded training images once
+    config, paper_config = (_fields(tiny_config(r.build_model, 3)) for r in (small, paper))
+    changes = _fields(to_config_dict(SMALL_RETINANET if "retinanet" in name else small_rcnn(256)))
+    differing = {k for k in config.keys() | paper_config.keys() if config.get(k) != paper_config.get(k)}
+    assert differing <= set(changes), "the small variant changes only what kdet.presets names"
+    assert all(_agrees(config[k], v) for k, v in changes.items()), (name, changes)
+    if "retinanet" in name:
+        assert (config["fpn_filters"], config["head.num_convs"], config["head.filters"]) == (64, 2, 64)
+    else:
+        assert (config["rpn.fpn_filters"], config["fc_dim"], config["roi_sampling.num_samples"]) == (64, 256, 128)
+        assert config["roi_pooler.canonical_size"] == 112.0  # FPN's 224 at 512 px, scaled to 256 px
+
+
+def _agrees(value, change) -> bool:
+    """``value`` has ``change``: equal, or (a dict change) every field it names, recursively."""
+    if isinstance(change, dict) and isinstance(value, dict):
+        return all(key in value and _agrees(value[key], v) for key, v in change.items())
+    return value == change
+
+
+def to_config_dict(changes: dict) -> dict:
+    """Spec changes as plain config data (a spec's changed fields stay a dict; a nested argument dict stays whole)."""
+    return {key: to_config(value) for key, value in changes.items()}
