@@ -77,7 +77,7 @@ def time_kdet_train(recipe, args, data, model_dir):
     loop.TerminateOnNaNTerm = TimedGuard
     try:
         result = loop.train(recipe, model_dir=model_dir, data=data, steps=args.steps, evaluate=False,
-                            backup_every=max(args.steps // 2, 1), verbose=0)
+                            backup_every=max(args.steps // 2, 1), verbose=0, mixed_precision=args.mixed_precision)
     finally:
         loop.TerminateOnNaNTerm = original
     return summary(timer.times, args.warmup), result.model.distribute_strategy.num_replicas_in_sync
@@ -100,7 +100,7 @@ def time_bare_fit(recipe, args, data):
     return summary(timer.times, args.warmup)
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", default="retinanet", help="recipe name or path (default: %(default)s)")
     parser.add_argument("--data", default="embedded:shapes:train[:64]", help="(default: %(default)s)")
@@ -109,12 +109,18 @@ def main(argv=None):
     parser.add_argument("--backbone", default=None, help="(default: the recipe's)")
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--mixed-precision", choices=("float32", "mixed_float16", "mixed_bfloat16"), default=None,
+                        help="dtype policy of both runs (default: float32)")
     parser.add_argument("--quick", action="store_true", help="tiny backbone, 128 px, 8 steps")
     parser.add_argument("--json", help="also write the JSON here")
     args = parser.parse_args(argv)
     if args.quick:
         args.backbone, args.image_size, args.steps, args.warmup = "tiny", (128, 128), 8, 3
+    return args
 
+
+def main(argv=None):
+    args = parse_args(argv)
     from kdet.cli import resolve_recipe
     from kdet.training.distribute import choose_strategy
 
@@ -128,11 +134,15 @@ def main(argv=None):
         kdet, replicas = time_kdet_train(recipe, args, args.data, model_dir)
     finally:
         shutil.rmtree(model_dir, ignore_errors=True)
+    from kdet.training.distribute import set_precision
+
+    set_precision(args.mixed_precision)  # the loop set it for its run; the bare fit runs under the same policy
     bare = time_bare_fit(recipe, args, args.data)
     gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
     result = {
         "recipe": f"{recipe.name} ({variant})", "backbone": recipe.backbone, "image_size": list(recipe.image_size),
         "global_batch": recipe.batch_size, "replicas": replicas, "devices": gpus or ["CPU"],
+        "mixed_precision": args.mixed_precision or "float32",
         "cpu_count": os.cpu_count(), "tensorflow": tf.__version__, "python": platform.python_version(),
         "kdet_train": kdet, "bare_fit": bare,
         "loop_speed_ratio": kdet["steps_per_s"] / bare["steps_per_s"],

@@ -51,8 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a recipe (NAME[:VARIANT] of the recipes package, or a file's "
                                          "PATH.py[:VARIANT]) into a model directory")
-    train.add_argument("recipe", help="recipe name (e.g. retinanet, cascade_rcnn_fpn:voc; NAME:small is a CPU-sized "
-                       "model on 256-px images) or path to a recipe file")
+    train.add_argument("recipe", help="recipe name (retinanet, cascade_rcnn_fpn:voc; NAME:small: CPU-sized) or file")
     add_train_arguments(train)
 
     evaluate = sub.add_parser("evaluate", help="COCO metrics (face metrics for face models) of a model directory")

@@ -100,6 +100,18 @@ def _write_outputs(model, evaluator, out_dir: str, *, info, size, val_images: in
     return picture
 
 
+def _write_summary(summary: dict, out_dir: str, picture: str) -> None:
+    """``metrics.json``, and where everything is (absolute paths) with the commands that use it next."""
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    where = os.path.abspath(out_dir)
+    print(f"\ntraining {summary['train_seconds']:.0f}s, total {summary['total_seconds']:.0f}s")
+    print(f"picture:           {os.path.abspath(picture)}")
+    print(f"model directory:   {where} (metrics.json, coco_results.json, model.weights.h5)")
+    print(f"next: kdet detect IMAGE --model-dir {out_dir} | kdet export --model-dir {out_dir} --format tflite "
+          f"--out demo.tflite")
+
+
 def _demo_data(train_images: int, val_images: int, batch_size: int, seed: int):
     """``(train pipeline, validation pipeline, DetectionInfo)`` of the synthetic shapes."""
     from kdet.data.pipeline import make_pipeline
@@ -171,8 +183,5 @@ def run_demo(
                "train_images": train_images, "train_seconds": round(train_seconds, 1),
                "total_seconds": round(time.time() - started, 1),
                "final_loss": {k: float(np.asarray(v[-1])) for k, v in history.history.items()}}
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
-        json.dump(summary, f, indent=2)
-    print(f"\nwrote {picture} and metrics/results/weights to {out_dir}/ "
-          f"(training {train_seconds:.0f}s, total {summary['total_seconds']:.0f}s)")
+    _write_summary(summary, out_dir, picture)
     return metrics

@@ -32,3 +32,21 @@ def test_tensorflow_log_lines_are_hidden_unless_verbose():
     assert "cuda" not in quiet.stderr.lower() and "external/local_xla" not in quiet.stderr, quiet.stderr
     verbose = _run("--verbose")
     assert "level 0 code 2" in verbose.stdout, verbose.stdout + verbose.stderr
+
+
+def test_every_help_answers_in_well_under_two_seconds():
+    """``kdet --help`` and each subcommand's, timed as a user runs them (a fresh process; about 0.1 s measured on the
+    2-core AVX2 machine; the bound is generous for a loaded CI machine, TensorFlow alone imports in 5-30 s)."""
+    import time
+
+    from kdet.cli import build_parser
+
+    commands = [[]] + [[name] for name in build_parser()._subparsers._group_actions[0].choices]
+    assert len(commands) >= 6  # demo, train, evaluate, detect, export
+    for command in commands:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "kdet", *command, "--help"], capture_output=True, text=True,
+                              timeout=60, cwd=str(ROOT))
+        seconds = time.perf_counter() - started
+        assert done.returncode == 0 and "usage: kdet" in done.stdout, done.stderr
+        assert seconds < 2.0, (command, seconds)

@@ -245,8 +245,8 @@ def sanitize_example(
         example: dict with the keys of :data:`EXAMPLE_KEYS`; ``boxes`` in
             pixels, any numeric dtypes, image with 1 to 4 channels; optionally
             ``annotation_ids`` ``[N]`` int (used in the warning, not returned).
-        stats: counters to increment and the record of warned images, or None
-            to warn on every call.
+        stats: counters to increment and the record of warned images; None
+            only warns (with a record of its own, for this call or trace).
 
     Returns:
         The example dict with the contract's dtypes and shapes.

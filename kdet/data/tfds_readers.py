@@ -145,9 +145,16 @@ def tfds_info(name: str, *, stats: DataStats | None = None) -> DetectionInfo:
 
 def _check_name(name: str) -> None:
     if name not in SUPPORTED_TFDS_NAMES + FACE_TFDS_NAMES:
+        hint = ""
+        if name in ("huggingface", "hf") or name.startswith(("huggingface:", "hf:")):
+            # tfds' Hugging Face builder: other feature names (faces.bbox in xywh pixels), and it contacts the
+            # Hugging Face Hub when built, before any local data is read
+            hint = (" tfds' huggingface: datasets are not read by kdet (their features differ from tfds "
+                    "wider_face's); prepare tfds wider_face with `tfds build wider_face`, or export the Hugging "
+                    "Face set to COCO json and use coco-json:FILE.")
         raise ValueError(
             f"Unsupported tfds dataset {name!r}; supported: "
-            f"{', '.join(SUPPORTED_TFDS_NAMES + FACE_TFDS_NAMES)}."
+            f"{', '.join(SUPPORTED_TFDS_NAMES + FACE_TFDS_NAMES)}.{hint}"
         )
 
 

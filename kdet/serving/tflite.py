@@ -28,8 +28,11 @@ Quantisation (``quantization``):
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import tempfile
+import warnings
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -58,7 +61,7 @@ def convert_function(concrete, *, quantization: str = "float32",
         raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
     if quantization == "int8" and not representative_inputs:
         raise ValueError("int8 quantization needs representative inputs (calibration data)")
-    with tempfile.TemporaryDirectory(prefix="kdet_tflite_") as folder:
+    with tempfile.TemporaryDirectory(prefix="kdet_tflite_") as folder, converter_output_quieted():
         # frozen first: the converter keeps variables read through nested function calls as resource
         # variables (READ_VARIABLE ops that need an initialiser run); constants convert to plain builtins
         # and let fully-connected layers become FULLY_CONNECTED
@@ -81,6 +84,52 @@ def convert_function(concrete, *, quantization: str = "float32",
     if found:
         raise ValueError(f"the converted model contains non-builtin ops {found}; LiteRT from PyPI cannot run them")
     return flatbuffer
+
+
+@contextlib.contextmanager
+def converter_output_quieted():
+    """The converter's native log lines and its calibrator's deprecation warning kept off the terminal.
+
+    The MLIR converter logs through absl before absl is initialised (``W0000
+    ... Ignored output_format``), the int8 calibrator prints its settings with
+    ``printf`` and builds TF's deprecated ``tf.lite.Interpreter`` (a
+    ``UserWarning``): none of it is kdet's, and ``TF_CPP_MIN_LOG_LEVEL`` does
+    not reach it. Under ``TF_CPP_MIN_LOG_LEVEL=3`` (the ``kdet`` command line
+    unless ``--verbose``) the process's stdout and stderr file descriptors go to
+    a temporary file while converting, replayed on stderr if the conversion
+    fails; otherwise nothing changes but the warning filter.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"[\s\S]*tf\.lite\.Interpreter is deprecated")
+        if os.environ.get("TF_CPP_MIN_LOG_LEVEL") != "3":
+            yield
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = [os.dup(1), os.dup(2)]
+        with tempfile.TemporaryFile(mode="w+b") as captured:
+            os.dup2(captured.fileno(), 1)
+            os.dup2(captured.fileno(), 2)
+            try:
+                yield
+            except BaseException:
+                _restore(saved)
+                captured.seek(0)
+                sys.stderr.write(captured.read().decode(errors="replace"))
+                raise
+            else:
+                _restore(saved)
+
+
+def _restore(saved: list[int]) -> None:
+    """Points stdout and stderr back at the descriptors ``saved`` (once)."""
+    if saved:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for target, fd in zip((1, 2), saved):
+            os.dup2(fd, target)
+            os.close(fd)
+        saved.clear()
 
 
 #: Ops computed in int8 by ``quantization="int8"``; everything else (box decoding, the pyramid's

@@ -106,3 +106,5 @@ def test_an_unprepared_tfds_dataset_is_a_clear_error_naming_what_to_do(tmp_path,
                      "--steps", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "'wider_face' is not prepared" in err and "Traceback" not in err, err
+    with pytest.raises(ValueError, match="huggingface: datasets are not read by kdet.*tfds build wider_face"):
+        load_tfds("huggingface:wider_face", split="train", data_dir=str(tmp_path))

@@ -178,3 +178,32 @@ def test_consistent_retinanet_with_its_second_regression_matches_keras():
     expected = _keras(model, image)
     assert expected["num_detections"][0] > 0
     assert_same_detections(expected, tflite.LiteRTDetector(flatbuffer)(image), min_iou=0.99, score_tolerance=1e-4)
+
+
+def test_converter_noise_is_kept_off_a_quiet_terminal_and_replayed_on_failure(monkeypatch, capfd):
+    """The converter's absl lines, the calibrator's printf and TF's interpreter deprecation warning (kdet's CLI)."""
+    import os
+    import warnings
+
+    from kdet.serving.tflite import converter_output_quieted
+
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with converter_output_quieted():
+            os.write(1, b"fully_quantize: 0, inference_type: 6\n")
+            os.write(2, b"W0000 tf_tfl_flatbuffer_helpers.cc:364] Ignored output_format.\n")
+            warnings.warn("    Warning: tf.lite.Interpreter is deprecated and is scheduled for deletion", UserWarning)
+            warnings.warn("a warning of kdet's own", UserWarning)
+    assert [str(w.message) for w in caught] == ["a warning of kdet's own"]
+    out = capfd.readouterr()
+    assert out.out == "" and out.err == ""
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        with converter_output_quieted():
+            os.write(2, b"E0000 the converter's reason\n")
+            raise RuntimeError("conversion failed")
+    assert "the converter's reason" in capfd.readouterr().err  # a failure shows what the converter said
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")  # kdet --verbose: everything passes
+    with converter_output_quieted():
+        os.write(2, b"W0000 visible\n")
+    assert "W0000 visible" in capfd.readouterr().err
