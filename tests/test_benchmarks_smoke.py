@@ -31,14 +31,19 @@ def test_ablation_quick_run_prints_its_tables(script, detectors, tables, tmp_pat
 
 @pytest.mark.slow
 def test_face_benchmark_quick_run_prints_table_and_verdicts(tmp_path, capsys):
-    """Every kdet face detector trains, the available peers run (none is fetched), one core is timed; resumes."""
+    """The kdet face detectors train, the available peers run (none is fetched), one core is timed; resumes.
+
+    The RPN detector's 4-step alternating training is left out (about a minute of CI: its procedure is
+    tests/face/test_rcnn.py's), so its claim reads n/a here.
+    """
     from benchmarks import face_benchmark
     from benchmarks import face_peers
 
     peers = [p for p, why in face_peers.available_peers().items() if why is None]
-    report = face_benchmark.main(["--quick", "--out-dir", str(tmp_path), "--cores", "1"])
+    kdet = [name for name in face_benchmark.KDET if name != "rcnn_alternating"]
+    report = face_benchmark.main(["--quick", "--out-dir", str(tmp_path), "--cores", "1",
+                                  "--detectors", *kdet, *face_benchmark.PEERS])
     quick = tmp_path / "quick"
-    kdet = list(face_benchmark.KDET)
     assert [n for n in report["results"] if n != "cascade_fast"] == kdet + peers
     for name in kdet:
         assert (quick / f"{name}_seed0.weights.h5").exists() and (quick / f"{name}_seed0.json").exists()
@@ -52,6 +57,7 @@ def test_face_benchmark_quick_run_prints_table_and_verdicts(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| kdet cascade, joint from separate |" in out and "FPS 1 core" in out
     assert out.count("PASS  ") + out.count("FAIL  ") + out.count("n/a   ") == 9
+    assert "n/a   joint > separate, RPN detector" in out
     # A second invocation reuses the trained weights (and may skip the latency).
     face_benchmark.main(["--quick", "--out-dir", str(tmp_path), "--no-latency", "--plot", "",
                          "--detectors", "cascade_joint_from_separate"])
