@@ -27,7 +27,7 @@ def test_kdet_demo_command_writes_metrics_picture_and_weights(tmp_path, capsys):
     from kdet.model_dir import read_model_info
 
     info = read_model_info(str(out))  # a model directory that kdet export reads
-    assert info.detector == "kdet>RetinaNet" and info.input_size == (256, 256) and len(info.class_names) > 1
+    assert info.detector == "kdet>RetinaNet" and info.input_size == (128, 128) and len(info.class_names) > 1
     from PIL import Image
 
     assert Image.open(out / "predictions.png").size[0] >= 256
