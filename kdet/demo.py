@@ -135,7 +135,7 @@ def _demo_data(train_images: int, val_images: int, batch_size: int, seed: int):
 def run_demo(
     *,
     out_dir: str = "kdet_demo",
-    epochs: int = 18,
+    epochs: int = 14,
     train_images: int = 2000,
     val_images: int = 200,
     batch_size: int = 8,
