@@ -80,7 +80,7 @@ TABLE2 = (
 
 
 def model_config(detector: str, num_classes: int, backbone_weights: str | None = None) -> dict:
-    """:func:`kdet.presets.small_rcnn` at 128 px on the pretrained tiny backbone (frozen BatchNorm), plus the detector's stages.
+    """:func:`kdet.presets.small_rcnn` at 128 px on the pretrained tiny backbone (frozen BatchNorm), plus the stages.
 
     RPN anchors 16..256 px on P2..P6 (the synthetic objects are 10..115
     px); RoIs pooled from P4 at 56 px (224 scaled like the images, so the

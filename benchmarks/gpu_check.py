@@ -1,4 +1,4 @@
-"""GPU readiness in one run (under 8 minutes on one GPU): training throughput, Cascade R-CNN vs Model Garden, AP-loss cost.
+"""GPU readiness in one run of under 8 minutes: training throughput, Cascade R-CNN vs Model Garden, AP-loss cost.
 
 Three existing benchmarks, each in its own process with its own time limit,
 sized for one modern GPU; their JSON objects are gathered into one report:

@@ -26,9 +26,10 @@ if TYPE_CHECKING:  # TensorFlow is imported by run_demo, not by `kdet --help` (w
 
 #: Side of the embedded shapes (the dataset's images).
 IMAGE_SIZE = 128
-#: Side of the network input. Measured on the 2-core AVX2 machine (docs/benchmarks.md): at 128 px the model
-#: reaches 18.3 AP in 18 epochs (508 s of training); at 256 px (the ``:small`` recipes' size) 4 epochs took as
-#: long and reached only 7.1 AP, though 12 epochs there reach 35.6 (21 minutes: over the main job's budget).
+#: Side of the network input. Measured from a fresh clone on the 2-core AVX2 machine (docs/benchmarks.md): at
+#: 128 px, 14 epochs (the default) reach 14.5 AP in 446 s of training and 18 epochs 18.3 AP in 508-594 s; at 256
+#: px (the ``:small`` recipes' size) 4 epochs took 402 s and reached 7.1 AP; 12 epochs there reach 35.6 but take
+#: 21 minutes, twice the main job's budget.
 INPUT_SIZE = 128
 
 

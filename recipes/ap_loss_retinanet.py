@@ -22,6 +22,8 @@ Variants (``kdet train ap_loss_retinanet:VARIANT``):
 * ``coco_800``: AP-loss800 of Table 6 (40.8 AP on test-dev with ResNet-101,
   ``--backbone resnet101``): 800 x 800 training (768 x 768 here: sizes are
   multiples of P7's stride 128), the COCO schedule.
+* ``small``: CPU-sized, not a paper setting (:data:`recipes.common.SMALL`:
+  the tiny backbone, :data:`kdet.presets.SMALL_RETINANET`, 256 px, Adam).
 
 Run::
 

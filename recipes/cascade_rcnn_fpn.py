@@ -25,6 +25,8 @@ Variants (``kdet train cascade_rcnn_fpn:VARIANT``):
   schedule is mmdetection's VOC 07+12 one (12 epochs, rate / 10 after 9,
   shorter side 600 / longer <= 1000) at the FPN+ batch of 8 and its per-image
   rate (0.01 / 16 = 0.005 / 8).
+* ``small``: CPU-sized, not a paper setting (:data:`recipes.common.SMALL`:
+  the tiny backbone, :func:`kdet.presets.small_rcnn`, 256 px, Adam).
 
 Run::
 

@@ -66,8 +66,8 @@ SMOKE = {"image_size": (128, 128), "batch_size": 2, "steps": 2, "val_images": 2,
 # keras.applications' ImageNet weights (Keras downloads them once into its cache, on this request).
 RESNETS = ("resnet50", "resnet101")
 
-#: The ``:small`` variant's solver: Adam (from scratch it trains the tiny backbone more reliably than SGD), 1e-3
-#: at batch 8 (kdet demo's peak), warm-up over the first 10% from 1/10, the rate / 10 at 2/3 and 8/9 of the run;
+#: The ``:small`` variant's solver: Adam at 1e-3 and batch 8, as ``kdet demo`` trains the same tiny backbone from
+#: scratch (its peak rate), warm-up over the first 10% from 1/10, the rate / 10 at 2/3 and 8/9 of the run;
 #: 3,000 steps at batch 8 are 8 epochs of 3,000 images (12 of the embedded 2,000). --epochs/--steps rescale it.
 SMALL_SCHEDULE = StepSchedule(base_lr=1e-3, reference_batch=8, total_steps=3000, boundaries=(2000, 2667),
                               warmup_steps=300, warmup_factor=0.1, optimizer="adam", weight_decay=None, clipnorm=10.0)
@@ -127,5 +127,5 @@ def make_variants(name: str, paper: str, variants: Mapping[str, Mapping[str, Any
 
 
 def standard_variants(name: str, paper: str, build_model: Callable, **common) -> dict[str, Recipe]:
-    """``coco``, ``coco_800``, ``coco_800_jitter``, ``voc`` and ``small`` (:data:`STANDARD_VARIANTS`) of one detector."""
+    """``coco``, ``coco_800``, ``coco_800_jitter``, ``voc`` and ``small`` (:data:`STANDARD_VARIANTS`) of a detector."""
     return make_variants(name, paper, STANDARD_VARIANTS, build_model=build_model, **common)

@@ -28,6 +28,8 @@ Variants (``kdet train con_retinanet:VARIANT``):
 Schedule: the baseline's (:mod:`recipes.retinanet`), Detectron's RetinaNet 1x
 at the paper's batch of 8: lr 0.005, 180k iterations, steps at 120k and 160k,
 warm-up 1000 (:data:`recipes.common.COCO_1X`).
+* ``small``: CPU-sized, not a paper setting (:data:`recipes.common.SMALL`:
+  the tiny backbone, :data:`kdet.presets.SMALL_RETINANET`, 256 px, Adam).
 
 Run::
 
@@ -57,7 +59,7 @@ CONSISTENT_OPTIMIZATION = ConsistentOptimizationSpec(
 
 
 def build_model(num_classes, *, backbone, backbone_weights, changes=None):
-    """ConRetinaNet: Detectron's RetinaNet plus Eq. 1 and Eq. 2's consistent terms (``changes``: the ``:small`` one's)."""
+    """ConRetinaNet: Detectron's RetinaNet plus Eq. 1 and Eq. 2's consistent terms (``changes``: ``:small``'s)."""
     settings = retinanet.retinanet_settings(num_classes, backbone=backbone, backbone_weights=backbone_weights)
     return RetinaNet(**override(settings, changes or {}), consistent=CONSISTENT_OPTIMIZATION)
 

@@ -21,6 +21,8 @@ Variants (``kdet train faster_rcnn_fpn:VARIANT``):
   VOC; the schedule is mmdetection's ``faster_rcnn_r50_fpn_1x_voc0712`` (12
   epochs, rate / 10 after 9, shorter side 600 / longer <= 1000), at the FPN+
   batch of 8 and its per-image rate (0.01 / 16 = 0.005 / 8).
+* ``small``: CPU-sized, not a paper setting (:data:`recipes.common.SMALL`:
+  the tiny backbone, :func:`kdet.presets.small_rcnn`, 256 px, Adam).
 
 Run::
 
