@@ -86,7 +86,7 @@ def _pixel_boxes(normalised: tf.Tensor, image: tf.Tensor) -> tf.Tensor:
 def coco_example_from_tfds(features: dict) -> dict[str, tf.Tensor]:
     """tfds ``coco/2017`` features -> unsanitised example dict (with ``annotation_ids`` for warnings)."""
     objects = features["objects"]
-    n = _common_length(objects, ("bbox", "label", "is_crowd"))
+    n = _common_length(objects, ("bbox", "label", "is_crowd") + (("id",) if "id" in objects else ()))
     example = {
         "image": features["image"],
         "boxes": _pixel_boxes(objects["bbox"][:n], features["image"]),

@@ -16,6 +16,7 @@ from typing import Sequence
 
 import tensorflow as tf
 
+from kdet.data.example import WarnedImages
 from kdet.data.pipeline import check_image_size, preprocess_example
 
 _EPOCH_SEED_STRIDE = 1_000_003  # any large prime: (seed, epoch) pairs stay distinct for small seeds
@@ -93,7 +94,7 @@ def training_stream(
     if num_shards > 1:
         dataset = dataset.shard(num_shards, shard_index)
     preprocess = functools.partial(preprocess_example, image_size=image_size, max_boxes=max_boxes, flip=flip,
-                                   scale_jitter=scale_jitter)
+                                   scale_jitter=scale_jitter, warned=WarnedImages())  # one record for the stream
 
     def augment(index, example):
         return preprocess(example, tf.stack([tf.constant(seed, tf.int64), index]))

@@ -24,7 +24,7 @@ def test_coco_features_to_pixels_with_mismatched_lengths():
                                  [0.2, 0.2, 0.3, 0.3]]),
             "label": tf.constant([0, 79], tf.int64),  # shorter: cuts the others
             "is_crowd": tf.constant([False, True, False]),
-            "id": tf.constant([11, 12, 13], tf.int64),
+            "id": tf.constant([11, 12, 13, 14], tf.int64),  # (mock data's lengths differ: the shortest wins)
         },
     }
     ex = coco_example_from_tfds(features)
