@@ -85,6 +85,33 @@ def pairwise_iou_numpy(a, b):
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
+def greedy_nms(boxes, scores, iou_threshold: float, max_output: int):
+    """Indices kept by greedy NMS in NumPy (highest score first; a box is dropped if IoU > threshold with a kept one).
+
+    Class-agnostic; for host-side code (the TFLite face host loop, one label per object in pictures).
+
+    Args:
+      boxes: ``[N, 4]`` yxyx.
+      scores: ``[N]``.
+      iou_threshold: a box overlapping a kept one by more is dropped.
+      max_output: at most this many indices.
+
+    Returns:
+      ``[K]`` int64 indices into ``boxes``, best first.
+    """
+    import numpy as np  # the rest of this module is TensorFlow
+
+    order = np.argsort(-np.asarray(scores), kind="stable")
+    iou = pairwise_iou_numpy(boxes, boxes)
+    kept: list[int] = []
+    for i in order:
+        if len(kept) == max_output:
+            break
+        if not kept or iou[i, kept].max() <= iou_threshold:
+            kept.append(int(i))
+    return np.asarray(kept, np.int64)
+
+
 def clip_boxes(boxes: tf.Tensor, image_shape: tf.Tensor | Sequence[int]) -> tf.Tensor:
     """Clips yxyx boxes to ``[0, height] x [0, width]``.
 

@@ -112,8 +112,11 @@ def draw_detections(image, boxes, classes, scores=None, *,
     order = range(len(classes)) if scores is None else np.argsort(np.nan_to_num(scores, nan=-1.0), kind="stable")
     drawn = [i for i in order if classes[i] >= 0 and np.all(np.isfinite(boxes[i]))
              and (scores is None or scores[i] >= score_threshold)]
-    if max_overlap is not None and scores is not None:
-        drawn = _best_per_object(boxes, drawn, max_overlap)
+    if max_overlap is not None and scores is not None and drawn:
+        from kdet.boxes import greedy_nms
+
+        kept = greedy_nms(boxes[drawn], scores[drawn], max_overlap, len(drawn))
+        drawn = [drawn[k] for k in sorted(kept.tolist(), key=lambda k: scores[drawn[k]])]  # best last, as above
     for i in drawn:
         color = class_color(int(classes[i]), color_seed=color_seed)
         y0, x0, y1, x1 = boxes[i]
@@ -122,22 +125,6 @@ def draw_detections(image, boxes, classes, scores=None, *,
         _draw_label(draw, (x0, y0), _label_text(int(classes[i]), score, class_names), color,
                     image_width=canvas.size[0])
     return np.asarray(canvas)
-
-
-def _best_per_object(boxes: np.ndarray, order: list[int], max_overlap: float) -> list[int]:
-    """The rows of ``order`` (increasing score) that no later row overlaps by IoU above ``max_overlap``."""
-    kept: list[int] = []
-    for i in reversed(order):  # best first: greedy, class-agnostic suppression
-        if all(_iou(boxes[i], boxes[j]) <= max_overlap for j in kept):
-            kept.append(i)
-    return kept[::-1]
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two yxyx boxes."""
-    inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
 
 
 def draw_ground_truth(image, boxes, classes=None, *, color=GROUND_TRUTH_COLOR) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from kdet.boxes import pairwise_iou_numpy
+from kdet.boxes import greedy_nms
 from kdet.face import stages
 from kdet.face.cascade import PIXEL_MEAN
 from kdet.face.pyramid import build_pyramid
@@ -135,19 +135,6 @@ def square_boxes(boxes: np.ndarray) -> np.ndarray:
     cy, cx = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
     half = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
     return np.stack([cy - half, cx - half, cy + half, cx + half], axis=1).astype(np.float32)
-
-
-def greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, max_output: int) -> np.ndarray:
-    """Indices kept by greedy NMS (highest score first; a box is dropped if IoU > threshold with a kept one)."""
-    order = np.argsort(-scores, kind="stable")
-    iou = pairwise_iou_numpy(boxes, boxes)
-    kept: list[int] = []
-    for i in order:
-        if len(kept) == max_output:
-            break
-        if not kept or iou[i, kept].max() <= iou_threshold:
-            kept.append(int(i))
-    return np.asarray(kept, np.int64)
 
 
 class FaceCascadeLite:

@@ -110,26 +110,19 @@ def converter_output_quieted():
         with tempfile.TemporaryFile(mode="w+b") as captured:
             os.dup2(captured.fileno(), 1)
             os.dup2(captured.fileno(), 2)
+            failed = True
             try:
                 yield
-            except BaseException:
-                _restore(saved)
-                captured.seek(0)
-                sys.stderr.write(captured.read().decode(errors="replace"))
-                raise
-            else:
-                _restore(saved)
-
-
-def _restore(saved: list[int]) -> None:
-    """Points stdout and stderr back at the descriptors ``saved`` (once)."""
-    if saved:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        for target, fd in zip((1, 2), saved):
-            os.dup2(fd, target)
-            os.close(fd)
-        saved.clear()
+                failed = False
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                for target, fd in zip((1, 2), saved):
+                    os.dup2(fd, target)
+                    os.close(fd)
+                if failed:  # what the converter said, for the error being raised
+                    captured.seek(0)
+                    sys.stderr.write(captured.read().decode(errors="replace"))
 
 
 #: Ops computed in int8 by ``quantization="int8"``; everything else (box decoding, the pyramid's
