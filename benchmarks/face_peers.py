@@ -76,6 +76,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
+from kdet.data.real_faces import REAL_FACE_PHOTOS  # noqa: E402
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent / "results" / "peers"
 MEDIAPIPE_VERSION = "0.10.21"
@@ -83,11 +84,9 @@ BLAZEFACE_MEMBER = "mediapipe/modules/face_detection/face_detection_short_range.
 BLAZEFACE_FILE = "face_detection_short_range.tflite"
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
-# The one face in skimage.data.astronaut() (512x512), [ymin, xmin, ymax, xmax]
-# pixels, set by eye (hairline to chin, cheek to cheek: x 180-265, y 65-170,
-# not the x 150-220 / y 60-140 first guessed); the three peers' boxes have
-# IoU 0.74 (BlazeFace), 0.82 (Haar) and 0.95 (MTCNN) with it.
-ASTRONAUT_FACE = np.array([65.0, 180.0, 170.0, 265.0], np.float32)
+# The one face in skimage.data.astronaut() (512x512), [ymin, xmin, ymax, xmax] pixels, as the real-photo
+# set boxes it (kdet.data.real_faces).
+ASTRONAUT_FACE = next(p for p in REAL_FACE_PHOTOS if p.name == "astronaut").boxes[0]
 
 
 # ----------------------------------------------------------------------------- helpers

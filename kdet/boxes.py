@@ -229,3 +229,43 @@ class BoxCoder:
         h = tf.exp(dh) * a[..., 2]
         w = tf.exp(dw) * a[..., 3]
         return from_center_size(tf.stack([cy, cx, h, w], axis=-1))
+
+
+class CornerCoder:
+    """MTCNN's box parameterisation: each corner's shift in units of the anchor's size.
+
+    ``t = ((y1 - y1_a) / h_a, (x1 - x1_a) / w_a, (y2 - y2_a) / h_a, (x2 - x2_a) / w_a)``,
+    linear in the box (no logarithm), as MTCNN's P-, R- and O-Net regress
+    (with the coordinates in kdet's yxyx order). Same interface as :class:`BoxCoder`.
+
+    Args:
+      size_offset: added to ``h_a`` and ``w_a``: MTCNN's R- and O-Net take a
+        box's size as ``x2 - x1 + 1`` (pixel indices, both ends included), its
+        P-Net as ``x2 - x1``.
+    """
+
+    def __init__(self, size_offset: float = 0.0):
+        self.size_offset = float(size_offset)
+
+    def encode(self, boxes: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
+        """``[..., 4]`` codes of yxyx ``boxes`` relative to yxyx ``anchors`` (broadcastable)."""
+        return (boxes - anchors) / self._scale(anchors)
+
+    def decode(self, codes: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
+        """Inverse of :meth:`encode`: ``[..., 4]`` yxyx boxes."""
+        return anchors + tf.cast(codes, anchors.dtype) * self._scale(anchors)
+
+    def decode_points(self, codes: tf.Tensor, anchors: tf.Tensor) -> tf.Tensor:
+        """Points ``[..., P, 2]`` (y, x) from codes ``[..., 2P]`` (y, x pairs), fractions of the anchor's size.
+
+        ``y = y1_a + t_y (h_a + size_offset) - size_offset``: MTCNN's O-Net
+        landmarks (with ``size_offset`` 1, its pixel-index convention).
+        """
+        codes = tf.reshape(tf.cast(codes, anchors.dtype), tf.concat([tf.shape(codes)[:-1], [-1, 2]], axis=0))
+        size = self._scale(anchors)[..., None, :2]
+        return anchors[..., None, :2] + codes * size - self.size_offset
+
+    def _scale(self, anchors: tf.Tensor) -> tf.Tensor:
+        h = anchors[..., 2] - anchors[..., 0] + self.size_offset
+        w = anchors[..., 3] - anchors[..., 1] + self.size_offset
+        return tf.stack([h, w, h, w], axis=-1)

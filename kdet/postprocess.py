@@ -67,6 +67,7 @@ def class_aware_nms(
     iou_threshold: float,
     max_detections: int,
     score_threshold: float = 0.0,
+    extras: dict[str, tf.Tensor] | None = None,
 ) -> dict[str, tf.Tensor]:
     """Per-class NMS over a batch, padded to ``max_detections``.
 
@@ -80,9 +81,11 @@ def class_aware_nms(
       iou_threshold: NMS IoU threshold.
       max_detections: K.
       score_threshold: minimum score kept.
+      extras: more per-box outputs ``{name: [B, T, ...]}`` (face landmarks:
+        ``"keypoints" [B, T, 5, 2]``), selected with the boxes (0 on padding).
 
     Returns:
-      The output contract dict.
+      The output contract dict (with the ``extras``).
     """
     offset = tf.reduce_max(tf.abs(boxes), axis=[1, 2], keepdims=True) + 1.0
     shifted = boxes + tf.cast(classes, boxes.dtype)[..., None] * offset
@@ -110,7 +113,16 @@ def class_aware_nms(
         "scores": tf.where(valid, out_scores, 0.0),
         "classes": tf.where(valid, out_classes, -1),
         "num_detections": num_valid,
+        **{name: _rows_where(valid, tf.gather(value, selected, batch_dims=1)) for name, value in (extras or {}).items()},
     }
+
+
+def _rows_where(rows: tf.Tensor, values: tf.Tensor) -> tf.Tensor:
+    """``values [B, K, ...]`` where ``rows [B, K]`` holds, 0 elsewhere."""
+    mask = rows
+    for _ in range(values.shape.rank - 2):
+        mask = mask[..., None]
+    return tf.where(mask, values, tf.zeros_like(values))
 
 
 def multilevel_detections(
@@ -207,14 +219,40 @@ def keep_detections(detections: dict[str, tf.Tensor], keep: tf.Tensor) -> dict[s
     """The contract dict with only the rows where ``keep`` (bool ``[B, K]``) holds, moved up in their order.
 
     A stable sort keeps the score order of the kept rows; the rest become
-    padding (boxes 0, scores 0, classes -1) and ``num_detections`` counts
-    the kept rows.
+    padding (boxes 0, scores 0, classes -1, other per-box outputs such as
+    ``keypoints`` 0) and ``num_detections`` counts the kept rows.
     """
     order = tf.argsort(tf.cast(~keep, tf.int32), axis=1, stable=True)  # kept rows first, in their order
     keep = tf.gather(keep, order, batch_dims=1)
+    extras = {k: v for k, v in detections.items() if k not in ("boxes", "scores", "classes", "num_detections")}
     return {
         "boxes": tf.where(keep[..., None], tf.gather(detections["boxes"], order, batch_dims=1), 0.0),
         "scores": tf.where(keep, tf.gather(detections["scores"], order, batch_dims=1), 0.0),
         "classes": tf.where(keep, tf.gather(detections["classes"], order, batch_dims=1), -1),
         "num_detections": tf.reduce_sum(tf.cast(keep, detections["num_detections"].dtype), axis=1),
+        **{k: _rows_where(keep, tf.gather(v, order, batch_dims=1)) for k, v in extras.items()},
     }
+
+
+def suppress_contained(detections: dict[str, tf.Tensor], threshold: float) -> dict[str, tf.Tensor]:
+    """Drops every detection that a higher-scored one covers: intersection / the smaller area > ``threshold``.
+
+    MTCNN's final "min" NMS, in one pass over the ``K`` detections of each
+    image (a ``[B, K, K]`` overlap matrix: TFLite builtins): a small box
+    inside a face (an eye, a mouth) goes even at a low IoU. Unlike greedy NMS
+    a dropped detection still drops those it covers in turn; padding rows
+    (score 0) drop nothing.
+    """
+    boxes, scores = detections["boxes"], detections["scores"]
+    ymin, xmin, ymax, xmax = tf.unstack(boxes[..., None, :], axis=-1)  # [B, K, 1]
+    inter_h = tf.maximum(tf.minimum(ymax, tf.linalg.matrix_transpose(ymax))
+                         - tf.maximum(ymin, tf.linalg.matrix_transpose(ymin)), 0.0)
+    inter_w = tf.maximum(tf.minimum(xmax, tf.linalg.matrix_transpose(xmax))
+                         - tf.maximum(xmin, tf.linalg.matrix_transpose(xmin)), 0.0)
+    area = (ymax - ymin) * (xmax - xmin)
+    smaller = tf.maximum(tf.minimum(area, tf.linalg.matrix_transpose(area)), 1e-9)
+    k = tf.shape(scores)[1]
+    earlier = tf.range(k)[:, None] < tf.range(k)[None, :]  # [i, j]: i listed before j (higher or tied score)
+    covers = (inter_h * inter_w / smaller > threshold) & earlier[None] & (scores[:, :, None] > 0)
+    keep = ~tf.reduce_any(covers, axis=1) & (tf.range(k)[None, :] < detections["num_detections"][:, None])
+    return keep_detections(detections, keep)

@@ -97,3 +97,15 @@ def test_pairwise_iou_numpy_equals_the_tensorflow_one():
                                box_ops.pairwise_iou(tf.constant(a, tf.float32), tf.constant(b, tf.float32)).numpy(),
                                atol=1e-5)
     assert box_ops.pairwise_iou_numpy(np.zeros((0, 4)), b).shape == (0, 5)
+
+
+def test_corner_coder_hand_checked_and_round_trip():
+    anchors = tf.constant([[10.0, 20.0, 30.0, 60.0]])  # h 20, w 40
+    boxes = tf.constant([[12.0, 16.0, 34.0, 64.0]])
+    codes = box_ops.CornerCoder().encode(boxes, anchors)
+    np.testing.assert_allclose(codes.numpy(), [[0.1, -0.1, 0.2, 0.1]], atol=1e-6)
+    np.testing.assert_allclose(box_ops.CornerCoder().decode(codes, anchors).numpy(), boxes.numpy(), atol=1e-5)
+    # MTCNN's R/O-Net sizes count both end pixels: h 21, w 41.
+    plus_one = box_ops.CornerCoder(size_offset=1.0)
+    np.testing.assert_allclose(plus_one.decode(tf.constant([[1.0, 1.0, -1.0, 0.0]]), anchors).numpy(),
+                               [[31.0, 61.0, 9.0, 60.0]], atol=1e-5)

@@ -7,6 +7,7 @@ The FPN, RetinaNet head and RoIAlign are checked with their own tests
 import numpy as np
 import pytest
 
+from kdet.face.mtcnn import ONetBranch, PNetBranch, RNetBranch
 from kdet.face.nets import X24_TRUNKS, Face12Net, Face24Net, Face48Net, ThresholdControl
 from kdet.heads.cascade import BoxHead
 from kdet.heads.rpn import RPNHead
@@ -27,6 +28,9 @@ CASES = {
     **{f"face24_{trunk}": (Face24Net, dict(units=16, dropout=0.1, trunk=trunk), (_x(4, 24, 24, 3), _x(4, 8)))
        for trunk in X24_TRUNKS},
     "face48": (Face48Net, dict(units=16, dropout=0.1), (_x(4, 48, 48, 3), _x(4, 16))),
+    "pnet": (PNetBranch, dict(dropout=0.1), _x(4, 14, 13, 3)),
+    "rnet": (RNetBranch, dict(dropout=0.1), (_x(4, 24, 24, 3), _x(4, 32))),
+    "onet": (ONetBranch, dict(dropout=0.1), (_x(4, 48, 48, 3), _x(4, 160))),
     "threshold_control": (ThresholdControl, dict(threshold=0.2), _x(6, 2)),
 }
 

@@ -61,3 +61,20 @@ def test_suppress_non_finite():
     assert out["num_detections"].numpy().tolist() == [2, 1]
     np.testing.assert_array_equal(out["classes"].numpy(), [[0, 2, -1], [2, -1, -1]])
     np.testing.assert_allclose(out["scores"].numpy(), [[0.9, 0.7, 0], [0.7, 0, 0]])
+
+
+def test_suppress_contained_drops_boxes_inside_higher_scored_ones():
+    detections = {
+        "boxes": tf.constant([[[0.0, 0.0, 100.0, 100.0], [10.0, 10.0, 30.0, 30.0], [90.0, 90.0, 150.0, 150.0],
+                               [200.0, 200.0, 210.0, 210.0], [0.0, 0.0, 0.0, 0.0]]]),
+        "scores": tf.constant([[0.9, 0.8, 0.7, 0.6, 0.0]]),
+        "classes": tf.constant([[0, 0, 0, 0, -1]]),
+        "num_detections": tf.constant([4]),
+    }
+    out = postprocess.suppress_contained(detections, 0.7)
+    # The eye-sized box inside the face goes (IoU 0.04, but all of it covered); the box overlapping a
+    # corner (100 of 3600 px) and the far one stay; the kept rows move up, padding follows.
+    assert int(out["num_detections"][0]) == 3
+    np.testing.assert_allclose(out["scores"][0].numpy(), [0.9, 0.7, 0.6, 0.0, 0.0])
+    np.testing.assert_allclose(out["boxes"][0, 1].numpy(), [90.0, 90.0, 150.0, 150.0])
+    assert out["classes"][0].numpy().tolist() == [0, 0, 0, -1, -1]

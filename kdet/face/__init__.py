@@ -2,6 +2,8 @@
 
 * :mod:`kdet.face.nets` -- the 12 / 24 / 48 networks and the threshold-control layer;
 * :mod:`kdet.face.cascade` -- :class:`FaceCascade`, the three networks as one jointly trained model;
+* :mod:`kdet.face.mtcnn` -- MTCNN's P-, R- and O-Net as the cascade's branches;
+  :mod:`kdet.face.mtcnn_weights` -- :func:`from_mtcnn`, MTCNN's published weights in a FaceCascade;
 * :mod:`kdet.face.pyramid`, :mod:`kdet.face.resize` -- image pyramids, windows, crops (and their
   TFLite-builtin twins);
 * :mod:`kdet.face.stages` -- the test pipeline stage by stage (the only copy: ``detect``, the TFLite
@@ -26,6 +28,7 @@ _WHERE = {
     "prepare_cascade": "kdet.face.procedures",
     "train_cascade": "kdet.face.procedures",
     "FaceCascadeLite": "kdet.face.lite",
+    "from_mtcnn": "kdet.face.mtcnn_weights",
 }
 
 __all__ = sorted(_WHERE)

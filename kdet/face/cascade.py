@@ -37,6 +37,7 @@ from kdet import boxes as box_ops
 from kdet import losses
 from kdet.detectors.base import Detector
 from kdet.face import stages
+from kdet.face import mtcnn
 from kdet.face.nets import Face12Net, Face24Net, Face48Net, ThresholdControl
 from kdet.face.specs import FLAT_CONFIG_KEYS, FaceTestSpec, FaceTrainingSpec
 from kdet.face.stages import BRANCHES
@@ -49,6 +50,10 @@ COMPUTE_DTYPES = {"float32": "float32", "bfloat16": "mixed_bfloat16"}
 #: ImageNet RGB mean and a common scale: "patches are mean removed" (Sec. 4.2).
 PIXEL_MEAN = (123.68, 116.78, 103.94)
 PIXEL_SCALE = 1.0 / 64.0
+#: The branch architectures: "qin" (the paper's, :mod:`kdet.face.nets`) or "mtcnn" (P-, R-, O-Net,
+#: :mod:`kdet.face.mtcnn`), with each one's input normalisation (mean, scale) and box parameterisation.
+ARCHITECTURES = ("qin", "mtcnn")
+PIXEL_NORMALIZATION = {"qin": (PIXEL_MEAN, PIXEL_SCALE), "mtcnn": (mtcnn.PIXEL_MEAN, mtcnn.PIXEL_SCALE)}
 #: The test pipeline chosen on the embedded face set's validation split (``benchmarks/face_speed_sweep.py``
 #: and ``face_speed_profile.py``; the numbers are in docs/benchmarks.md): the face recipes and the face
 #: benchmark test with it.
@@ -59,8 +64,14 @@ VALIDATED_TEST_SETTINGS = {"thresholds": (0.01, 0.05, 0.5), "pyramid": "area", "
 VALIDATED_TEST = TEST.replace(**VALIDATED_TEST_SETTINGS)
 
 
-def _check_arguments(train_branches, use_gather: bool, compute_dtype: str) -> None:
+def _check_arguments(train_branches, use_gather: bool, compute_dtype: str, architecture: str, x24_trunk: str
+                     ) -> None:
     """Raises ValueError naming the first FaceCascade argument that is out of range."""
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    if architecture == "mtcnn" and x24_trunk != "li":
+        raise ValueError(f"x24_trunk={x24_trunk!r} chooses a trunk of the 'qin' branches; architecture='mtcnn' "
+                         "has R-Net's")
     unknown = set(train_branches) - set(BRANCHES)
     if unknown or not train_branches:
         raise ValueError(f"train_branches must be a non-empty subset of {BRANCHES}, got {train_branches!r}")
@@ -101,6 +112,11 @@ class FaceCascade(Detector):
         (it with 32 filters) or "rnet" (MTCNN's R-net trunk), both cheaper
         per patch (docs/benchmarks.md), see
         :data:`kdet.face.nets.X24_TRUNKS`. Changes the weights: train with it.
+      architecture: "qin" (the paper's branches, :mod:`kdet.face.nets`) or
+        "mtcnn" (MTCNN's P-, R- and O-Net with their ``(x - 127.5) / 128``
+        input and corner box offsets, :mod:`kdet.face.mtcnn`; O-Net adds
+        five landmarks). :func:`kdet.face.from_mtcnn` builds one with
+        MTCNN's published weights.
     """
 
     default_evaluation = "face"
@@ -118,59 +134,76 @@ class FaceCascade(Detector):
         use_gather: bool = False,
         compute_dtype: str = "float32",
         x24_trunk: str = "li",
+        architecture: str = "qin",
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.training_spec = coerce(training, TRAINING, "training")
         self.test_spec = coerce(test, TEST, "test")
         train_branches = tuple(train_branches)
-        _check_arguments(train_branches, use_gather, compute_dtype)
+        _check_arguments(train_branches, use_gather, compute_dtype, architecture, x24_trunk)
         self.use_gather = bool(use_gather)
+        self.architecture = architecture
         self._set_arguments(training=self.training_spec, dropout=dropout, train_branches=train_branches,
                             test=self.test_spec, use_gather=self.use_gather, compute_dtype=compute_dtype,
-                            x24_trunk=x24_trunk)
+                            x24_trunk=x24_trunk, architecture=architecture)
         # Keras gives a layer's sublayers the global dtype policy, not the layer's own: set it while the
         # branches are built (the output layers are float32 whatever it is, see kdet.face.nets).
         previous = keras.config.dtype_policy()
         keras.config.set_dtype_policy(COMPUTE_DTYPES[compute_dtype])
         try:
-            self.x12 = Face12Net(dropout=dropout, name="x12")
-            self.x24 = Face24Net(dropout=dropout, trunk=x24_trunk, name="x24")
-            self.x48 = Face48Net(dropout=dropout, name="x48")
+            if architecture == "mtcnn":
+                self.x12 = mtcnn.PNetBranch(dropout=dropout, name="x12")
+                self.x24 = mtcnn.RNetBranch(dropout=dropout, name="x24")
+                self.x48 = mtcnn.ONetBranch(dropout=dropout, name="x48")
+            else:
+                self.x12 = Face12Net(dropout=dropout, name="x12")
+                self.x24 = Face24Net(dropout=dropout, trunk=x24_trunk, name="x24")
+                self.x48 = Face48Net(dropout=dropout, name="x48")
         finally:
             keras.config.set_dtype_policy(previous)
         self.control24 = ThresholdControl(threshold=self.training_spec.thresholds[0], name="threshold_control_24")
         self.control48 = ThresholdControl(threshold=self.training_spec.thresholds[1], name="threshold_control_48")
         for name in BRANCHES:
             getattr(self, name).trainable = name in train_branches
-        self.box_coder = box_ops.BoxCoder()
+        # x12's windows: their top-left corner and box coder; the later branches' box coder; how patches
+        # sample their box (pixel centres, or MTCNN's corners). MTCNN's conventions are its package's.
+        if architecture == "mtcnn":
+            self.window_start, self.window_coder = 1.0, box_ops.CornerCoder()
+            self.box_coder, self.crop_convention = box_ops.CornerCoder(size_offset=1.0), "corners"
+        else:
+            self.window_start, self.window_coder = 0.0, box_ops.BoxCoder()
+            self.box_coder, self.crop_convention = self.window_coder, "centres"
+        self.pixel_mean, self.pixel_scale = PIXEL_NORMALIZATION[architecture]
         self.trackers = {f"{b}_{t}": keras.metrics.Mean(name=f"{b}_{t}")
                          for b in BRANCHES for t in ("cls_loss", "box_loss", "samples")}
 
     def build(self, input_shape=None):
         if self.built:
             return
-        for branch, shape in ((self.x12, (None, 12, 12, 3)), (self.x24, ((None, 24, 24, 3), (None, 16))),
-                              (self.x48, ((None, 48, 48, 3), (None, 144)))):
+        f12 = self.x12.feature_size
+        for branch, shape in ((self.x12, (None, 12, 12, 3)), (self.x24, ((None, 24, 24, 3), (None, f12))),
+                              (self.x48, ((None, 48, 48, 3), (None, f12 + self.x24.units)))):
             if not branch.built:  # detect() may have built some already
                 branch.build(shape)
         self.built = True
 
     # ----------------------------------------------------------------- network
-    @staticmethod
-    def preprocess(images: tf.Tensor) -> tf.Tensor:
+    def preprocess(self, images: tf.Tensor) -> tf.Tensor:
         """uint8 / float RGB in [0, 255] ``[..., 3]`` -> mean-removed, scaled float32.
 
+        ``(x - mean) * scale`` with the architecture's :data:`PIXEL_NORMALIZATION`.
         Rank-4 images go through one 1x1 convolution with a bias (``x *
-        PIXEL_SCALE - PIXEL_MEAN * PIXEL_SCALE`` per channel): on a CPU
-        faster than the broadcast subtract and multiply (docs/benchmarks.md),
-        the same values to float rounding.
+        scale - mean * scale`` per channel): on a CPU faster than the
+        broadcast subtract and multiply (docs/benchmarks.md), the same values
+        to float rounding.
         """
+        mean, scale = self.pixel_mean, self.pixel_scale
         x = tf.cast(images, tf.float32)
         if x.shape.rank != 4:
-            return (x - tf.constant(PIXEL_MEAN)) * PIXEL_SCALE
-        kernel = tf.constant(np.diag([PIXEL_SCALE] * 3).reshape(1, 1, 3, 3), tf.float32)
-        bias = tf.constant([-m * PIXEL_SCALE for m in PIXEL_MEAN], tf.float32)
+            return (x - tf.constant(mean)) * scale
+        kernel = tf.constant(np.diag([scale] * 3).reshape(1, 1, 3, 3), tf.float32)
+        bias = tf.constant([-m * scale for m in mean], tf.float32)
         return tf.nn.bias_add(tf.nn.conv2d(x, kernel, 1, "VALID"), bias)
 
     def _training(self, name: str, training) -> bool:
@@ -200,6 +233,17 @@ class FaceCascade(Detector):
         return self.branches(self.preprocess(patches), training=training)
 
     # ----------------------------------------------------------------- training
+    def regression_targets(self, offsets: tf.Tensor) -> tf.Tensor:
+        """Mining's Eq. 2-5 offsets of a face in its sample ``[N, 4]`` -> this architecture's box codes.
+
+        The same face: decoded in the unit box, encoded by :attr:`box_coder`
+        (MTCNN's corner shifts for ``architecture="mtcnn"``, unchanged otherwise).
+        """
+        if self.architecture == "qin":
+            return tf.cast(offsets, tf.float32)
+        unit = tf.constant([0.0, 0.0, 1.0, 1.0])
+        return self.box_coder.encode(box_ops.BoxCoder().decode(tf.cast(offsets, tf.float32), unit), unit)
+
     def normalize_offsets(self, offsets: tf.Tensor) -> tf.Tensor:
         spec = self.training_spec
         return (tf.cast(offsets, tf.float32) - tf.constant(spec.offset_mean)) / tf.constant(spec.offset_std)
@@ -236,7 +280,7 @@ class FaceCascade(Detector):
             raise ValueError("FaceCascade.compute_loss needs targets: fit on (patches, {'labels', 'offsets'}) pairs")
         spec, train_branches = self.training_spec, self._config["train_branches"]
         labels = tf.cast(y["labels"], tf.int32)
-        targets = self.normalize_offsets(y["offsets"])
+        targets = self.normalize_offsets(self.regression_targets(y["offsets"]))
         masks = self.branch_masks(y_pred, labels, y.get("later_only"))
         positive = tf.cast(labels == 1, tf.float32)
         total = 0.0

@@ -71,6 +71,11 @@ class Face12Net(keras.layers.Layer):
         self.built = True
 
     @property
+    def feature_size(self) -> int:
+        """Channels of the feature the next branch concatenates."""
+        return self.filters
+
+    @property
     def input_extent(self) -> int:
         """Input rows one output reads: 11 of the 12-pixel window (see :func:`trunk_extent`)."""
         return trunk_extent(((self.filters, 3, (3, 2)), (self.filters, 4, None)), 12)

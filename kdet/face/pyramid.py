@@ -136,12 +136,14 @@ def window_boxes(
     stride: float,
     window: float,
     scale_yx: Sequence[float],
+    start: float = 0.0,
 ) -> tf.Tensor:
     """The boxes, in original pixels, of windows slid over a pyramid level.
 
     Window ``(i, j)`` covers level rows ``[stride * i, stride * i + window)``
     and columns likewise; dividing by the level's per-axis scale maps it to
-    the original image.
+    the original image. ``start`` moves the top-left corner in by that many
+    level pixels (MTCNN's P-Net windows are ``[2i + 1, 2i + 12]``).
 
     Args:
       grid_size: ``(h, w)`` windows along each axis.
@@ -157,7 +159,7 @@ def window_boxes(
     y, x = tf.meshgrid(ys, xs, indexing="ij")
     y, x = tf.reshape(y, [-1]), tf.reshape(x, [-1])
     sy, sx = float(scale_yx[0]), float(scale_yx[1])
-    return tf.stack([y / sy, x / sx, (y + window) / sy, (x + window) / sx], axis=-1)
+    return tf.stack([(y + start) / sy, (x + start) / sx, (y + window) / sy, (x + window) / sx], axis=-1)
 
 
 def response_map_max_pool(scores: tf.Tensor, k: int = 2) -> tf.Tensor:
@@ -267,6 +269,23 @@ def square_boxes(boxes: tf.Tensor) -> tf.Tensor:
     cx = (boxes[..., 1] + boxes[..., 3]) * 0.5
     half = tf.maximum(boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]) * 0.5
     return tf.stack([cy - half, cx - half, cy + half, cx + half], axis=-1)
+
+
+def corner_sampled_boxes(boxes: tf.Tensor, *, image_size, crop: int) -> tf.Tensor:
+    """The boxes whose pixel-centre crops (:func:`crop_boxes_for`) sample where MTCNN's crops do.
+
+    MTCNN cuts ``[y1, x1, y2, x2]`` with ``crop_and_resize`` boxes
+    ``y / H, x / W``: sample ``i`` at ``y1 (H - 1) / H + i (y2 - y1) (H - 1) / (H (crop - 1))``.
+    Returns ``[..., 4]`` pixel boxes that give those samples, so kdet's
+    crops (``tf.image`` or gathers) reproduce MTCNN's patches.
+    """
+    height = tf.cast(image_size[0], tf.float32)
+    width = tf.cast(image_size[1], tf.float32)
+    factor = tf.stack([(height - 1) / height, (width - 1) / width] * 2)
+    first = boxes[..., :2] * factor[:2]
+    side = (boxes[..., 2:] - boxes[..., :2]) * factor[2:] * (crop / (crop - 1))
+    start = first + 0.5 - 0.5 * side / crop
+    return tf.concat([start, start + side], axis=-1)
 
 
 def crop_boxes_for(boxes: tf.Tensor, *, image_size, crop: int, samples: int | None = None) -> tf.Tensor:

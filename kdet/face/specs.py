@@ -79,12 +79,16 @@ class FaceTestSpec(Spec):
       crop_method: "bilinear" or "nearest" (nearest from the pyramid is the
         paper's no-resize crop).
       nms_iou_threshold: the final NMS.
+      containment_threshold: after it, drop a detection that a higher-scored
+        one covers by more than this fraction of the smaller box (MTCNN's
+        "min" NMS, :func:`kdet.postprocess.suppress_contained`); None: off.
       max_detections: K of the output contract.
     """
 
     bounds = {"min_face_size": "> 0", "levels_per_octave": ">= 1", "pool_size": ">= 1",
               "stage1_max_boxes": ">= 1", "stage2_max_boxes": ">= 1", "stage1_nms_iou": "(0, 1]",
-              "stage2_nms_iou": "(0, 1]", "nms_iou_threshold": "(0, 1]", "max_detections": ">= 1"}
+              "stage2_nms_iou": "(0, 1]", "nms_iou_threshold": "(0, 1]", "containment_threshold": "(0, 1]",
+              "max_detections": ">= 1"}
     min_face_size: float = 20.0
     levels_per_octave: int = 2
     pyramid: str = "antialias"
@@ -97,6 +101,7 @@ class FaceTestSpec(Spec):
     crop_source: str = "pyramid"
     crop_method: str = "bilinear"
     nms_iou_threshold: float = 0.3
+    containment_threshold: float | None = None
     max_detections: int = 100
 
     def _check(self):

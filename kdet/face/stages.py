@@ -31,6 +31,7 @@ from kdet.face.pyramid import (
     block_maxima_values,
     block_winners,
     build_pyramid,
+    corner_sampled_boxes,
     crop_boxes_for,
     gather_crops,
     level_crop_boxes,
@@ -64,18 +65,28 @@ def crop_sources(model, x, levels, scales):
     return [x], [1.0]
 
 
-def stage_scores(model, x: tf.Tensor, depth: int, boxes: tf.Tensor | None = None):
-    """Branch ``depth``'s face probability ``[N]`` on preprocessed patches ``x [N, S, S, 3]`` (S = 12, 24, 48).
+def stage_outputs(model, x: tf.Tensor, depth: int, boxes: tf.Tensor | None = None) -> dict[str, tf.Tensor]:
+    """Branch ``depth`` on preprocessed patches ``x [N, S, S, 3]`` (S = 12, 24, 48).
 
-    With ``boxes [N, 4]`` (the patches' boxes, pixels) also returns them
-    regressed by the branch: ``(scores, boxes)``; else ``(scores, None)``.
+    Returns ``{"scores": [N]}`` (face probability); with ``boxes [N, 4]``
+    (the patches' boxes, pixels) also ``"boxes" [N, 4]``, regressed by the
+    branch, and, for a branch with landmarks (MTCNN's O-Net), ``"keypoints"
+    [N, 5, 2]`` (y, x pixels).
     """
     out = model.branches(x, depth=depth)
     name = BRANCHES[depth - 1]
-    probs = tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:, 1]
-    if boxes is None:
-        return probs, None
-    return probs, model.box_coder.decode(model.denormalize_offsets(out[f"{name}_offsets"]), boxes)
+    found = {"scores": tf.nn.softmax(out[f"{name}_logits"], axis=-1)[:, 1]}
+    if boxes is not None:
+        found["boxes"] = model.box_coder.decode(model.denormalize_offsets(out[f"{name}_offsets"]), boxes)
+        if f"{name}_landmarks" in out:
+            found["keypoints"] = model.box_coder.decode_points(out[f"{name}_landmarks"], boxes)
+    return found
+
+
+def stage_scores(model, x: tf.Tensor, depth: int, boxes: tf.Tensor | None = None):
+    """:func:`stage_outputs` as ``(scores [N], regressed boxes [N, 4] or None)``."""
+    out = stage_outputs(model, x, depth, boxes)
+    return out["scores"], out.get("boxes")
 
 
 def stage1(model, levels, image_size, *, threshold: float, keep: int):
@@ -104,14 +115,14 @@ def stage1(model, levels, image_size, *, threshold: float, keep: int):
         features.append(tf.reshape(feature, [batch, h * w, feature.shape[-1]]))
         shapes.append((h, w))
         level_hw = level.shape[1:3]
-        anchors.append(window_boxes((h, w), stride=2, window=12,
+        anchors.append(window_boxes((h, w), stride=2, window=12, start=model.window_start,
                                     scale_yx=(level_hw[0] / image_size[0], level_hw[1] / image_size[1])))
     maxima = tf.concat(maxima, axis=1)
     top, blocks = tf.math.top_k(tf.where(maxima >= threshold, maxima, 0.0), k=min(keep, int(maxima.shape[1])))
     chosen = block_winners(tf.concat(faces, axis=1), block_cells(shapes, k), blocks)  # [B, K] windows
     feature = tf.gather(tf.concat(features, axis=1), chosen, batch_dims=1)  # [B, K, 16]
     codes = model.denormalize_offsets(model.x12.offsets(feature[:, :, None, :])[:, :, 0, :])
-    return top, model.box_coder.decode(codes, tf.gather(tf.concat(anchors, axis=0), chosen))
+    return top, model.window_coder.decode(codes, tf.gather(tf.concat(anchors, axis=0), chosen))
 
 
 def crop_patches(model, levels, level_scales, boxes, box_index, image_size, crop: int,
@@ -165,25 +176,33 @@ def _padded_survivors(scores):
     return keep, rows, padded - count
 
 
-def refine(model, sources, boxes, scores, *, depth: int, threshold: float, image_size):
+def refine(model, sources, boxes, scores, *, depth: int, threshold: float, image_size, keypoints: bool = False):
     """One later stage on the boxes still scored above 0: ``(scores, boxes)``, same shapes.
 
     Only the survivors are cropped and run (compute follows the survivors,
-    not the padded budget); the others keep score 0.
+    not the padded budget); the others keep score 0. With ``keypoints``
+    (a branch with landmarks) returns ``(scores, boxes, keypoints [B, K, 5, 2])``.
     """
     batch, k = tf.shape(boxes)[0], tf.shape(boxes)[1]
     squares = tf.reshape(square_boxes(boxes), [-1, 4])
     total = batch * k
     keep, rows, pad = _padded_survivors(scores)
     kept = tf.gather(squares, rows)
-    patches = crop_patches(model, *sources, kept, rows // k, image_size, SIDES[depth], model.patch_samples(depth))
-    probs, refined = stage_scores(model, patches, depth, kept)
+    cut = kept if model.crop_convention == "centres" else \
+        corner_sampled_boxes(kept, image_size=image_size, crop=SIDES[depth])
+    patches = crop_patches(model, *sources, cut, rows // k, image_size, SIDES[depth], model.patch_samples(depth))
+    found = stage_outputs(model, patches, depth, kept)
+    probs = found["scores"]
     # Padding rows scatter into one extra slot that is then dropped: no tensor is ever empty
     # (TFLite's UNPACK refuses an empty input, so an image without survivors would fail there).
     targets = tf.concat([keep, tf.fill([pad], total)], axis=0)[:, None]
     new_scores = tf.scatter_nd(targets, tf.where(probs >= threshold, probs, 0.0), [total + 1])[:total]
-    new_boxes = tf.scatter_nd(targets, refined, tf.stack([total + 1, 4]))[:total]
-    return tf.reshape(new_scores, [batch, k]), tf.reshape(new_boxes, [batch, k, 4])
+    new_boxes = tf.scatter_nd(targets, found["boxes"], tf.stack([total + 1, 4]))[:total]
+    out = tf.reshape(new_scores, [batch, k]), tf.reshape(new_boxes, [batch, k, 4])
+    if not keypoints:
+        return out
+    points = tf.scatter_nd(targets, found["keypoints"], tf.stack([total + 1, 5, 2]))[:total]
+    return (*out, tf.reshape(points, [batch, k, 5, 2]))
 
 
 def budget(scores, boxes, keep: int, iou_threshold: float | None = None):
@@ -201,7 +220,9 @@ def detect_steps(model, images: tf.Tensor) -> Iterator[tuple[str, dict]]:
 
     Steps ``"pyramid"`` (``{"image": preprocessed, "levels": [...]}``), ``"x12"``, ``"x24"``,
     ``"x48"`` (``{"scores": [B, K], "boxes": [B, K, 4]}``: the boxes
-    passed on, score 0 on padding) and ``"nms"`` (the output contract).
+    passed on, score 0 on padding; and ``"keypoints" [B, K, 5, 2]`` when
+    x12-x24-x48 has landmarks) and ``"nms"`` (the output contract, with
+    ``keypoints`` then).
     ``detect`` runs them all; a profiler stops early to time a prefix.
     An image smaller than one window at ``min_face_size`` yields only ``"nms"``.
     """
@@ -212,7 +233,10 @@ def detect_steps(model, images: tf.Tensor) -> Iterator[tuple[str, dict]]:
     model.build()  # the branches' parts are called one by one below (x12's trunk, then its outputs)
     scales = test_scales(model, image_size)
     if not scales:
-        yield "nms", postprocess.empty_detections(tf.shape(images)[0], test.max_detections)
+        empty = postprocess.empty_detections(tf.shape(images)[0], test.max_detections)
+        if getattr(model.x48, "landmarks", None) is not None:  # the same outputs whatever the image size
+            empty["keypoints"] = tf.zeros([tf.shape(images)[0], test.max_detections, 5, 2])
+        yield "nms", empty
         return
     x = model.preprocess(images)
     levels = build_pyramid(x, scales, use_gather=model.use_gather, method=test.pyramid)
@@ -228,12 +252,18 @@ def detect_steps(model, images: tf.Tensor) -> Iterator[tuple[str, dict]]:
     scores, boxes = refine(model, sources, boxes, scores, depth=2, threshold=t2, image_size=image_size)
     scores, boxes = budget(scores, boxes, test.stage2_max_boxes, test.stage2_nms_iou)
     yield "x24", {"scores": scores, "boxes": boxes}
-    scores, boxes = refine(model, sources, boxes, scores, depth=3, threshold=t3, image_size=image_size)
-    yield "x48", {"scores": scores, "boxes": boxes}
+    landmarks = getattr(model.x48, "landmarks", None) is not None
+    last = refine(model, sources, boxes, scores, depth=3, threshold=t3, image_size=image_size, keypoints=landmarks)
+    scores, boxes = last[:2]
+    extras = {"keypoints": last[2]} if landmarks else {}
+    yield "x48", {"scores": scores, "boxes": boxes, **extras}
     boxes = box_ops.clip_boxes(boxes, image_size)
-    yield "nms", postprocess.class_aware_nms(boxes, scores, tf.zeros_like(scores, tf.int32),
-                                             iou_threshold=test.nms_iou_threshold,
-                                             max_detections=test.max_detections)
+    found = postprocess.class_aware_nms(boxes, scores, tf.zeros_like(scores, tf.int32),
+                                        iou_threshold=test.nms_iou_threshold, max_detections=test.max_detections,
+                                        extras=extras)
+    if test.containment_threshold is not None:
+        found = postprocess.suppress_contained(found, test.containment_threshold)
+    yield "nms", found
 
 
 def window_scorer(model, *, depth: int = 1, thresholds: tuple[float, ...] | None = None,

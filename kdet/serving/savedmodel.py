@@ -27,6 +27,8 @@ the boxes back. Outputs follow the TF Object Detection API::
     detection_scores   float32 [B, K]
     detection_classes  float32 [B, K]     label-map ids: the dataset's category ids, 0 on padding
     num_detections     float32 [B]
+    detection_keypoints float32 [B, K, 5, 2] (y, x) normalised like the boxes: only a
+                       detector with landmarks (MTCNN's O-Net, :mod:`kdet.face.mtcnn`)
 
 Rows at and after ``num_detections`` are padding (zeros); detections that lie
 wholly in the letterbox padding are dropped. The label map
@@ -109,13 +111,19 @@ def to_detection_api(detections: dict, scale: tf.Tensor, original_hw: tf.Tensor,
     # Boxes that lay wholly in the letterbox padding are empty once clipped: drop them and close the gaps.
     inside = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
     keep = (tf.range(k)[None, :] < detections["num_detections"][:, None]) & inside & valid[:, None]
+    if "keypoints" in detections:  # (y, x) points, normalised as the boxes (not clipped: a landmark may be off)
+        detections = {**detections, "keypoints": detections["keypoints"] / scale[:, None, None, None]
+                      / tf.maximum(hw, 1.0)[:, None, None, :]}
     kept = postprocess.keep_detections({**detections, "boxes": boxes}, keep)
-    return {
+    out = {
         "detection_boxes": kept["boxes"],
         "detection_scores": kept["scores"],
         "detection_classes": _category_ids(kept["classes"], category_ids),
         "num_detections": tf.cast(kept["num_detections"], tf.float32),
     }
+    if "keypoints" in kept:
+        out["detection_keypoints"] = kept["keypoints"]
+    return out
 
 
 def _category_ids(classes: tf.Tensor, category_ids: Sequence[int] | None) -> tf.Tensor:
