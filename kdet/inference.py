@@ -47,7 +47,8 @@ def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: i
                          f"the model in {model_dir} was trained on {len(info.class_names)}")
     if max_images:
         examples = examples.take(max_images)
-    pipeline = make_pipeline(examples, image_size=info.input_size, batch_size=batch_size, training=False)
+    pipeline = make_pipeline(examples, image_size=info.input_size, batch_size=batch_size, training=False,
+                             stride=model.input_stride)
     if model.evaluation == "face":
         evaluator = FaceEvaluator(min_face_size=info.recipe.get("extra", {}).get("min_face_size"))
     else:

@@ -111,6 +111,7 @@ RECIPES = {
         build_model=build_model,
         **WIDER_FACE,
         image_size=(768, 1024),  # WIDER FACE images are 1024 px wide: kept at their size
+        schedule_unit="epochs",
         batch_size=BATCH,
         # Faster R-CNN's solver (papers/004 Sec. 3.1.3: 0.001 at one image per mini-batch, then 0.0001; momentum
         # 0.9, weight decay 5e-4). kdet.face.recipe counts this schedule in EPOCHS: 16 for the RPN and 16 for

@@ -51,6 +51,9 @@ class Detector(keras.Model):
     default_class_names: ClassVar[tuple[str, ...] | None] = None
     #: Config changes that give the builtins-only twin of :meth:`export_variant`.
     export_switches: ClassVar[Mapping[str, Any]] = {}
+    #: Input sizes (training, evaluation) must be multiples of this: the largest feature stride (P7's 128
+    #: for the FPN detectors; 1 for a detector that takes any size, such as the face cascade's pyramid).
+    input_stride: ClassVar[int] = 128
     #: Flat config key of model directory formats 1-2 -> ``(argument, field)`` of the grouped arguments.
     flat_config_keys: ClassVar[Mapping[str, tuple[str, str]]] = {}
 

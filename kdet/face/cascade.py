@@ -122,6 +122,7 @@ class FaceCascade(Detector):
     default_evaluation = "face"
     default_class_names = ("face",)
     export_switches = {"use_gather": True}  # pyramid and crops by gathers: TFLite builtins
+    input_stride = 1  # an image pyramid: any input size
     flat_config_keys = FLAT_CONFIG_KEYS
 
     def __init__(

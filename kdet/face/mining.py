@@ -30,6 +30,7 @@ reaches the later branches.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -203,13 +204,29 @@ def flip_samples(samples: FaceSamples) -> FaceSamples:
     return dataclasses.replace(samples, patches=samples.patches[:, :, ::-1].copy(), offsets=offsets)
 
 
+def progress_of(items, what: str, progress: bool | str):
+    """``items`` with a tqdm bar (``progress`` True), a printed line at each tenth (``"lines"``), or silent."""
+    if progress != "lines":
+        return tqdm(items, desc=what, disable=not progress, unit="img")
+    items = list(items)
+
+    def lines():
+        started, marks = time.perf_counter(), {max(1, round(len(items) * k / 10)) for k in range(1, 11)}
+        for i, item in enumerate(items, 1):
+            yield item
+            if i in marks:
+                print(f"{what}: {i}/{len(items)} images ({time.perf_counter() - started:.0f}s)", flush=True)
+
+    return lines()
+
+
 def mine_face_samples(
     examples: Iterable[Mapping],
     *,
     seed: int = 0,
     flip: bool = True,
     positive_fraction: float | None = 0.05,
-    progress: bool = True,
+    progress: bool | str = True,
     **kwargs,
 ) -> FaceSamples:
     """Mines samples from example dicts (``image [H, W, 3]``, ``boxes [N, 4]``, optional ``is_crowd``).
@@ -220,7 +237,8 @@ def mine_face_samples(
       flip: also add every sample mirrored.
       positive_fraction: drop random negatives until positives are at least
         this fraction of the samples (None keeps all).
-      progress: show a progress bar.
+      progress: a progress bar (True), a line at every tenth of the images
+        (``"lines"``: logs of a run without a terminal) or nothing (False).
       **kwargs: forwarded to :func:`mine_image` (window, stride, IoUs, ...).
 
     Returns:
@@ -228,7 +246,7 @@ def mine_face_samples(
     """
     rng = np.random.default_rng(seed)
     parts = []
-    for i, example in enumerate(tqdm(examples, desc="mining face samples", disable=not progress, unit="img")):
+    for i, example in enumerate(progress_of(examples, "mining face samples", progress)):
         image = np.asarray(example["image"])
         crowd = example.get("is_crowd")
         part = mine_image(image, np.asarray(example["boxes"]), rng=rng,
@@ -341,7 +359,7 @@ def mine_hard_samples(
     threshold: float,
     seed: int = 0,
     flip: bool = True,
-    progress: bool = True,
+    progress: bool | str = True,
     **kwargs,
 ) -> FaceSamples:
     """Hard samples of every example: :func:`mine_hard_image`, then (``flip``) each mirrored too.
@@ -352,7 +370,7 @@ def mine_hard_samples(
       threshold: its pass threshold.
       seed: the sampling's seed.
       flip: also add every sample mirrored.
-      progress: show a progress bar.
+      progress: as :func:`mine_face_samples`'.
       **kwargs: forwarded to :func:`mine_hard_image` (pyramid, IoUs, counts).
 
     Returns:
@@ -363,7 +381,7 @@ def mine_hard_samples(
     rng = np.random.default_rng(seed)
     window = kwargs.get("window", 48)
     samples = _empty(window)
-    for i, example in enumerate(tqdm(examples, desc="mining hard face samples", disable=not progress, unit="img")):
+    for i, example in enumerate(progress_of(examples, "mining hard face samples", progress)):
         crowd = example.get("is_crowd")
         part = mine_hard_image(np.asarray(example["image"]), np.asarray(example["boxes"]), score_windows,
                                threshold=threshold, rng=rng, ignore=None if crowd is None else np.asarray(crowd),

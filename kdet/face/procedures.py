@@ -159,7 +159,7 @@ def train_cascade_joint(config: Mapping, samples: FaceSamples, *, epochs: int, b
 
 def bootstrap_samples(config: Mapping, samples: FaceSamples, examples: Iterable[Mapping], *, epochs: int,
                       depth: int = 1, batch_size: int = 128, optimizer: OptimizerFactory | None = None,
-                      seed: int = 0, verbose=2, progress: bool = False, callbacks=None, **mining):
+                      seed: int = 0, verbose=2, progress: bool | str = False, callbacks=None, **mining):
     """Hard samples mined by a greedily trained first stage, merged with ``samples``.
 
     Trains x12 alone on ``samples`` (``depth=2``: then x12-x24 on x12's
@@ -287,7 +287,7 @@ class CascadeSamples:
 
 
 def prepare_cascade(config: Mapping, examples: list, training: CascadeTraining, *, seed: int = 0,
-                    progress: bool = False, optimizer: OptimizerFactory | None = None, verbose=2,
+                    progress: bool | str = False, optimizer: OptimizerFactory | None = None, verbose=2,
                     callbacks=None) -> CascadeSamples:
     """Step 1 of :func:`train_cascade`: sliding-window samples, offset statistics, optional hard samples.
 

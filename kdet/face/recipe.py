@@ -159,10 +159,13 @@ def cascade_training(recipe, run) -> procedures.CascadeTraining:
 def train_face_cascade(recipe, run) -> keras.Model:
     """Sec. 4.2: mine, optionally bootstrap, train the branches separately, then jointly from them."""
     training = cascade_training(recipe, run)
+    if run.verbose:
+        print(f"{recipe.name}: reading the training images (decoded once, for mining and bootstrapping)", flush=True)
     examples = numpy_examples(run.train_examples, recipe.extra.get("max_train_images"))
     common = _fit_settings(recipe, run)
+    progress = {1: True, 2: "lines"}.get(run.verbose, False)  # a bar on a terminal, lines in a log
     with run.strategy.scope():
-        prepared = procedures.prepare_cascade(_model_config(recipe), examples, training, progress=run.verbose == 1,
+        prepared = procedures.prepare_cascade(_model_config(recipe), examples, training, progress=progress,
                                               **common)
         model, _ = procedures.train_cascade(prepared, training, **common)
     return model

@@ -65,6 +65,17 @@ class StepBackup(keras.callbacks.Callback):
         write_backup(self.model, self.backup_dir, self.global_step)
 
 
+class StepCounter(keras.callbacks.Callback):
+    """Counts the optimiser steps of every ``fit`` it is passed to (a custom procedure's several fits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps += 1
+
+
 class TerminateOnNaNTerm(keras.callbacks.Callback):
     """Stops training when a logged loss term is NaN or infinite, naming it.
 

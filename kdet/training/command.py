@@ -30,13 +30,6 @@ def positive_int(text: str) -> int:
     return value
 
 
-def image_size(text: str) -> int:
-    value = positive_int(text)
-    if value % 128:
-        raise argparse.ArgumentTypeError(f"image sizes must be multiples of 128 (the P7 stride), got {value}")
-    return value
-
-
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``kdet train`` and of a recipe file's command line."""
     parser.add_argument("--data", help="training data: tfds:NAME:SPLIT, coco-json:PATH[:IMAGE_DIR] or "
@@ -56,7 +49,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                                                     "downloads them once into its cache, ~/.keras/models; the "
                                                     "COCO and VOC recipes' default, as in the papers), a local "
                                                     "weights file (*_notop.h5) or 'none' (random initialisation)")
-    parser.add_argument("--image-size", type=image_size, nargs=2, metavar=("HEIGHT", "WIDTH"))
+    parser.add_argument("--image-size", type=positive_int, nargs=2, metavar=("HEIGHT", "WIDTH"),
+                        help="training and evaluation size (multiples of the model's largest stride: 128 for the "
+                             "FPN detectors; any size for the face cascade)")
     parser.add_argument("--smoke", action="store_true",
                         help="a few steps on tiny inputs (tfds data is replaced by tfds.testing.mock_data)")
     parser.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")

@@ -50,7 +50,7 @@ from kdet.files import check_output_path, write_json_atomic
 from kdet.model_dir import build_for, is_complete, load_model_dir, save_model_dir
 from kdet.training.backup import restore_backup
 from kdet.evaluation.callback import EvaluationCallback
-from kdet.training.callbacks import DetectionImages, StepBackup, TerminateOnNaNTerm
+from kdet.training.callbacks import DetectionImages, StepBackup, StepCounter, TerminateOnNaNTerm
 from kdet.training.distribute import choose_strategy, custom_loop, is_chief, is_multi_worker, set_precision
 from kdet.training.recipe import Recipe
 from kdet.training.stream import training_stream
@@ -123,7 +123,13 @@ def _apply_overrides(recipe: Recipe, *, smoke: bool, data, val_data, batch_size,
         changes["backbone_weights"] = None  # random initialisation (the tiny backbone has no ImageNet weights)
     if data is not None and val_data is None and data != recipe.train_data:
         changes["val_data"] = None  # the recipe's validation set belongs to its own data, not the user's
-    return recipe.replace(**changes) if changes else recipe
+    recipe = recipe.replace(**changes) if changes else recipe
+    size = recipe.image_size
+    if len(size) != 2 or any(int(s) < 1 or int(s) % recipe.image_stride for s in size):
+        what = "positive" if recipe.image_stride == 1 else f"multiples of {recipe.image_stride} (its largest stride)"
+        raise ValueError(f"--image-size {' '.join(str(s) for s in size)}: the {recipe.name} recipe's model takes "
+                         f"image sizes that are {what}")
+    return recipe
 
 
 def _recipe_record(recipe: Recipe, **more) -> dict:
@@ -141,7 +147,7 @@ def _val_pipeline(recipe: Recipe, examples) -> tf.data.Dataset:
     if recipe.val_images:
         examples = examples.take(recipe.val_images)
     return make_pipeline(examples, image_size=recipe.image_size, batch_size=max(1, min(8, recipe.batch_size)),
-                         training=False, max_boxes=recipe.max_boxes)
+                         training=False, max_boxes=recipe.max_boxes, stride=recipe.image_stride)
 
 
 def train(
@@ -207,6 +213,9 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     recipe = _apply_overrides(recipe, smoke=smoke, data=data, val_data=val_data, batch_size=batch_size,
                               backbone=backbone, backbone_weights=backbone_weights, image_size=image_size)
     verbose = _verbose(verbose)
+    if recipe.schedule_unit == "epochs" and steps is not None:
+        raise ValueError(f"--steps {steps}: the {recipe.name} recipe counts its schedule in epochs of the samples it "
+                         f"mines (their number is known only after mining); use --epochs")
     if recipe.val_data is None:
         if recipe.train is not None:
             raise ValueError(f"--data {recipe.train_data!r} without --val-data: the {recipe.name} recipe needs "
@@ -235,8 +244,10 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
         run = Run(recipe=recipe, model_dir=model_dir, train_examples=train_examples, train_info=train_info,
                   val_examples=val_examples, val_info=val_info, batch_size=recipe.batch_size, strategy=strategy,
                   callbacks=callbacks, seed=seed, verbose=verbose, smoke=smoke, epochs=epochs, steps=steps)
+        counter = StepCounter()
+        run.callbacks = list(run.callbacks) + [counter]  # every fit of the procedure counts its steps here
         model = recipe.train(recipe, run)
-        history, start_step, total, evaluated = {}, 0, 0, None
+        history, start_step, total, evaluated = {}, 0, counter.steps, None
     else:
         model, history, start_step, total, evaluated = _train_steps(
             recipe, model_dir=model_dir, train_examples=train_examples, info=train_info, val=val,

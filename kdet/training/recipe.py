@@ -181,7 +181,10 @@ class Recipe:
         returning an uncompiled detector (it calls the constructor).
       train_data, val_data: data strings (:mod:`kdet.data.sources`).
       image_size: ``(height, width)`` of the padded training and evaluation
-        images (multiples of the model's largest stride).
+        images (multiples of ``image_stride``).
+      image_stride: the model's largest feature stride, which image sizes
+        must be multiples of (its detector's ``input_stride``: 128, or 1 for
+        the face cascade, which takes any size).
       batch_size: global images per step (all replicas together).
       schedule: optimiser and learning-rate schedule at the paper's batch.
       backbone: backbone name passed to ``build_model`` (``--backbone``).
@@ -192,6 +195,9 @@ class Recipe:
       steps_per_epoch: steps of one Keras epoch, the interval of evaluation,
         best-checkpoint selection and epoch logs.
       val_images: images evaluated after each epoch (None: the whole split).
+      schedule_unit: "steps", or "epochs" where ``schedule.total_steps``
+        counts epochs of a procedure's own samples (the face cascade's:
+        ``--steps`` is then refused before any data is read).
       train: a custom training procedure ``train(recipe, run)`` for models
         that do not train by ``fit`` on images (the face cascade trains on
         mined windows); None uses :func:`kdet.training.train`'s loop.
@@ -213,6 +219,8 @@ class Recipe:
     flip: bool = True
     scale_jitter: tuple[float, float] | None = None
     max_boxes: int = 100
+    image_stride: int = 128
+    schedule_unit: str = "steps"
     steps_per_epoch: int = 1000
     val_images: int | None = 500
     train: Callable[..., Any] | None = None
@@ -222,6 +230,9 @@ class Recipe:
     def __post_init__(self):
         if self.batch_size < 1 or self.steps_per_epoch < 1:
             raise ValueError(f"recipe {self.name!r}: batch_size and steps_per_epoch must be >= 1")
+        if self.schedule_unit not in ("steps", "epochs"):
+            raise ValueError(f"recipe {self.name!r}: schedule_unit must be 'steps' or 'epochs', got "
+                             f"{self.schedule_unit!r}")
 
     def replace(self, **changes) -> Recipe:
         """A copy with ``changes``; unknown names raise a ValueError listing the valid ones."""

@@ -150,3 +150,13 @@ def test_joint_training_later_only_samples_skip_the_x12_loss():
     assert steps["joint"]["history"]["x12_samples"][-1] == n
     with pytest.raises(ValueError, match="later_only"):
         procedures.train_cascade_joint(config, samples, epochs=1, later_only=half[:3])
+
+
+def test_progress_lines_for_a_log_without_a_terminal(capsys):
+    from kdet.face.mining import progress_of
+
+    assert list(progress_of(range(25), "mining face samples", "lines")) == list(range(25))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("mining face samples: 25/25 images (")
+    assert lines[0].startswith("mining face samples: 2/25 images")
+    assert list(progress_of([1, 2], "quiet", False)) == [1, 2] and capsys.readouterr().out == ""

@@ -84,7 +84,9 @@ def test_detect_writes_pngs_and_refuses_bad_files(trained, tmp_path, capsys):
     (["train", RECIPE + ":coco"], "no variant 'coco'; variants: shapes"),
     (["train", RECIPE, "--data", "imagenet:train"], "expected one of tfds:NAME:SPLIT"),
     (["evaluate", "--model-dir", "/nonexistent/dir"], "not a kdet model directory"),
-    (["train", "face_rcnn", "--smoke", "--steps", "3", "--no-eval"], "use --epochs instead of --steps"),
+    (["train", "face_rcnn", "--smoke", "--steps", "3", "--no-eval"], "counts its schedule in epochs"),
+    (["train", "face_cascade", "--steps", "3"], "counts its schedule in epochs"),  # before reading WIDER FACE
+    (["train", RECIPE, "--image-size", "100", "128"], "multiples of 128 (its largest stride)"),
 ])
 def test_errors_name_the_bad_argument(argv, message, capsys, tmp_path):
     if argv[0] == "train":
@@ -95,5 +97,5 @@ def test_errors_name_the_bad_argument(argv, message, capsys, tmp_path):
 
 def test_bad_image_size_is_refused_by_the_parser(capsys):
     with pytest.raises(SystemExit):
-        cli.main(["train", RECIPE, "--image-size", "100", "128"])
-    assert "multiples of 128" in capsys.readouterr().err
+        cli.main(["train", RECIPE, "--image-size", "0", "128"])
+    assert "expected a positive integer" in capsys.readouterr().err

@@ -5,6 +5,8 @@ Smoke mode applies the recipe's ``smoke`` overrides (a couple of steps on
 command line does); the face recipes smoke on the embedded face set.
 """
 
+import re
+
 import pytest
 
 from kdet import cli
@@ -34,6 +36,9 @@ def test_recipe_trains_in_smoke_mode(name, tmp_path, capsys):
         assert f"{smoke.schedule.total_steps} steps (from step 0)" in out
         step = smoke.schedule.total_steps
         assert (model_dir / "backup" / f"step-{step:09d}" / "state.json").is_file()
+    else:  # a procedure of several fits (the face recipes): the steps of all of them are reported
+        trained = re.search(rf"kdet train: {recipe.name}: (\d+) steps", out)
+        assert trained and int(trained.group(1)) > 0, out[-2000:]
     assert ("AP50" in out) and ("AR100" in out or "recall" in out), out[-2000:]
     model = recipe.build_model(1, backbone="tiny", backbone_weights=None)
     if model.evaluation == "face":  # kdet evaluate picks the face metrics for a face model directory
