@@ -124,7 +124,9 @@ def detect_image(model, image: np.ndarray, input_size: Sequence[int]) -> dict[st
       (as the SavedModel's ``detection_boxes``), ``scores [N]``, ``classes
       int [N]`` (label indices), ``category_ids int [N]`` (the dataset's
       ids of those labels, as the SavedModel's ``detection_classes``) and
-      ``class_names str [N]``, for the ``N`` detections kept.
+      ``class_names str [N]``, for the ``N`` detections kept; for a
+      detector with landmarks also ``keypoints float32 [N, P, 2]`` (y, x
+      pixels of ``image``).
     """
     from kdet.serving.image import letterbox
     from kdet.serving.savedmodel import to_detection_api
@@ -136,10 +138,13 @@ def detect_image(model, image: np.ndarray, input_size: Sequence[int]) -> dict[st
     normalized = served["detection_boxes"][0, :n].numpy()
     height, width = image.shape[:2]
     classes = served["detection_classes"][0, :n].numpy().astype(np.int64) - 1
-    return {"boxes": normalized * np.array([height, width, height, width], np.float32),
-            "boxes_normalized": normalized, "scores": served["detection_scores"][0, :n].numpy(),
-            "classes": classes, "category_ids": np.asarray(model.category_ids, np.int64)[classes],
-            "class_names": np.asarray(model.class_names, dtype=str)[classes]}
+    found = {"boxes": normalized * np.array([height, width, height, width], np.float32),
+             "boxes_normalized": normalized, "scores": served["detection_scores"][0, :n].numpy(),
+             "classes": classes, "category_ids": np.asarray(model.category_ids, np.int64)[classes],
+             "class_names": np.asarray(model.class_names, dtype=str)[classes]}
+    if "detection_keypoints" in served:
+        found["keypoints"] = served["detection_keypoints"][0, :n].numpy() * np.float32([height, width])
+    return found
 
 
 def detections_record(path: str, image_size: Sequence[int], found: dict) -> dict:
@@ -147,15 +152,18 @@ def detections_record(path: str, image_size: Sequence[int], found: dict) -> dict
 
     Each detection's ``box`` is ``[ymin, xmin, ymax, xmax]`` in pixels of the
     original image, ``box_normalized`` the SavedModel's ``detection_boxes``
-    row; ``category_id`` the dataset's id; detections best first.
+    row; ``category_id`` the dataset's id; detections best first. A
+    detector with landmarks adds ``keypoints``: ``[[y, x], ...]`` pixels
+    (MTCNN's: left eye, right eye, nose, mouth left, mouth right).
     """
-    return {"image": path, "height": int(image_size[0]), "width": int(image_size[1]),
-            "detections": [{"box": [round(float(v), 3) for v in box],
-                            "box_normalized": [float(v) for v in normalized], "score": float(score),
-                            "category_id": int(category), "class_name": str(name)}
-                           for box, normalized, score, category, name in zip(
-                               found["boxes"], found["boxes_normalized"], found["scores"], found["category_ids"],
-                               found["class_names"])]}
+    detections = [{"box": [round(float(v), 3) for v in box], "box_normalized": [float(v) for v in normalized],
+                   "score": float(score), "category_id": int(category), "class_name": str(name)}
+                  for box, normalized, score, category, name in zip(
+                      found["boxes"], found["boxes_normalized"], found["scores"], found["category_ids"],
+                      found["class_names"])]
+    for detection, points in zip(detections, found.get("keypoints", [])):
+        detection["keypoints"] = [[round(float(y), 2), round(float(x), 2)] for y, x in points]
+    return {"image": path, "height": int(image_size[0]), "width": int(image_size[1]), "detections": detections}
 
 
 def _check_threshold(score_threshold: float) -> float:
@@ -193,7 +201,8 @@ def detect_files(model_dir: str, paths: Sequence[str], *, out_dir: str,
         keep = found["scores"] >= score_threshold
         found = {**{k: v[keep] for k, v in found.items()}, "image_size": image.shape[:2]}
         drawn = draw_detections(image, found["boxes"], found["classes"], found["scores"],
-                                class_names=info.class_names, score_threshold=score_threshold)
+                                class_names=info.class_names, score_threshold=score_threshold,
+                                keypoints=found.get("keypoints"))
         out = os.path.join(out_dir, name)
         Image.fromarray(drawn).save(out)
         yield path, out, found

@@ -83,8 +83,8 @@ def _dashed_rectangle(draw: ImageDraw.ImageDraw, box, *, color, dash: int = 4) -
 
 def draw_detections(image, boxes, classes, scores=None, *,
                     class_names: Sequence[str] | None = None, score_threshold: float = 0.3,
-                    max_overlap: float | None = None, color_seed: int = 0) -> np.ndarray:
-    """Draws labelled boxes, one colour per class.
+                    max_overlap: float | None = None, color_seed: int = 0, keypoints=None) -> np.ndarray:
+    """Draws labelled boxes, one colour per class (and each detection's keypoints as dots).
 
     Args:
         image: [H, W, 3] (or grey [H, W]) uint8, or float in 0..255.
@@ -98,6 +98,8 @@ def draw_detections(image, boxes, classes, scores=None, *,
             higher-scoring drawn one exceeds this is not drawn (whatever its
             class); None draws every detection above the threshold.
         color_seed: shifts the class colours.
+        keypoints: float [N, P, 2] (y, x) pixels, e.g. MTCNN's five face
+            landmarks; drawn as dots in the box's colour.
 
     Returns:
         A new uint8 [H, W, 3] array; ``image`` is left untouched.
@@ -124,6 +126,9 @@ def draw_detections(image, boxes, classes, scores=None, *,
         score = None if scores is None else float(scores[i])
         _draw_label(draw, (x0, y0), _label_text(int(classes[i]), score, class_names), color,
                     image_width=canvas.size[0])
+        for y, x in ([] if keypoints is None else _numpy(keypoints)[i].reshape(-1, 2)):
+            if np.isfinite(y) and np.isfinite(x):
+                draw.ellipse([x - width - 1, y - width - 1, x + width + 1, y + width + 1], fill=color)
     return np.asarray(canvas)
 
 

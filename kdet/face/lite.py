@@ -75,6 +75,9 @@ def convert_stages(model, *, input_size: Sequence[int], quantization: str = "flo
 
     if quantization == "int8" and representative_images is None:
         raise ValueError("int8 quantization needs representative_images ([H, W, 3] uint8 images of the input size)")
+    if model.architecture != "qin":  # the host loop crops and pads as the paper's branches expect
+        raise ValueError(f"the three-model form runs the paper's branches (architecture 'qin'), not "
+                         f"{model.architecture!r}: export this model as one TFLite file (kdet export --format tflite)")
     functions = stage_functions(model, input_size)
     calibration: dict[str, list | None] = {name: None for name in STAGES}
     if quantization == "int8":

@@ -134,6 +134,8 @@ class _MTCNNPatchNet(keras.layers.Layer):
         self.logits = keras.layers.Dense(2, name="logits", dtype=OUTPUT_DTYPE)
         self.offsets = keras.layers.Dense(4, name="offsets", dtype=OUTPUT_DTYPE)
         self.landmarks = keras.layers.Dense(10, name="landmarks", dtype=OUTPUT_DTYPE) if self.keypoints else None
+        if self.landmarks is not None:  # kdet's face data have no landmarks: fine-tuning keeps the published layer
+            self.landmarks.trainable = False
 
     @property
     def input_extent(self) -> int:

@@ -16,7 +16,7 @@ import numpy as np
 from kdet.face.cascade import FaceCascade
 from kdet.face.mtcnn import MTCNN_TEST_SETTINGS
 
-__all__ = ["from_mtcnn", "mtcnn_weights", "set_mtcnn_weights"]
+__all__ = ["from_mtcnn", "mtcnn_joint_config", "mtcnn_start", "mtcnn_weights", "set_mtcnn_weights"]
 
 
 def mtcnn_weights() -> dict[str, list[np.ndarray]]:
@@ -89,6 +89,28 @@ def from_mtcnn(*, test=None, training=None, weights=None, **kwargs):
     training = {**(training or {}), "offset_mean": (0.0,) * 4, "offset_std": (1.0,) * 4}
     model = FaceCascade(architecture="mtcnn", test={**MTCNN_TEST_SETTINGS, **(test or {})}, training=training,
                         **kwargs)
+    model.build()
+    set_mtcnn_weights(model, weights)
+    return model
+
+
+def mtcnn_joint_config(config: dict) -> dict:
+    """A FaceCascade config (a recipe's) turned into the joint network that starts from MTCNN.
+
+    MTCNN's branches and test pipeline (:data:`~kdet.face.mtcnn.MTCNN_TEST_SETTINGS`
+    over the config's test fields), the config's joint loss (threshold
+    controls, Eq. 6's weights) with unnormalised offsets (MTCNN's are not
+    normalised), its dropout.
+    """
+    training = dict(config.get("training") or {})
+    test = dict(config.get("test") or {})
+    return {**config, "architecture": "mtcnn", "x24_trunk": "li", "test": {**test, **MTCNN_TEST_SETTINGS},
+            "training": {**training, "offset_mean": (0.0,) * 4, "offset_std": (1.0,) * 4}}
+
+
+def mtcnn_start(config: dict, weights=None) -> FaceCascade:
+    """A built ``FaceCascade(**config)`` (``architecture="mtcnn"``) holding MTCNN's weights, links at zero."""
+    model = FaceCascade(**config)
     model.build()
     set_mtcnn_weights(model, weights)
     return model

@@ -55,6 +55,7 @@ from kdet.face.mining import (
     offset_statistics,
     samples_dataset,
 )
+from kdet.face.mtcnn_weights import mtcnn_joint_config, mtcnn_start
 from kdet.face.stages import BRANCHES, window_scorer
 from kdet.specs import override
 
@@ -159,7 +160,8 @@ def train_cascade_joint(config: Mapping, samples: FaceSamples, *, epochs: int, b
 
 def bootstrap_samples(config: Mapping, samples: FaceSamples, examples: Iterable[Mapping], *, epochs: int,
                       depth: int = 1, batch_size: int = 128, optimizer: OptimizerFactory | None = None,
-                      seed: int = 0, verbose=2, progress: bool | str = False, callbacks=None, **mining):
+                      seed: int = 0, verbose=2, progress: bool | str = False, callbacks=None,
+                      scorer_model: FaceCascade | None = None, **mining):
     """Hard samples mined by a greedily trained first stage, merged with ``samples``.
 
     Trains x12 alone on ``samples`` (``depth=2``: then x12-x24 on x12's
@@ -177,6 +179,8 @@ def bootstrap_samples(config: Mapping, samples: FaceSamples, examples: Iterable[
         optional ``is_crowd``).
       epochs: per trained branch.
       depth: 1 (mine with x12) or 2 (x12 then x12-x24).
+      scorer_model: a trained cascade whose first ``depth`` branches mine
+        (MTCNN's, for ``start="mtcnn"``); None trains them here.
       **mining: forwarded to ``mine_hard_samples`` / ``mine_hard_image``
         (``min_face_size``, ``negatives_per_image``, ``positives_per_face``, ...).
 
@@ -188,9 +192,12 @@ def bootstrap_samples(config: Mapping, samples: FaceSamples, examples: Iterable[
     """
     if depth not in (1, 2):
         raise ValueError(f"depth must be 1 or 2, got {depth}")
-    model, steps = _greedy(config, BRANCHES[:depth], lambda branch: samples, epochs=epochs, batch_size=batch_size,
-                           optimizer=optimizer or default_optimizer(), seed=seed, verbose=verbose,
-                           callbacks=callbacks)
+    if scorer_model is not None:  # a trained first stage is given (MTCNN's P-Net): nothing to train
+        model, steps = scorer_model, {}
+    else:
+        model, steps = _greedy(config, BRANCHES[:depth], lambda branch: samples, epochs=epochs,
+                               batch_size=batch_size, optimizer=optimizer or default_optimizer(), seed=seed,
+                               verbose=verbose, callbacks=callbacks)
     thresholds = model.training_spec.thresholds
     scorer = window_scorer(model, depth=depth, thresholds=thresholds)
     hard = mine_hard_samples(examples, scorer, threshold=thresholds[depth - 1], seed=seed, progress=progress,
@@ -199,7 +206,7 @@ def bootstrap_samples(config: Mapping, samples: FaceSamples, examples: Iterable[
 
 
 # ------------------------------------------------------------ the whole cascade procedure
-START = ("separate", "scratch", "none")
+START = ("separate", "scratch", "none", "mtcnn")
 HARD_SAMPLES = ("all", "later_only")
 
 
@@ -213,8 +220,10 @@ class CascadeTraining:
       epochs: E, epochs of each greedy branch and of bootstrapping's x12.
       joint_epochs: epochs of the joint network (None: E).
       start: the joint network's start: ``"separate"`` (the greedy branches'
-        weights, the paper's procedure), ``"scratch"``, or ``"none"`` (no
-        joint step: the greedy cascade is the result).
+        weights, the paper's procedure), ``"scratch"``, ``"none"`` (no
+        joint step: the greedy cascade is the result), or ``"mtcnn"``
+        (MTCNN's published weights, :mod:`kdet.face.mtcnn_weights`, with the
+        cross-stage links at zero: no greedy step, its P-Net bootstraps).
       batch_size: samples per step.
       min_face_size: smallest face mined, pixels (the pyramid starts there).
       positive_fraction, max_positives_per_face, negatives_per_image: the
@@ -302,8 +311,9 @@ def prepare_cascade(config: Mapping, examples: list, training: CascadeTraining, 
     samples = mine_face_samples(examples, seed=seed, progress=progress, positive_fraction=t.positive_fraction,
                                 max_positives_per_face=t.max_positives_per_face,
                                 negatives_per_image=t.negatives_per_image, **t.windows())
-    mean, std = offset_statistics(samples)
-    config = override(config, {"training": {"offset_mean": mean, "offset_std": std}})
+    start = mtcnn_start(mtcnn_joint_config(config)) if t.start == "mtcnn" else None
+    config = start.get_config() if start is not None else override(
+        config, {"training": dict(zip(("offset_mean", "offset_std"), offset_statistics(samples)))})
     if verbose:
         print(f"face cascade: {len(samples)} samples ({int((samples.labels == 1).sum())} faces) mined from "
               f"{len(examples)} images", flush=True)
@@ -312,7 +322,8 @@ def prepare_cascade(config: Mapping, examples: list, training: CascadeTraining, 
         samples, trained = bootstrap_samples(
             config, samples, examples, epochs=t.epochs, depth=t.bootstrap_depth, batch_size=t.batch_size,
             optimizer=optimizer, seed=seed, verbose=verbose, progress=progress, callbacks=callbacks,
-            negatives_per_image=t.bootstrap_negatives, positives_per_face=t.bootstrap_positives, **t.windows())
+            negatives_per_image=t.bootstrap_negatives, positives_per_face=t.bootstrap_positives, scorer_model=start,
+            **t.windows())
         if verbose:
             hard = samples.labels[sliding:]
             print(f"face cascade: {len(hard)} hard samples ({int((hard == 1).sum())} faces) added by "
@@ -335,6 +346,10 @@ def train_cascade(prepared: CascadeSamples, training: CascadeTraining, *, seed: 
                   callbacks=callbacks)
     later = t.hard_samples == "later_only" and prepared.sliding < len(samples)
     steps: dict = {}
+    if t.start == "mtcnn":
+        model, joint = train_cascade_joint(config, samples, epochs=t.joint_epochs, init_from=mtcnn_start(config),
+                                           **common)
+        return model, joint
     if t.start != "scratch" and separate is None:
         if later:  # x12 on the sliding windows: the bootstrapping x12, if it was trained with this seed
             sliding = samples.take(np.arange(prepared.sliding))

@@ -213,9 +213,7 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     recipe = _apply_overrides(recipe, smoke=smoke, data=data, val_data=val_data, batch_size=batch_size,
                               backbone=backbone, backbone_weights=backbone_weights, image_size=image_size)
     verbose = _verbose(verbose)
-    if recipe.schedule_unit == "epochs" and steps is not None:
-        raise ValueError(f"--steps {steps}: the {recipe.name} recipe counts its schedule in epochs of the samples it "
-                         f"mines (their number is known only after mining); use --epochs")
+    _check_steps(recipe, steps)
     if recipe.val_data is None:
         if recipe.train is not None:
             raise ValueError(f"--data {recipe.train_data!r} without --val-data: the {recipe.name} recipe needs "
@@ -268,6 +266,13 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     if chief:
         _write_outputs(result, recipe, val_info, seed=seed, mixed_precision=mixed_precision)
     return result
+
+
+def _check_steps(recipe: Recipe, steps: int | None) -> None:
+    """Refuses ``--steps`` for a recipe counted in epochs, before any data is read."""
+    if recipe.schedule_unit == "epochs" and steps is not None:
+        raise ValueError(f"--steps {steps}: the {recipe.name} recipe counts its schedule in epochs of the samples it "
+                         f"mines (their number is known only after mining); use --epochs")
 
 
 def _finished(model_dir: str, *, steps: int | None = None) -> dict | None:

@@ -103,7 +103,7 @@ def test_an_unprepared_tfds_dataset_is_a_clear_error_naming_what_to_do(tmp_path,
         load_tfds("voc/2007", split="test", data_dir=str(tmp_path))
     assert "embedded:faces" not in str(error.value)
     code = cli.main(["train", "face_cascade", "--data-dir", str(tmp_path), "--model-dir", str(tmp_path / "m"),
-                     "--steps", "1"])
+                     "--epochs", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "'wider_face' is not prepared" in err and "Traceback" not in err, err
     with pytest.raises(ValueError, match="huggingface: datasets are not read by kdet.*tfds build wider_face"):

@@ -129,3 +129,51 @@ def test_landmarks_through_detect_savedmodel_and_tflite(tmp_path):
     scale = np.float32([photo.height, photo.width])
     np.testing.assert_allclose(served["detection_keypoints"][0, 0].numpy() * scale,
                                keras_out["keypoints"][0, 0] * photo.height / size[0], rtol=0.02, atol=1.0)
+    # kdet detect: the same landmarks in its JSON (pixels of the photo) and drawn as dots
+    import json
+
+    from kdet import cli
+
+    assert cli.main(["detect", "--model-dir", model_dir, "--out", str(tmp_path / "drawn"),
+                     str(real_faces.real_face_photo_path(photo)), "--json", str(tmp_path / "found.json")]) == 0
+    found = json.loads((tmp_path / "found.json").read_text())["images"][0]["detections"]
+    assert len(found) == 1 and len(found[0]["keypoints"]) == 5
+    np.testing.assert_allclose(found[0]["keypoints"], served["detection_keypoints"][0, 0].numpy() * scale, atol=0.5)
+
+
+def test_the_three_model_host_loop_refuses_mtcnn_rather_than_crop_wrongly(model):
+    from kdet.face.lite import convert_stages
+
+    with pytest.raises(ValueError, match="three-model form runs the paper's branches.*one TFLite file"):
+        convert_stages(model, input_size=(120, 160))
+
+
+def test_joint_training_from_mtcnn_starts_exactly_at_mtcnn(model):
+    """The procedure's ``start="mtcnn"``: MTCNN's weights, the links at zero, its P-Net bootstraps; at a zero
+    learning rate (step 0) the jointly trained model gives MTCNN's detections exactly, on a real photo."""
+    import keras
+
+    from kdet.face import procedures
+
+    rng = np.random.default_rng(4)
+    examples = [{"image": rng.integers(0, 255, (96, 96, 3)).astype(np.uint8),
+                 "boxes": np.array([[10.0, 10.0, 50.0, 50.0]], np.float32)} for _ in range(2)]
+    training = procedures.CascadeTraining(epochs=1, batch_size=16, min_face_size=24.0, negatives_per_image=30,
+                                          positive_fraction=0.25, bootstrap_negatives=7, bootstrap_positives=1,
+                                          start="mtcnn")
+    prepared = procedures.prepare_cascade({"training": {"thresholds": (0.0, 0.003)}}, examples, training,
+                                          verbose=0)
+    assert prepared.config["architecture"] == "mtcnn" and prepared.trained == {}  # nothing greedy was trained
+    assert prepared.sliding < len(prepared.samples)  # MTCNN's P-Net found hard samples
+    joint, steps = procedures.train_cascade(prepared, training, verbose=0,
+                                            optimizer=lambda: keras.optimizers.SGD(0.0))
+    assert set(steps) == {"joint"} and joint.architecture == "mtcnn"
+    image = tf.constant(real_faces.load_real_face_photos(["astronaut"])[0][1][None], tf.float32)
+    ours, theirs = joint.detect(image), model.detect(image)
+    assert int(ours["num_detections"][0]) == int(theirs["num_detections"][0]) == 1
+    for key in ("boxes", "scores", "keypoints"):
+        np.testing.assert_array_equal(ours[key].numpy(), theirs[key].numpy())
+    # and training moves the links: one step at a real rate leaves them non-zero
+    moved, _ = procedures.train_cascade(prepared, training, verbose=0)
+    links = moved.x24.logits.get_weights()[0][moved.x24.units:]
+    assert np.abs(links).max() > 0
