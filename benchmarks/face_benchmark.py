@@ -820,12 +820,14 @@ def _evaluate_both(detect, examples, photos) -> tuple[dict, object]:
     return ({**metrics, "real": real} if real else metrics), curve
 
 
-def evaluate_all(args, models: dict, peers: list[str], store: Store) -> tuple[dict, dict]:
-    """``({detector: {"per_seed": {seed: metrics}}}, {label: curves})``; writes each detector's JSON."""
+def evaluate_all(args, models: dict, peers: list[str], store: Store, photos: list) -> tuple[dict, dict]:
+    """``({detector: {"per_seed": {seed: metrics}}}, {label: curves})``; writes each detector's JSON.
+
+    ``photos``: :func:`real_photos`, scored for every detector too.
+    """
     from kdet.data.faces import face_examples
 
     examples = list(face_examples("test", num_images=args.test_images, seed=args.test_seed))
-    photos = real_photos(args)
     labels, results, curves = labels_for(args), {}, {}
     entries = [(name, seed) for name, seed in models if name in args.detectors]
     if not args.no_fast:
@@ -1073,7 +1075,8 @@ def main(argv=None) -> dict:
         if p in args.detectors and availability[p] is not None:
             print(f"peer {p} skipped: {availability[p]}")
     models = trained_models(args, store)
-    results, curves = evaluate_all(args, models, peers, store)
+    photos = real_photos(args)
+    results, curves = evaluate_all(args, models, peers, store, photos)
     for name in CONVERTED:
         why = converted_available(name)
         if name in args.detectors and why is not None:
@@ -1104,8 +1107,8 @@ def main(argv=None) -> dict:
           f"{args.train_images} images ({seeds}); percent; latency = lowest of {args.latency_rounds} round median(s) "
           f"over {args.latency_frames} frames; cascades at stage thresholds "
           f"{'/'.join(f'{t:g}' for t in args.cascade_test_thresholds)} unless marked. AP / recall columns: the "
-          f"SYNTHETIC embedded face set; REAL columns: {len(real_photos(args))} real photographs "
-          f"({sum(len(p.faces) for p, _ in real_photos(args))} faces, kdet.data.real_faces), letterboxed to 640x480\n")
+          f"SYNTHETIC embedded face set; REAL columns: {len(photos)} real photographs "
+          f"({sum(len(p.faces) for p, _ in photos)} faces, kdet.data.real_faces), letterboxed to 640x480\n")
     print(tables)
     print()
     print(format_claims(verdicts))

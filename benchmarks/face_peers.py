@@ -76,7 +76,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
-from kdet.data.real_faces import REAL_FACE_PHOTOS  # noqa: E402
 
 DEFAULT_CACHE_DIR = Path(__file__).resolve().parent / "results" / "peers"
 MEDIAPIPE_VERSION = "0.10.21"
@@ -84,9 +83,16 @@ BLAZEFACE_MEMBER = "mediapipe/modules/face_detection/face_detection_short_range.
 BLAZEFACE_FILE = "face_detection_short_range.tflite"
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
-# The one face in skimage.data.astronaut() (512x512), [ymin, xmin, ymax, xmax] pixels, as the real-photo
-# set boxes it (kdet.data.real_faces).
-ASTRONAUT_FACE = next(p for p in REAL_FACE_PHOTOS if p.name == "astronaut").boxes[0]
+
+def __getattr__(name: str):
+    """``ASTRONAUT_FACE``: the one face in skimage.data.astronaut() (512x512), [ymin, xmin, ymax, xmax] pixels,
+    as the real-photo set boxes it (kdet.data.real_faces). Read on use: importing kdet.data starts TensorFlow,
+    which this module must not do at import (a latency worker pins its CPUs first)."""
+    if name == "ASTRONAUT_FACE":
+        from kdet.data.real_faces import REAL_FACE_PHOTOS
+
+        return next(p for p in REAL_FACE_PHOTOS if p.name == "astronaut").boxes[0]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -36,6 +36,15 @@ def area(boxes: tf.Tensor) -> tf.Tensor:
     return tf.maximum(ymax - ymin, 0.0) * tf.maximum(xmax - xmin, 0.0)
 
 
+def pairwise_intersection(boxes: tf.Tensor, others: tf.Tensor) -> tf.Tensor:
+    """Intersection areas ``[..., N, M]`` of yxyx ``boxes [..., N, 4]`` and ``others [..., M, 4]``."""
+    b = boxes[..., :, None, :]
+    g = others[..., None, :, :]
+    inter_h = tf.maximum(tf.minimum(b[..., 2], g[..., 2]) - tf.maximum(b[..., 0], g[..., 0]), 0.0)
+    inter_w = tf.maximum(tf.minimum(b[..., 3], g[..., 3]) - tf.maximum(b[..., 1], g[..., 1]), 0.0)
+    return inter_h * inter_w
+
+
 def pairwise_iou(
     boxes: tf.Tensor, gt_boxes: tf.Tensor, gt_valid: tf.Tensor | None = None
 ) -> tf.Tensor:
@@ -50,11 +59,7 @@ def pairwise_iou(
     Returns:
       ``[..., N, M]`` IoU in ``[0, 1]`` (``-1`` for padded ground truth).
     """
-    b = boxes[..., :, None, :]
-    g = gt_boxes[..., None, :, :]
-    inter_h = tf.maximum(tf.minimum(b[..., 2], g[..., 2]) - tf.maximum(b[..., 0], g[..., 0]), 0.0)
-    inter_w = tf.maximum(tf.minimum(b[..., 3], g[..., 3]) - tf.maximum(b[..., 1], g[..., 1]), 0.0)
-    inter = inter_h * inter_w
+    inter = pairwise_intersection(boxes, gt_boxes)
     union = area(boxes)[..., :, None] + area(gt_boxes)[..., None, :] - inter
     iou = inter / tf.maximum(union, _EPSILON)
     if gt_valid is not None:

@@ -244,15 +244,11 @@ def suppress_contained(detections: dict[str, tf.Tensor], threshold: float) -> di
     (score 0) drop nothing.
     """
     boxes, scores = detections["boxes"], detections["scores"]
-    ymin, xmin, ymax, xmax = tf.unstack(boxes[..., None, :], axis=-1)  # [B, K, 1]
-    inter_h = tf.maximum(tf.minimum(ymax, tf.linalg.matrix_transpose(ymax))
-                         - tf.maximum(ymin, tf.linalg.matrix_transpose(ymin)), 0.0)
-    inter_w = tf.maximum(tf.minimum(xmax, tf.linalg.matrix_transpose(xmax))
-                         - tf.maximum(xmin, tf.linalg.matrix_transpose(xmin)), 0.0)
-    area = (ymax - ymin) * (xmax - xmin)
-    smaller = tf.maximum(tf.minimum(area, tf.linalg.matrix_transpose(area)), 1e-9)
+    area = box_ops.area(boxes)
+    smaller = tf.maximum(tf.minimum(area[:, :, None], area[:, None, :]), 1e-9)
     k = tf.shape(scores)[1]
     earlier = tf.range(k)[:, None] < tf.range(k)[None, :]  # [i, j]: i listed before j (higher or tied score)
-    covers = (inter_h * inter_w / smaller > threshold) & earlier[None] & (scores[:, :, None] > 0)
+    covers = (box_ops.pairwise_intersection(boxes, boxes) / smaller > threshold) & earlier[None] \
+        & (scores[:, :, None] > 0)
     keep = ~tf.reduce_any(covers, axis=1) & (tf.range(k)[None, :] < detections["num_detections"][:, None])
     return keep_detections(detections, keep)

@@ -80,18 +80,14 @@ def from_mtcnn(*, test=None, training=None, weights=None, **kwargs):
       weights: the three weight lists (default: read from the ``mtcnn``
         package by :func:`mtcnn_weights`).
       **kwargs: other FaceCascade arguments (``dropout``, ``train_branches``,
-        ``use_gather``, ``training``...).
+        ``use_gather``...).
 
     Returns a built model; its ``detect`` gives MTCNN's faces (same faces at
     IoU >= 0.8 on the real photos, tests/face/test_mtcnn.py) and
-    ``detection_keypoints`` ``[B, K, 5, 2]`` (y, x pixels).
+    ``keypoints`` ``[B, K, 5, 2]`` (y, x pixels).
     """
-    training = {**(training or {}), "offset_mean": (0.0,) * 4, "offset_std": (1.0,) * 4}
-    model = FaceCascade(architecture="mtcnn", test={**MTCNN_TEST_SETTINGS, **(test or {})}, training=training,
-                        **kwargs)
-    model.build()
-    set_mtcnn_weights(model, weights)
-    return model
+    config = mtcnn_joint_config({"training": training or {}})
+    return mtcnn_start({**config, **kwargs, "test": {**config["test"], **(test or {})}}, weights)
 
 
 def mtcnn_joint_config(config: dict) -> dict:

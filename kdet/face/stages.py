@@ -231,10 +231,11 @@ def detect_steps(model, images: tf.Tensor) -> Iterator[tuple[str, dict]]:
         raise ValueError(f"FaceCascade.detect needs [B, H, W, 3] images with static H, W; got {images.shape}")
     image_size = (int(images.shape[1]), int(images.shape[2]))
     model.build()  # the branches' parts are called one by one below (x12's trunk, then its outputs)
+    landmarks = getattr(model.x48, "landmarks", None) is not None
     scales = test_scales(model, image_size)
     if not scales:
         empty = postprocess.empty_detections(tf.shape(images)[0], test.max_detections)
-        if getattr(model.x48, "landmarks", None) is not None:  # the same outputs whatever the image size
+        if landmarks:  # the same outputs whatever the image size
             empty["keypoints"] = tf.zeros([tf.shape(images)[0], test.max_detections, 5, 2])
         yield "nms", empty
         return
@@ -252,7 +253,6 @@ def detect_steps(model, images: tf.Tensor) -> Iterator[tuple[str, dict]]:
     scores, boxes = refine(model, sources, boxes, scores, depth=2, threshold=t2, image_size=image_size)
     scores, boxes = budget(scores, boxes, test.stage2_max_boxes, test.stage2_nms_iou)
     yield "x24", {"scores": scores, "boxes": boxes}
-    landmarks = getattr(model.x48, "landmarks", None) is not None
     last = refine(model, sources, boxes, scores, depth=3, threshold=t3, image_size=image_size, keypoints=landmarks)
     scores, boxes = last[:2]
     extras = {"keypoints": last[2]} if landmarks else {}
