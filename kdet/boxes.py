@@ -117,6 +117,36 @@ def greedy_nms(boxes, scores, iou_threshold: float, max_output: int):
     return np.asarray(kept, np.int64)
 
 
+def host_final_nms(boxes, scores, *, iou_threshold: float, max_detections: int,
+                   containment_threshold: float | None = None):
+    """The final NMS of a detector exported without it, in NumPy: indices of the detections, best first.
+
+    Greedy NMS over the boxes scoring above 0 (at most ``max_detections``);
+    then, with ``containment_threshold``, every kept box that an earlier kept
+    box covers by more than that fraction of the smaller box's area is
+    dropped (a dropped box still drops those it covers, as
+    :func:`kdet.postprocess.suppress_contained`). The settings are the
+    model's ``final_nms_settings()``.
+
+    Args:
+      boxes: ``[N, 4]`` yxyx.
+      scores: ``[N]``; 0 marks a rejected candidate.
+    """
+    import numpy as np  # the rest of this module is TensorFlow
+
+    boxes, scores = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64).reshape(-1)
+    alive = np.flatnonzero(scores > 0)
+    kept = alive[greedy_nms(boxes[alive], scores[alive], iou_threshold, max_detections)]
+    if containment_threshold is None or len(kept) < 2:
+        return kept
+    b = boxes[kept]
+    lo, hi = np.maximum(b[:, None, :2], b[None, :, :2]), np.minimum(b[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=-1)
+    area = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=-1)
+    covered = inter / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-9) > containment_threshold
+    return kept[~np.triu(covered, k=1).any(axis=0)]
+
+
 def clip_boxes(boxes: tf.Tensor, image_shape: tf.Tensor | Sequence[int]) -> tf.Tensor:
     """Clips yxyx boxes to ``[0, height] x [0, width]``.
 

@@ -75,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also write the detections here: per image its path, size and each detection's box "
                              "(ymin, xmin, ymax, xmax pixels of the original image), score, category id and name")
 
-    export = sub.add_parser("export", help="write a model directory as a SavedModel (TF Serving) or a TFLite file")
+    _add_export_arguments(sub.add_parser(
+        "export", help="write a model directory as a SavedModel (TF Serving) or a TFLite file"))
+    return parser
+
+
+def _add_export_arguments(export) -> None:
     export.add_argument("--model-dir", required=True, help="a kdet model directory (kdet_model.json + weights)")
     export.add_argument("--format", required=True, choices=("savedmodel", "tflite"),
                         help="savedmodel: serving_default + serving_bytes signatures; tflite: builtin ops only")
@@ -91,7 +96,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-pixels", type=positive_int,
                         help="SavedModel: serving_bytes refuses encoded images of more pixels (height x width), "
                              "read from their header before decoding (default: 40000000)")
-    return parser
+    export.add_argument("--static-shapes", action="store_true",
+                        help="TFLite: every tensor of a fixed size, as a mobile GPU delegate needs (the face "
+                             "cascade's later stages then run on their whole budgets; the same detections)")
+    export.add_argument("--no-nms", action="store_true",
+                        help="TFLite: leave the final NMS to the host: the file returns the candidates "
+                             "(boxes, scores, 0 = rejected) and the summary prints the NMS settings to run")
 
 
 def _export(args) -> int:
@@ -100,7 +110,8 @@ def _export(args) -> int:
     try:
         summary = export_model_dir(args.model_dir, format=args.format, out=args.out, quantization=args.quantization,
                                    input_size=args.input_size, data=args.data,
-                                   num_calibration=args.calibration_images, max_pixels=args.max_pixels)
+                                   num_calibration=args.calibration_images, max_pixels=args.max_pixels,
+                                   static_shapes=args.static_shapes, final_nms=not args.no_nms)
     except (FileNotFoundError, ValueError) as error:
         print(f"kdet export: error: {error}", file=sys.stderr)
         return 2

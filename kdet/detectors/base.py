@@ -51,6 +51,8 @@ class Detector(keras.Model):
     default_class_names: ClassVar[tuple[str, ...] | None] = None
     #: Config changes that give the builtins-only twin of :meth:`export_variant`.
     export_switches: ClassVar[Mapping[str, Any]] = {}
+    #: Config changes that make every tensor's shape static (where the twin's are not already).
+    static_shape_switches: ClassVar[Mapping[str, Any]] = {}
     #: Input sizes (training, evaluation) must be multiples of this: the largest feature stride (P7's 128
     #: for the FPN detectors; 1 for a detector that takes any size, such as the face cascade's pyramid).
     input_stride: ClassVar[int] = 128
@@ -115,23 +117,49 @@ class Detector(keras.Model):
         """The detector proper, on finite float32 images in 0..255 -> the output contract."""
         raise NotImplementedError
 
+    def detect_candidates(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """:meth:`detect` without the final NMS, for a host (or a mobile GPU's CPU side) that runs it.
+
+        Returns ``{"boxes": [B, N, 4], "scores": [B, N]}`` (yxyx pixels,
+        score 0 on rejected candidates, in no particular order; plus the
+        detector's extra outputs) with a fixed ``N``; the host then runs
+        :meth:`final_nms_settings`. An image with a NaN or inf pixel has
+        all scores 0.
+        """
+        images = tf.cast(images, tf.float32)
+        found = self.candidates_clean(postprocess.zero_non_finite(images))
+        finite = tf.reduce_all(tf.math.is_finite(images), axis=[1, 2, 3])
+        found["scores"] = tf.where(finite[:, None], found["scores"], 0.0)
+        return found
+
+    def candidates_clean(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """:meth:`detect_candidates` on finite images; a detector that offers it overrides this."""
+        raise ValueError(f"{type(self).__name__} has no export without the final NMS yet (the face cascade has)")
+
+    def final_nms_settings(self) -> dict:
+        """What the host runs on :meth:`detect_candidates` to get :meth:`detect`'s detections."""
+        raise ValueError(f"{type(self).__name__} has no export without the final NMS yet (the face cascade has)")
+
     def predict_step(self, data):
         x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
         return self.detect(x)
 
     # ---------------------------------------------------------------- export
-    def export_variant(self, input_size: Sequence[int]) -> Detector:
+    def export_variant(self, input_size: Sequence[int], *, static_shapes: bool = False) -> Detector:
         """This detector with the TFLite-builtin twins of its ops and the same weights (itself if it has none).
 
         Both are built by a detection on a blank ``input_size`` image; the twin
-        computes the same detections to float rounding.
+        computes the same detections to float rounding. ``static_shapes``
+        also applies :attr:`static_shape_switches` (every tensor of a fixed
+        size, as a mobile GPU delegate needs; the same detections).
         """
         from kdet.model_dir import build_for
 
         config = self.get_config()
-        if not self.export_switches or all(config.get(k) == v for k, v in self.export_switches.items()):
+        switches = {**self.export_switches, **(self.static_shape_switches if static_shapes else {})}
+        if not switches or all(config.get(k) == v for k, v in switches.items()):
             return self
-        twin = build_for(type(self).from_config({**config, **self.export_switches}), input_size)
+        twin = build_for(type(self).from_config({**config, **switches}), input_size)
         build_for(self, input_size)
         twin.set_weights(self.get_weights())
         return twin

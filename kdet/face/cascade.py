@@ -108,6 +108,14 @@ class FaceCascade(Detector):
         slower where bfloat16 is emulated (timings: docs/benchmarks.md);
         train in float32.
         Not with ``use_gather`` (TFLite export computes float32).
+      static_budgets: run x12-x24 and x12-x24-x48 on every box of the
+        previous stage's fixed budget (``stage1_max_boxes``,
+        ``stage2_max_boxes``), masking the boxes already rejected, instead
+        of gathering the survivors into a batch of data-dependent size. The
+        same detections (:func:`kdet.face.stages.refine`), and every tensor
+        shape static, as a mobile GPU delegate needs (``kdet export
+        --static-shapes``). On a CPU the survivors' form is faster (TF and
+        TFLite's XNNPack alike: docs/benchmarks.md), so it is the default.
       x24_trunk: x12-x24's conv trunk, "li" (Li et al.'s 24-net), "li32"
         (it with 32 filters) or "rnet" (MTCNN's R-net trunk), both cheaper
         per patch (docs/benchmarks.md), see
@@ -122,6 +130,7 @@ class FaceCascade(Detector):
     default_evaluation = "face"
     default_class_names = ("face",)
     export_switches = {"use_gather": True}  # pyramid and crops by gathers: TFLite builtins
+    static_shape_switches = {"static_budgets": True}  # later stages on their whole budgets
     input_stride = 1  # an image pyramid: any input size
     flat_config_keys = FLAT_CONFIG_KEYS
 
@@ -133,6 +142,7 @@ class FaceCascade(Detector):
         train_branches: Sequence[str] = BRANCHES,
         test: FaceTestSpec | Mapping = TEST,
         use_gather: bool = False,
+        static_budgets: bool = False,
         compute_dtype: str = "float32",
         x24_trunk: str = "li",
         architecture: str = "qin",
@@ -144,10 +154,11 @@ class FaceCascade(Detector):
         train_branches = tuple(train_branches)
         _check_arguments(train_branches, use_gather, compute_dtype, architecture, x24_trunk)
         self.use_gather = bool(use_gather)
+        self.static_budgets = bool(static_budgets)
         self.architecture = architecture
         self._set_arguments(training=self.training_spec, dropout=dropout, train_branches=train_branches,
-                            test=self.test_spec, use_gather=self.use_gather, compute_dtype=compute_dtype,
-                            x24_trunk=x24_trunk, architecture=architecture)
+                            test=self.test_spec, use_gather=self.use_gather, static_budgets=self.static_budgets,
+                            compute_dtype=compute_dtype, x24_trunk=x24_trunk, architecture=architecture)
         # Keras gives a layer's sublayers the global dtype policy, not the layer's own: set it while the
         # branches are built (the output layers are float32 whatever it is, see kdet.face.nets).
         previous = keras.config.dtype_policy()
@@ -320,3 +331,26 @@ class FaceCascade(Detector):
         for _, outputs in stages.detect_steps(self, images):
             pass
         return outputs
+
+    def candidates_clean(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
+        """x12-x24-x48's boxes before the final NMS: ``{"boxes" [B, K, 4], "scores" [B, K]}`` (``keypoints`` too).
+
+        ``K`` = ``stage2_max_boxes``; boxes clipped to the image; score 0 on
+        boxes a stage rejected. See :meth:`final_nms_settings`.
+        """
+        image_size = (int(images.shape[1]), int(images.shape[2]))
+        for step, outputs in stages.detect_steps(self, images):
+            if step == "x48":
+                return {**outputs, "boxes": box_ops.clip_boxes(outputs["boxes"], image_size)}
+        # smaller than one window: no candidates, the same outputs
+        k = self.test_spec.stage2_max_boxes
+        return {key: tf.zeros(tf.concat([tf.shape(images)[:1], [k], tf.shape(value)[2:]], axis=0))
+                for key, value in outputs.items() if key in ("boxes", "scores", "keypoints")}
+
+    def final_nms_settings(self) -> dict:
+        """Greedy NMS at ``iou_threshold`` over the candidates scoring above 0, best first, then (if set) drop
+        a detection that a higher-scored one covers by more than ``containment_threshold`` of the smaller box;
+        keep ``max_detections``."""
+        test = self.test_spec
+        return {"iou_threshold": test.nms_iou_threshold, "containment_threshold": test.containment_threshold,
+                "max_detections": test.max_detections}

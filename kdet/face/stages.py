@@ -180,18 +180,20 @@ def refine(model, sources, boxes, scores, *, depth: int, threshold: float, image
     """One later stage on the boxes still scored above 0: ``(scores, boxes)``, same shapes.
 
     Only the survivors are cropped and run (compute follows the survivors,
-    not the padded budget); the others keep score 0. With ``keypoints``
-    (a branch with landmarks) returns ``(scores, boxes, keypoints [B, K, 5, 2])``.
+    not the padded budget); the others keep score 0. With the model's
+    ``static_budgets`` every box is cropped and run and the rejected ones
+    are masked instead: the same scores, boxes for the survivors (the
+    others keep their input box), and static shapes throughout. With
+    ``keypoints`` (a branch with landmarks) returns ``(scores, boxes,
+    keypoints [B, K, 5, 2])``.
     """
+    if model.static_budgets:
+        return _refine_all(model, sources, boxes, scores, depth=depth, threshold=threshold, image_size=image_size,
+                           keypoints=keypoints)
     batch, k = tf.shape(boxes)[0], tf.shape(boxes)[1]
-    squares = tf.reshape(square_boxes(boxes), [-1, 4])
     total = batch * k
     keep, rows, pad = _padded_survivors(scores)
-    kept = tf.gather(squares, rows)
-    cut = kept if model.crop_convention == "centres" else \
-        corner_sampled_boxes(kept, image_size=image_size, crop=SIDES[depth])
-    patches = crop_patches(model, *sources, cut, rows // k, image_size, SIDES[depth], model.patch_samples(depth))
-    found = stage_outputs(model, patches, depth, kept)
+    found = _branch_on(model, sources, tf.gather(tf.reshape(boxes, [-1, 4]), rows), rows // k, depth, image_size)
     probs = found["scores"]
     # Padding rows scatter into one extra slot that is then dropped: no tensor is ever empty
     # (TFLite's UNPACK refuses an empty input, so an image without survivors would fail there).
@@ -205,10 +207,36 @@ def refine(model, sources, boxes, scores, *, depth: int, threshold: float, image
     return (*out, tf.reshape(points, [batch, k, 5, 2]))
 
 
+def _refine_all(model, sources, boxes, scores, *, depth, threshold, image_size, keypoints):
+    """:func:`refine` on every box of the budget, the rejected ones masked (static shapes)."""
+    k = int(boxes.shape[1])  # static: a budget
+    flat = tf.reshape(boxes, [-1, 4])
+    found = _branch_on(model, sources, flat, tf.range(tf.size(scores)) // k, depth, image_size)
+    alive = tf.reshape(scores, [-1]) > 0
+    probs = found["scores"]
+    new_scores = tf.reshape(tf.where(alive & (probs >= threshold), probs, 0.0), [-1, k])
+    new_boxes = tf.reshape(tf.where(alive[:, None], found["boxes"], flat), [-1, k, 4])
+    if not keypoints:
+        return new_scores, new_boxes
+    points = tf.where(alive[:, None, None], found["keypoints"], 0.0)
+    return new_scores, new_boxes, tf.reshape(points, [-1, k, 5, 2])
+
+
+def _branch_on(model, sources, boxes, box_index, depth: int, image_size) -> dict[str, tf.Tensor]:
+    """:func:`stage_outputs` of branch ``depth`` on the square patches about ``boxes [N, 4]`` of images ``box_index``."""
+    squares = square_boxes(boxes)
+    cut = squares if model.crop_convention == "centres" else \
+        corner_sampled_boxes(squares, image_size=image_size, crop=SIDES[depth])
+    patches = crop_patches(model, *sources, cut, box_index, image_size, SIDES[depth], model.patch_samples(depth))
+    return stage_outputs(model, patches, depth, squares)
+
+
 def budget(scores, boxes, keep: int, iou_threshold: float | None = None):
     """The best ``keep`` boxes: top-k, or greedy NMS at ``iou_threshold`` (zero scores are padding)."""
     if iou_threshold is None:
-        top, index = tf.math.top_k(scores, k=tf.minimum(keep, tf.shape(scores)[1]))
+        count = scores.shape[1]  # static where known: a static k keeps every later shape static
+        top, index = tf.math.top_k(scores, k=min(keep, int(count)) if count is not None else
+                                   tf.minimum(keep, tf.shape(scores)[1]))
         return top, tf.gather(boxes, index, batch_dims=1)
     out = postprocess.class_aware_nms(boxes, scores, tf.zeros_like(scores, tf.int32),
                                       iou_threshold=iou_threshold, max_detections=keep)

@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 
 from kdet.files import check_output_path
+from kdet.serving.gpu import format_gpu_report, gpu_report
 
 FORMATS = ("savedmodel", "tflite")
 
@@ -40,7 +41,8 @@ def _folder_bytes(path: str) -> int:
 
 def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str = "float32",
                      input_size: Sequence[int] | None = None, data: str | None = None,
-                     num_calibration: int = 64, max_pixels: int | None = None) -> dict:
+                     num_calibration: int = 64, max_pixels: int | None = None, static_shapes: bool = False,
+                     final_nms: bool = True) -> dict:
     """Exports the model of ``model_dir``; returns a summary (path, size, signature, ops).
 
     Args:
@@ -54,8 +56,14 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
       num_calibration: images used to calibrate int8.
       max_pixels: SavedModel only: the largest image ``serving_bytes``
         decodes (default :data:`kdet.serving.image.DEFAULT_MAX_PIXELS`).
+      static_shapes: TFLite only: the model's ``static_shape_switches``
+        (every tensor of a fixed size, for a mobile GPU delegate).
+      final_nms: TFLite only: False leaves the final NMS to the host (the
+        model's ``detect_candidates``; the summary carries its ``final_nms_settings``).
+
+    The TFLite summary includes :func:`kdet.serving.gpu.gpu_report`.
     """
-    from kdet.serving import savedmodel, tflite
+    from kdet.serving import savedmodel
     from kdet.model_dir import load_model_dir
 
     if format not in FORMATS:
@@ -64,6 +72,9 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
         raise ValueError("--quantization applies to --format tflite only (a SavedModel keeps float32 weights)")
     if format == "tflite" and max_pixels is not None:
         raise ValueError("--max-pixels applies to --format savedmodel only (a TFLite model takes decoded pixels)")
+    if format == "savedmodel" and (static_shapes or not final_nms):
+        raise ValueError("--static-shapes and --no-nms apply to --format tflite only (a SavedModel serves the "
+                         "whole detector)")
     check_output_path(out, "--out", folder=format == "savedmodel",
                       what="the SavedModel's folder (e.g. serving/NAME/1)" if format == "savedmodel"
                       else "the .tflite file's path")
@@ -84,14 +95,24 @@ def export_model_dir(model_dir: str, *, format: str, out: str, quantization: str
                       for name, fn in loaded.signatures.items()}
         return {"format": format, "path": out, "bytes": _folder_bytes(out), "input_size": list(size),
                 "signatures": signatures, "label_map": savedmodel.load_label_map(out)}
+    return _export_tflite(model, info, out=out, size=size, quantization=quantization, data=data,
+                          num_calibration=num_calibration, static_shapes=static_shapes, final_nms=final_nms)
+
+
+def _export_tflite(model, info, *, out, size, quantization, data, num_calibration, static_shapes, final_nms) -> dict:
+    """:func:`export_model_dir`'s TFLite half."""
+    from kdet.serving import tflite
+
+    host_nms = None if final_nms else model.final_nms_settings()  # refuses a detector without it, before the slow work
     representative = None
     if quantization == "int8":
         representative = calibration_images(calibration_source(info, data), size, num_calibration)
-    flatbuffer = tflite.convert(model.export_variant(size), input_size=size, quantization=quantization,
-                                representative_images=representative)
+    flatbuffer = tflite.convert(model.export_variant(size, static_shapes=static_shapes), input_size=size,
+                                quantization=quantization, representative_images=representative, final_nms=final_nms)
     tflite.write(flatbuffer, out)
-    return {"format": format, "path": out, "quantization": quantization, "input_size": list(size),
-            "class_names": info.class_names, "category_ids": list(model.category_ids), **tflite.summary(flatbuffer)}
+    return {"format": "tflite", "path": out, "quantization": quantization, "input_size": list(size),
+            "class_names": info.class_names, "category_ids": list(model.category_ids), "host_nms": host_nms,
+            **tflite.summary(flatbuffer), "gpu": gpu_report(flatbuffer)}
 
 
 def format_summary(summary: dict) -> str:
@@ -112,4 +133,11 @@ def format_summary(summary: dict) -> str:
         lines += [f"  output {k}: {v['dtype']} {v['shape']}" for k, v in summary["outputs"].items()]
         ops = ", ".join(f"{name} x{count}" for name, count in summary["ops"].items())
         lines.append(f"  ops ({sum(summary['ops'].values())}): {ops}")
+        if "gpu" in summary:
+            lines.append(format_gpu_report(summary["gpu"]))
+        if summary.get("host_nms"):
+            nms = summary["host_nms"]
+            lines.append(f"  no final NMS inside: run it on the outputs (kdet.boxes.host_final_nms): scores > 0, greedy "
+                         f"IoU {nms['iou_threshold']}, containment {nms['containment_threshold']}, at most "
+                         f"{nms['max_detections']}")
     return "\n".join(lines)

@@ -38,14 +38,18 @@ def freeze(concrete):
     return named.get_concrete_function()
 
 
-def detect_function(model, input_size: Sequence[int], *, batch_size: int = 1):
-    """``images uint8 [batch_size, h, w, 3] -> contract dict`` as a concrete function (the model built first)."""
+def detect_function(model, input_size: Sequence[int], *, batch_size: int = 1, final_nms: bool = True):
+    """``images uint8 [batch_size, h, w, 3] -> contract dict`` as a concrete function (the model built first).
+
+    ``final_nms=False``: ``model.detect_candidates`` instead (the detections
+    before the final NMS, which the host runs).
+    """
     if not model.variables:
         build_for(model, input_size)
     height, width = int(input_size[0]), int(input_size[1])
     spec = tf.TensorSpec([batch_size, height, width, 3], tf.uint8, name="images")
-    return tf.function(lambda images: model.detect(tf.cast(images, tf.float32)),
-                       input_signature=[spec]).get_concrete_function()
+    run = model.detect if final_nms else model.detect_candidates
+    return tf.function(lambda images: run(tf.cast(images, tf.float32)), input_signature=[spec]).get_concrete_function()
 
 
 def frozen_detect(model, image_size: Sequence[int], *, batch_size: int = 1):

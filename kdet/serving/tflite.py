@@ -161,7 +161,7 @@ def _selective_int8(converter, float_model: bytes, representative_inputs) -> byt
 
 
 def convert(model, *, input_size: Sequence[int], quantization: str = "float32",
-            representative_images: Iterable[np.ndarray] | None = None) -> bytes:
+            representative_images: Iterable[np.ndarray] | None = None, final_nms: bool = True) -> bytes:
     """Converts ``model`` for ``input_size`` (h, w) images; returns the flatbuffer.
 
     Args:
@@ -170,6 +170,10 @@ def convert(model, *, input_size: Sequence[int], quantization: str = "float32",
       quantization: one of :data:`QUANTIZATIONS`.
       representative_images: for ``"int8"``: ``[H, W, 3]`` uint8 images of
         that size (a few dozen real ones; the calibration ranges come from them).
+      final_nms: False: the model's ``detect_candidates`` (the detections
+        before the final NMS, ``boxes [1, N, 4]``, ``scores [1, N]``, 0 on
+        rejected candidates), the host running ``final_nms_settings()``
+        (:func:`kdet.boxes.host_final_nms`).
 
     Raises:
       ValueError: unknown quantization, int8 without images, or a Flex op in
@@ -188,7 +192,7 @@ def convert(model, *, input_size: Sequence[int], quantization: str = "float32",
             raise ValueError(f"representative_images must be a non-empty list of {expected} uint8 images, got "
                              f"shapes {sorted({image.shape for image in images})}")
         inputs = [{"images": image[None]} for image in images]
-    return convert_function(detect_function(model, input_size), quantization=quantization,
+    return convert_function(detect_function(model, input_size, final_nms=final_nms), quantization=quantization,
                             representative_inputs=inputs)
 
 
