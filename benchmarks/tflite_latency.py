@@ -38,16 +38,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
-from benchmarks import worker_command  # noqa: E402
+from benchmarks import answer_worker, median_ms, run_worker, write_json  # noqa: E402
 import numpy as np
 
 from benchmarks import face_peers  # noqa: E402
 
-WORKER_TAG = "LATENCY_RESULT "
 VARIANTS = ("float32", "float16", "int8")
 FACE_SIZE = (480, 640)
 
@@ -298,14 +296,7 @@ def latency_worker(spec: dict) -> dict:
         detect = face_peers.make_peer(spec["name"], num_threads=threads, cache_dir=args.peer_cache_dir).detect
     else:
         detect = runner(spec["name"], spec["paths"], args, threads)
-    for i in range(args.warmup):
-        detect(frames[i % len(frames)])
-    wall = []
-    for frame in frames:
-        started = time.perf_counter()
-        detect(frame)
-        wall.append(1000 * (time.perf_counter() - started))
-    return {"cpus": cpus, "median_ms": float(np.median(wall)), "frames": len(frames)}
+    return {"cpus": cpus, **median_ms(detect, frames, warmup=args.warmup)}
 
 
 def latency(args, paths: dict, argv: list[str]) -> dict:
@@ -325,14 +316,11 @@ def latency(args, paths: dict, argv: list[str]) -> dict:
         for name, threads in settings if round_index % 2 == 0 else settings[::-1]:
             spec = {"name": name, "threads": threads, "paths": paths, "argv": argv}
             env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "2"}
-            command, env = worker_command("benchmarks.tflite_latency", "--latency-worker", json.dumps(spec), env=env)
-            proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
-            lines = [line for line in proc.stdout.splitlines() if line.startswith(WORKER_TAG)]
-            if proc.returncode != 0 or not lines:
-                print(f"latency worker {name} x{threads} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}",
-                      flush=True)
+            try:
+                result = run_worker("benchmarks.tflite_latency", spec, env=env)
+            except RuntimeError as error:
+                print(f"{error} (x{threads} threads)", flush=True)
                 continue
-            result = json.loads(lines[-1][len(WORKER_TAG):])
             runs.setdefault(name, {}).setdefault(str(threads), []).append(result["median_ms"])
             print(f"latency {name:24s} {threads} thread(s): {result['median_ms']:7.1f} ms", flush=True)
     return {name: {t: round(min(v), 2) for t, v in by_threads.items()} for name, by_threads in runs.items()}
@@ -371,8 +359,7 @@ def format_table(result: dict) -> str:
 def main(argv=None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)  # the workers parse the same arguments
     args = parse_args(argv)
-    if args.latency_worker:
-        print(WORKER_TAG + json.dumps(latency_worker(json.loads(args.latency_worker))), flush=True)
+    if answer_worker(args.latency_worker, latency_worker):
         return {}
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     started = time.time()
@@ -398,11 +385,7 @@ def main(argv=None) -> dict:
     result.setdefault("latency_ms", {})
     result[f"seconds_{'_'.join(args.parts)}"] = round(time.time() - started, 1)
     print("\n" + format_table(result))
-    if args.json and not args.quick:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-        print(f"wrote {args.json}")
+    write_json(result, None if args.quick else args.json)
     print(json.dumps({k: v for k, v in result.items() if k != "convert_seconds"}))
     return result
 
