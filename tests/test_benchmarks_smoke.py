@@ -81,20 +81,42 @@ def _h5_arrays(path) -> dict:
     return out
 
 
+class _Killed(BaseException):
+    """A kill, as the procedure sees it: it stops inside a phase."""
+
+
 def _recipe_trains_the_benchmarks_cascade(bench_weights, tmp_path, capsys):
-    """``kdet train face_cascade:embedded`` on the quick run's 8 images for its 1 epoch: the same weights.
+    """``kdet train face_cascade:embedded`` on the quick run's 8 images for its 1 epoch: the same weights,
+    even when the run is killed in its third phase and rerun.
 
     One procedure (kdet.face.procedures): the recipe and the benchmark mine the same samples and train
-    the same steps, so the weights agree to float rounding.
+    the same steps, so the weights agree to float rounding. The rerun reads the two finished phases
+    (the sliding-window samples, the bootstrapping x12) back and trains the rest.
     """
     import numpy as np
 
     from kdet import cli
+    from kdet.training import phases
 
     model_dir = tmp_path / "recipe"
-    assert cli.main(["train", "face_cascade:embedded", "--data", "embedded:faces:train[:8]", "--val-data",
-                     "embedded:faces:validation[:2]", "--epochs", "1", "--model-dir", str(model_dir)]) == 0
-    assert "face cascade:" in capsys.readouterr().out
+    command = ["train", "face_cascade:embedded", "--data", "embedded:faces:train[:8]", "--val-data",
+               "embedded:faces:validation[:2]", "--epochs", "1", "--model-dir", str(model_dir)]
+    run = phases.PhaseLog.run
+
+    def killed_in_phase_3(log, kind, compute, save, load):
+        if log.count == 2:
+            raise _Killed(kind)
+        return run(log, kind, compute, save, load)
+
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(_Killed, match="hard-samples"):
+        patch.setattr(phases.PhaseLog, "run", killed_in_phase_3)
+        cli.main(command)
+    assert sorted(os.listdir(model_dir / "backup" / "phases")) == ["001-samples", "002-fit", "fingerprint.json"]
+    capsys.readouterr()
+    assert cli.main(command) == 0
+    out = capsys.readouterr().out
+    assert "face cascade:" in out and out.count("finished before the run stopped") == 2
+    assert not (model_dir / "backup" / "phases").exists()  # the model directory is complete: phases removed
     bench, recipe = _h5_arrays(bench_weights), _h5_arrays(model_dir / "model.weights.h5")
     assert len(bench) == len(recipe) > 0
     for (name, want), got in zip(sorted(bench.items()), [recipe[k] for k in sorted(recipe)]):

@@ -58,6 +58,7 @@ from kdet.face.mining import (
 from kdet.face.mtcnn_weights import mtcnn_joint_config, mtcnn_start
 from kdet.face.stages import BRANCHES, window_scorer
 from kdet.specs import override
+from kdet.training.phases import arrays_phase, fit_phase
 
 OptimizerFactory = Callable[[], keras.optimizers.Optimizer]
 
@@ -68,9 +69,10 @@ def default_optimizer(learning_rate: float = 1e-3) -> OptimizerFactory:
 
 
 def _fit(model, data, *, epochs: int, optimizer: OptimizerFactory, verbose, callbacks=None, **kwargs):
+    """One training phase (read back instead when a resumed run finished it before: kdet.training.phases)."""
     model.compile(optimizer=optimizer())
-    return model.fit(data, epochs=epochs, verbose=verbose, shuffle=False, callbacks=list(callbacks or []),
-                     **kwargs).history  # data is shuffled
+    return fit_phase(model, data, lambda: model.fit(data, epochs=epochs, verbose=verbose, shuffle=False,
+                                                    callbacks=list(callbacks or []), **kwargs).history)  # shuffled
 
 
 def _copy_weights(model, source):
@@ -200,8 +202,8 @@ def bootstrap_samples(config: Mapping, samples: FaceSamples, examples: Iterable[
                                verbose=verbose, callbacks=callbacks)
     thresholds = model.training_spec.thresholds
     scorer = window_scorer(model, depth=depth, thresholds=thresholds)
-    hard = mine_hard_samples(examples, scorer, threshold=thresholds[depth - 1], seed=seed, progress=progress,
-                             **mining)
+    hard = arrays_phase("hard-samples", lambda: mine_hard_samples(
+        examples, scorer, threshold=thresholds[depth - 1], seed=seed, progress=progress, **mining), FaceSamples)
     return samples.concatenate(hard), steps
 
 
@@ -308,9 +310,10 @@ def prepare_cascade(config: Mapping, examples: list, training: CascadeTraining, 
     """
     started = time.perf_counter()
     t = training
-    samples = mine_face_samples(examples, seed=seed, progress=progress, positive_fraction=t.positive_fraction,
-                                max_positives_per_face=t.max_positives_per_face,
-                                negatives_per_image=t.negatives_per_image, **t.windows())
+    samples = arrays_phase("samples", lambda: mine_face_samples(
+        examples, seed=seed, progress=progress, positive_fraction=t.positive_fraction,
+        max_positives_per_face=t.max_positives_per_face, negatives_per_image=t.negatives_per_image,
+        **t.windows()), FaceSamples)
     start = mtcnn_start(mtcnn_joint_config(config)) if t.start == "mtcnn" else None
     config = start.get_config() if start is not None else override(
         config, {"training": dict(zip(("offset_mean", "offset_std"), offset_statistics(samples)))})

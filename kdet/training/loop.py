@@ -27,7 +27,8 @@ newest usable backup before anything is evaluated or written, and a run
 whose backup already covers the requested steps and whose model directory
 is complete says "already trained" and changes nothing. A run killed during
 its final evaluation restores the final backup, evaluates it and writes the
-model directory.
+model directory. A recipe's own procedure (the face recipes') resumes after
+its last finished phase (:mod:`kdet.training.phases`).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ from kdet.data.pipeline import make_pipeline
 from kdet.data.sources import open_source
 from kdet.files import check_output_path, write_json_atomic
 from kdet.model_dir import build_for, is_complete, load_model_dir, save_model_dir
+from kdet.training import phases
 from kdet.training.backup import restore_backup
 from kdet.evaluation.callback import EvaluationCallback
 from kdet.training.callbacks import DetectionImages, StepBackup, StepCounter, TerminateOnNaNTerm
@@ -56,6 +59,7 @@ from kdet.training.recipe import Recipe
 from kdet.training.stream import training_stream
 
 BACKUP_DIR = "backup"
+PHASES_DIR = "phases"  # a custom procedure's finished phases (kdet.training.phases), under BACKUP_DIR
 BEST_WEIGHTS = "best.weights.h5"
 METRICS_FILE = "metrics.json"  # written last: its presence marks a finished run
 
@@ -242,10 +246,8 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
         run = Run(recipe=recipe, model_dir=model_dir, train_examples=train_examples, train_info=train_info,
                   val_examples=val_examples, val_info=val_info, batch_size=recipe.batch_size, strategy=strategy,
                   callbacks=callbacks, seed=seed, verbose=verbose, smoke=smoke, epochs=epochs, steps=steps)
-        counter = StepCounter()
-        run.callbacks = list(run.callbacks) + [counter]  # every fit of the procedure counts its steps here
-        model = recipe.train(recipe, run)
-        history, start_step, total, evaluated = {}, 0, counter.steps, None
+        model, total = _train_procedure(run)
+        history, start_step, evaluated = {}, 0, None
     else:
         model, history, start_step, total, evaluated = _train_steps(
             recipe, model_dir=model_dir, train_examples=train_examples, info=train_info, val=val,
@@ -266,6 +268,18 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     if chief:
         _write_outputs(result, recipe, val_info, seed=seed, mixed_precision=mixed_precision)
     return result
+
+
+def _train_procedure(run: Run) -> tuple[keras.Model, int]:
+    """A recipe's own procedure: ``(model, steps trained)``; its finished phases kept for a rerun after a kill
+    (:mod:`kdet.training.phases`; one worker only: several would race on the folder)."""
+    counter = StepCounter()
+    run.callbacks = list(run.callbacks) + [counter]  # every fit of the procedure counts its steps here
+    with phases.recorded(os.path.join(run.model_dir, BACKUP_DIR, PHASES_DIR), _recipe_record(
+            run.recipe, seed=run.seed, epochs=run.epochs, steps=run.steps), verbose=bool(run.verbose),
+            enabled=not is_multi_worker(run.strategy)):
+        model = run.recipe.train(run.recipe, run)
+    return model, counter.steps
 
 
 def _check_steps(recipe: Recipe, steps: int | None) -> None:
@@ -330,6 +344,7 @@ def _write_outputs(result: TrainResult, recipe: Recipe, info: DetectionInfo, *, 
                "resumed_from_step": result.start_step, "seconds": result.seconds,
                "final_logs": {k: v[-1] for k, v in result.history.items() if v}}
     write_json_atomic(os.path.join(result.model_dir, METRICS_FILE), summary, indent=2, default=float)
+    shutil.rmtree(os.path.join(result.model_dir, BACKUP_DIR, PHASES_DIR), ignore_errors=True)  # complete: not needed
 
 
 def _total_steps(recipe: Recipe, *, epochs, steps) -> tuple[int, int]:
