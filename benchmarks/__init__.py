@@ -73,3 +73,28 @@ def write_json(result: dict, path: str | None) -> None:
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {path}")
+
+
+def benchmark_main(parse_args, latency_worker, run):
+    """``main(argv=None)`` of a benchmark with latency workers: in a worker, answer; else ``run(args, argv)``.
+
+    ``argv`` (default ``sys.argv[1:]``) is handed to ``run`` so that it can start workers with the same
+    arguments.
+    """
+    def main(argv=None) -> dict:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        args = parse_args(argv)
+        if answer_worker(args.latency_worker, latency_worker):
+            return {}
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        return run(args, argv)
+
+    return main
+
+
+def finish(result: dict, table: str, path: str | None) -> dict:
+    """A benchmark's end: its table, ``result`` written to ``path`` (:func:`write_json`) and printed as JSON."""
+    print("\n" + table)
+    write_json(result, path)
+    print(json.dumps(result))
+    return result

@@ -33,14 +33,12 @@ CPU flags are printed and stored with the timings.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
 
 import numpy as np
 
-from benchmarks import answer_worker, face_peers, median_ms, run_worker, write_json
+from benchmarks import benchmark_main, face_peers, finish, median_ms, run_worker
 from benchmarks.serving_parity import cpu_flags
 
 FORMS = ("survivors", "static", "static_tight")
@@ -271,19 +269,10 @@ def run(args, argv: list[str]) -> dict:
               "latency_ms": latency(args, timed, {**paths, **conv}, argv),
               "loadavg_after_latency": [round(v, 2) for v in os.getloadavg()]}
     result["seconds"] = round(time.time() - started, 1)
-    print("\n" + format_table(result))
-    write_json(result, None if args.quick else args.json)
-    print(json.dumps(result))
-    return result
+    return finish(result, format_table(result), None if args.quick else args.json)
 
 
-def main(argv=None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)  # a latency worker gets the same arguments
-    args = parse_args(argv)
-    if answer_worker(args.latency_worker, latency_worker):
-        return {}
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return run(args, argv)
+main = benchmark_main(parse_args, latency_worker, run)
 
 
 if __name__ == "__main__":

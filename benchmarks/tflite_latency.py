@@ -38,10 +38,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-from benchmarks import answer_worker, median_ms, run_worker, write_json  # noqa: E402
+from benchmarks import benchmark_main, median_ms, run_worker, write_json  # noqa: E402
 import numpy as np
 
 from benchmarks import face_peers  # noqa: E402
@@ -356,12 +355,8 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> dict:
-    argv = list(sys.argv[1:] if argv is None else argv)  # the workers parse the same arguments
-    args = parse_args(argv)
-    if answer_worker(args.latency_worker, latency_worker):
-        return {}
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def run(args, argv: list[str]) -> dict:
+    """The parent: convert, measure accuracy and latency; prints the table, writes ``--json``."""
     started = time.time()
     converted = convert_all(args)
     paths = converted["paths"]
@@ -389,6 +384,8 @@ def main(argv=None) -> dict:
     print(json.dumps({k: v for k, v in result.items() if k != "convert_seconds"}))
     return result
 
+
+main = benchmark_main(parse_args, latency_worker, run)
 
 if __name__ == "__main__":
     main()
