@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--latency-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.size, args.forms, args.variants, args.reference = (480, 640), FORMS, VARIANTS, True
-    if args.quick:  # a smoke run: two float32 forms, one latency worker, no reference stack
+    if args.quick:  # a smoke run: two float32 forms, no latency, no peer, no reference stack
         args.size, args.synthetic_images, args.frames, args.rounds = (120, 160), 2, 1, 1
         args.forms, args.variants, args.reference = ("survivors", "static_tight"), ("float32",), False
     return args
@@ -262,8 +262,8 @@ def run(args, argv: list[str]) -> dict:
     started = time.time()
     paths = convert_all(args)
     conv = {f"conv_stack_{v}": p for v, p in conv_stack_files(args).items()} if args.reference else {}
-    settings = ["keras", *paths, "mtcnn"]
-    timed = settings[1:2] if args.quick else settings + list(conv)
+    settings = ["keras", *paths] + ([] if args.quick else ["mtcnn"])  # a smoke run: kdet's own settings only
+    timed = [] if args.quick else settings + list(conv)
     result = {"cpu_flags": cpu_flags(), "size": list(args.size), "quick": args.quick, "settings": settings,
               "gpu": file_reports(paths), "accuracy": accuracy(args, settings, paths),
               "latency_ms": latency(args, timed, {**paths, **conv}, argv),

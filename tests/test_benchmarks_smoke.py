@@ -139,18 +139,19 @@ def test_tflite_latency_quick_run_prints_its_table(tmp_path, capsys):
 
 
 def test_face_mobile_quick_run_prints_its_table(tmp_path, capsys):
-    """MTCNN's weights as exported: the survivors' and the static form agree with Keras and the package's run."""
+    """MTCNN's weights as exported: the survivors' and the static form detect what Keras detects, and report
+    their GPU view (the latency workers are tflite_latency's; the package's row is the full run's)."""
     pytest.importorskip("mtcnn", reason="the mtcnn package (pip install -e .[test]) holds MTCNN's weights")
     from benchmarks import face_mobile
 
     result = face_mobile.main(["--quick", "--work-dir", str(tmp_path)])
     accuracy = result["accuracy"]
-    assert set(accuracy) == {"keras", "survivors_float32", "static_tight_float32", "mtcnn"}
+    assert set(accuracy) == {"keras", "survivors_float32", "static_tight_float32"}
     for form in ("survivors_float32", "static_tight_float32"):  # the exported files detect what Keras detects
         assert accuracy[form] == accuracy["keras"]
     assert result["gpu"]["static_tight_float32"]["dynamic_tensors"] == 0 < result["gpu"]["survivors_float32"][
         "dynamic_tensors"]
-    assert list(result["latency_ms"]) == ["survivors_float32"] and result["cpu_flags"]
+    assert result["latency_ms"] == {} and result["cpu_flags"]
     assert "| static_tight_float32 |" in capsys.readouterr().out
 
 

@@ -277,9 +277,9 @@ def _train_procedure(run: Run) -> tuple[keras.Model, int]:
     run.callbacks = list(run.callbacks) + [counter]  # every fit of the procedure counts its steps here
     with phases.recorded(os.path.join(run.model_dir, BACKUP_DIR, PHASES_DIR), _recipe_record(
             run.recipe, seed=run.seed, epochs=run.epochs, steps=run.steps), verbose=bool(run.verbose),
-            enabled=not is_multi_worker(run.strategy)):
+            enabled=not is_multi_worker(run.strategy)) as log:
         model = run.recipe.train(run.recipe, run)
-    return model, counter.steps
+    return model, counter.steps + (log.steps_read_back if log else 0)  # + the phases read back
 
 
 def _check_steps(recipe: Recipe, steps: int | None) -> None:

@@ -44,6 +44,7 @@ class PhaseLog:
 
     def __init__(self, folder: str, fingerprint: Mapping[str, Any], *, verbose: bool = True):
         self.folder, self.verbose, self.count, self.reused = folder, verbose, 0, 0
+        self.steps_read_back = 0  # training steps of the fits read back (what they trained in the killed run)
         os.makedirs(folder, exist_ok=True)
         fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))  # plain, comparable data
         path = os.path.join(folder, FINGERPRINT)
@@ -103,20 +104,24 @@ def phase(kind: str, compute: Callable[[], T], *, save: Callable[[T, str], None]
 def fit_phase(model, data, fit: Callable[[], dict]) -> dict:
     """``fit()`` (training ``model`` on ``data``, returning its history) as a phase.
 
-    Kept: the weights ``model`` ended with and the history. Read back: the
-    weights into ``model`` (built first on one batch of ``data``), and the
-    history. The optimiser's state is not kept: each of the procedures'
-    phases starts a fresh one.
+    Kept: the weights ``model`` ended with, the history and the steps
+    trained. Read back: the weights into ``model`` (built first on one batch
+    of ``data``), the history; the steps add to the log's
+    ``steps_read_back``. The optimiser's state is not kept: each of the
+    procedures' phases starts a fresh one.
     """
     def save(history, path):
         model.save_weights(os.path.join(path, "model.weights.h5"))
         _write_json(os.path.join(path, "history.json"),
                     {k: [float(v) for v in values] for k, values in history.items()})
+        _write_json(os.path.join(path, "steps.json"), int(model.optimizer.iterations.numpy()))
 
     def load(path):
         if not model.built:
             model(next(iter(data))[0], training=False)
         model.load_weights(os.path.join(path, "model.weights.h5"))
+        with open(os.path.join(path, "steps.json")) as f:
+            _ACTIVE.get().steps_read_back += int(json.load(f))
         with open(os.path.join(path, "history.json")) as f:
             return json.load(f)
 

@@ -84,8 +84,9 @@ def test_a_fit_phase_reads_back_the_weights_it_ended_with(tmp_path):
     with phases.recorded(folder, {}):
         history = phases.fit_phase(trained, data, lambda: trained.fit(data, epochs=2, verbose=0).history)
     fresh = model()  # not built: built on one batch, then the weights read back
-    with phases.recorded(folder, {}):
+    with phases.recorded(folder, {}) as log:
         again = phases.fit_phase(fresh, data, lambda: pytest.fail("a finished fit ran again"))
+    assert log.steps_read_back == 4  # 2 epochs of 2 batches
     assert again == {k: [float(v) for v in values] for k, values in history.items()}
     for a, b in zip(trained.get_weights(), fresh.get_weights()):
         np.testing.assert_array_equal(a, b)
