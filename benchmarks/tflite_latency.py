@@ -306,6 +306,8 @@ def latency(args, paths: dict, argv: list[str]) -> dict:
         names += ["shapes_int8"]
     if "face" not in args.skip:
         names += ["face_keras"] + [f"face_{form}_{v}" for form in ("one", "three") for v in args.face_variants]
+    if args.quick:  # a smoke run: one LiteRT file and the host loop (each worker costs a process start)
+        names = [name for name in names if name in ("shapes_int8", "face_three_float32")]
     if "peers" not in args.skip:
         status = face_peers.available_peers(args.peer_cache_dir)
         names += [peer for peer in ("mtcnn", "blazeface") if status.get(peer) is None]

@@ -132,7 +132,7 @@ def test_tflite_latency_quick_run_prints_its_table(tmp_path, capsys):
                                   str(tmp_path / "shapes")])
     assert set(result["accuracy"]) == {"shapes_keras", "shapes_float32", "shapes_int8", "face_keras",
                                        "face_one_float32", "face_three_float32"}
-    assert set(result["latency_ms"]) == {"shapes_int8", "face_keras", "face_one_float32", "face_three_float32"}
+    assert set(result["latency_ms"]) == {"shapes_int8", "face_three_float32"}  # a smoke run times two
     # the one TFLite model and the Keras cascade agree on the held-out faces
     assert abs(result["accuracy"]["face_one_float32"]["AP50"] - result["accuracy"]["face_keras"]["AP50"]) < 1e-6
     assert "| face cascade 640x480 | three models float32 |" in capsys.readouterr().out
