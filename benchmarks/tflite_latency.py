@@ -76,7 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.frames, args.warmup, args.rounds, args.threads = 2, 1, 1, [1]
         args.shapes_images, args.face_images = 8, 4
         args.variants, args.face_variants = ["float32", "int8"], ["float32"]
-        args.skip = sorted(set(args.skip) | {"retinanet512", "peers"})
+        # the face cascade's forms have their own tests (tests/serving/test_tflite.py, benchmarks/face_mobile.py's)
+        args.skip = sorted(set(args.skip) | {"retinanet512", "peers", "face"})
     return args
 
 
@@ -306,8 +307,6 @@ def latency(args, paths: dict, argv: list[str]) -> dict:
         names += ["shapes_int8"]
     if "face" not in args.skip:
         names += ["face_keras"] + [f"face_{form}_{v}" for form in ("one", "three") for v in args.face_variants]
-    if args.quick:  # a smoke run: one LiteRT file and the host loop (each worker costs a process start)
-        names = [name for name in names if name in ("shapes_int8", "face_three_float32")]
     if "peers" not in args.skip:
         status = face_peers.available_peers(args.peer_cache_dir)
         names += [peer for peer in ("mtcnn", "blazeface") if status.get(peer) is None]
