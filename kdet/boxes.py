@@ -67,6 +67,17 @@ def pairwise_iou(
     return iou
 
 
+def pairwise_intersection_numpy(a, b):
+    """NumPy twin of :func:`pairwise_intersection`: ``[N, M]`` float64 overlap areas of yxyx ``a [N, 4]``, ``b [M, 4]``."""
+    import numpy as np  # the rest of this module is TensorFlow
+
+    a = np.asarray(a, np.float64).reshape(-1, 4)
+    b = np.asarray(b, np.float64).reshape(-1, 4)
+    lo = np.maximum(a[:, None, :2], b[None, :, :2])
+    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    return np.prod(np.clip(hi - lo, 0.0, None), axis=-1)
+
+
 def pairwise_iou_numpy(a, b):
     """NumPy twin of :func:`pairwise_iou` for host-side code (mining, face metrics, peers).
 
@@ -81,9 +92,7 @@ def pairwise_iou_numpy(a, b):
 
     a = np.asarray(a, np.float64).reshape(-1, 4)
     b = np.asarray(b, np.float64).reshape(-1, 4)
-    lo = np.maximum(a[:, None, :2], b[None, :, :2])
-    hi = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=-1)
+    inter = pairwise_intersection_numpy(a, b)
     area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0.0, None), axis=-1)
     area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=-1)
     union = area_a[:, None] + area_b[None, :] - inter
@@ -140,8 +149,7 @@ def host_final_nms(boxes, scores, *, iou_threshold: float, max_detections: int,
     if containment_threshold is None or len(kept) < 2:
         return kept
     b = boxes[kept]
-    lo, hi = np.maximum(b[:, None, :2], b[None, :, :2]), np.minimum(b[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=-1)
+    inter = pairwise_intersection_numpy(b, b)
     area = np.prod(np.clip(b[:, 2:] - b[:, :2], 0.0, None), axis=-1)
     covered = inter / np.maximum(np.minimum(area[:, None], area[None, :]), 1e-9) > containment_threshold
     return kept[~np.triu(covered, k=1).any(axis=0)]

@@ -157,14 +157,11 @@ def gpu_report(flatbuffer: bytes) -> dict:
     """
     from tensorflow.lite.python import schema_py_generated as schema
 
-    names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    from kdet.serving.tflite import operator_names
+
+    builtins = {name for name in vars(schema.BuiltinOperator) if not name.startswith("_")}
     model = schema.Model.GetRootAs(flatbuffer, 0)
-    codes = []
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        custom = code.CustomCode()
-        codes.append(custom.decode() if custom else
-                     names.get(max(code.BuiltinCode(), code.DeprecatedBuiltinCode()), "UNKNOWN"))
+    codes = operator_names(model)
     totals = Counter()
     rejected: dict[str, dict] = {}
     tensors: dict[tuple[int, int], _Tensor] = {}
@@ -183,7 +180,7 @@ def gpu_report(flatbuffer: bytes) -> dict:
             inputs = [tensor(g, subgraph, t) for t in op.InputsAsNumpy() if t >= 0]
             outputs = [tensor(g, subgraph, t) for t in op.OutputsAsNumpy() if t >= 0]
             reason = "a tensor of data-dependent shape" if any(t.dynamic for t in inputs + outputs) else \
-                _check(name, op, inputs, outputs, schema) if name in names.values() else "custom operator"
+                _check(name, op, inputs, outputs, schema) if name in builtins else "custom operator"
             macs = _macs(name, inputs, outputs[0]) if name in MAC_OPS and outputs else 0
             totals["ops"] += 1
             totals["macs"] += macs

@@ -196,18 +196,26 @@ def convert(model, *, input_size: Sequence[int], quantization: str = "float32",
                             representative_inputs=inputs)
 
 
-def ops_used(flatbuffer: bytes) -> dict[str, int]:
-    """``{op name: count}`` over every subgraph; custom ops by their custom name (Flex ops ``Flex...``)."""
+def operator_names(model) -> list[str]:
+    """The name of each operator code of a flatbuffer ``schema.Model``: builtins by name, custom ops by theirs."""
     from tensorflow.lite.python import schema_py_generated as schema
 
     names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
-    model = schema.Model.GetRootAs(flatbuffer, 0)
-    codes = []
+    out = []
     for i in range(model.OperatorCodesLength()):
         code = model.OperatorCodes(i)
         builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
         custom = code.CustomCode()
-        codes.append(custom.decode() if custom else names.get(builtin, f"BUILTIN_{builtin}"))
+        out.append(custom.decode() if custom else names.get(builtin, f"BUILTIN_{builtin}"))
+    return out
+
+
+def ops_used(flatbuffer: bytes) -> dict[str, int]:
+    """``{op name: count}`` over every subgraph; custom ops by their custom name (Flex ops ``Flex...``)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    model = schema.Model.GetRootAs(flatbuffer, 0)
+    codes = operator_names(model)
     counts: dict[str, int] = {}
     for g in range(model.SubgraphsLength()):
         subgraph = model.Subgraphs(g)
