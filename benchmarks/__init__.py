@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cpu_flags() -> str:
+    """The AVX2 / AVX-512 / VNNI / AMX flags of this CPU (every timing table prints them)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor() or "unknown"
+    found = sorted({f for f in flags.split() if f in ("avx2", "avx_vnni") or f.startswith(("avx512", "amx"))})
+    return " ".join(found) or "no avx2"
 
 
 def worker_command(module: str, *args: str, env: dict | None = None) -> tuple[list[str], dict]:

@@ -31,12 +31,11 @@ import tensorflow as tf
 
 from kdet.data.pipeline import make_pipeline
 from kdet.data.synthetic import synthetic_dataset
-from kdet.demo import demo_model_config, warmup_cosine_adam
-from kdet.detectors.retinanet import RetinaNet
+from kdet.demo import warmup_cosine_adam
 from kdet.evaluation import CocoEvaluator, evaluate_model
+from kdet.training.pretrain import pretrain_tiny_backbone, shapes_backbone_path
 
 IMAGE_SIZE = 128
-PRETRAIN_SEED = 100
 
 # A table row: (label, variant trained, keyword options of that model's detect()).
 Row = tuple[str, str, dict]
@@ -67,28 +66,10 @@ def finish_args(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def pretrain_backbone(out_dir: str, steps: int, batch_size: int) -> str:
-    """A tiny backbone trained as the demo's RetinaNet on seed-100 images (cached in ``out_dir``).
-
-    The cache is only this machine's: a fresh clone pretrains again (about 5
-    minutes on 2 cores for 3000 steps).
-    """
-    path = os.path.join(out_dir, f"pretrained_tiny_backbone_{steps}.weights.h5")
-    if os.path.exists(path):
-        print(f"pretrained backbone: {path} (cached)")
-        return path
-    print(f"\n== pretraining the tiny backbone as a RetinaNet, {steps} steps ==", flush=True)
-    keras.utils.set_random_seed(PRETRAIN_SEED)
-    examples, info = synthetic_dataset("train", seed=PRETRAIN_SEED, image_size=IMAGE_SIZE)
-    data = make_pipeline(examples, image_size=(IMAGE_SIZE, IMAGE_SIZE), batch_size=batch_size, training=True,
-                         seed=PRETRAIN_SEED).repeat()
-    model = RetinaNet(**demo_model_config(info.num_classes))
-    model.compile(optimizer=warmup_cosine_adam(steps))
-    started = time.time()
-    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=2)
-    os.makedirs(out_dir, exist_ok=True)
-    model.backbone.save_weights(path)
-    print(f"pretrained in {time.time() - started:.0f}s -> {path}")
-    return path
+    """The tiny backbone pretrained on seed-100 synthetic shapes (:func:`kdet.training.pretrain.pretrain_tiny_backbone`,
+    the procedure of ``--backbone-weights shapes``), cached in ``out_dir``: about 5 minutes on 2 cores for 3000
+    steps on a fresh clone."""
+    return pretrain_tiny_backbone(shapes_backbone_path(steps, out_dir), steps=steps, batch_size=batch_size)
 
 
 class Tester:

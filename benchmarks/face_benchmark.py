@@ -224,7 +224,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks import worker_command  # noqa: E402
+from benchmarks import cpu_flags, worker_command  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import face_peers  # noqa: E402  (numpy only at import)
@@ -388,12 +388,10 @@ def rcnn_config(scale: float, backbone_weights: str | None = None) -> dict:
     BatchNorm; without, it trains from scratch with batch statistics, as
     ``face_rcnn_config`` has it.
     """
-    from kdet.face.rcnn import FACE_RCNN, FACE_RPN, face_rcnn_config
+    from kdet.face.rcnn import face_rcnn_config
 
-    rpn = dict(anchors=dict(anchor_size=FACE_RPN["anchors"].anchor_size * scale))
-    if backbone_weights:
-        rpn["backbone"] = dict(weights=backbone_weights, freeze_batchnorm=True)
-    return face_rcnn_config(rpn=rpn, roi_pooler=dict(canonical_size=FACE_RCNN["roi_pooler"].canonical_size * scale))
+    rpn = dict(backbone=dict(weights=backbone_weights, freeze_batchnorm=True)) if backbone_weights else None
+    return face_rcnn_config(rpn=rpn, scale=scale)
 
 
 def kdet_detector(kind: str, model, rcnn_scale: float):
@@ -1084,14 +1082,17 @@ def main(argv=None) -> dict:
     order = [n for n in CASCADES + (FAST,) + RCNNS + CONVERTED + PEERS if n in results]
     results = {n: results[n] for n in order}
     summary = aggregate(results)
-    timed = [n for n in (args.target_cascade, FAST, "rcnn_joint") + CONVERTED if n in results] + peers
+    # --quick times one detector of each kind (the fast cascade is the target's code at other thresholds)
+    timed = [n for n in (args.target_cascade, FAST, "rcnn_joint") + CONVERTED
+             if n in results and not (args.quick and n == FAST)] + peers
     latency = {} if args.no_latency else measure_latency(args, timed, store)
     train_records = {k: r for k, (_, r) in models.items() if k[0] in args.detectors}
     verdicts = claims(args, results, summary, latency)
     tables = format_tables(summary, latency, train_records, labels_for(args))
     out = {
         "environment": {"python": sys.version.split()[0], "tensorflow": tf.__version__, "keras": keras.__version__,
-                        "machine": platform.machine(), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg()},
+                        "machine": platform.machine(), "cpus": os.cpu_count(), "loadavg_end": os.getloadavg(),
+                        "cpu_flags": cpu_flags()},
         "args": {k: v for k, v in vars(args).items() if k != "latency_worker"},
         "peers_skipped": {p: why for p, why in availability.items() if why and p in args.detectors},
         "wall_seconds_this_invocation": round(time.time() - started, 1),
@@ -1108,7 +1109,8 @@ def main(argv=None) -> dict:
           f"over {args.latency_frames} frames; cascades at stage thresholds "
           f"{'/'.join(f'{t:g}' for t in args.cascade_test_thresholds)} unless marked. AP / recall columns: the "
           f"SYNTHETIC embedded face set; REAL columns: {len(photos)} real photographs "
-          f"({sum(len(p.faces) for p, _ in photos)} faces, kdet.data.real_faces), letterboxed to 640x480\n")
+          f"({sum(len(p.faces) for p, _ in photos)} faces, kdet.data.real_faces), letterboxed to 640x480. "
+          f"CPU flags: {out['environment']['cpu_flags']}\n")
     print(tables)
     print()
     print(format_claims(verdicts))

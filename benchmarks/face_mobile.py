@@ -39,7 +39,7 @@ import time
 import numpy as np
 
 from benchmarks import benchmark_main, face_peers, finish, median_ms, run_worker
-from benchmarks.serving_parity import cpu_flags
+from benchmarks import cpu_flags
 
 FORMS = ("survivors", "static", "static_tight")
 VARIANTS = ("float32", "int8")

@@ -29,7 +29,6 @@ import contextlib
 import io
 import json
 import os
-import platform
 import tempfile
 import time
 
@@ -37,15 +36,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-
-def cpu_flags() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return platform.processor() or "unknown"
-    found = sorted({f for f in flags.split() if f == "avx2" or f.startswith("avx512")})
-    return " ".join(found) or "no avx2"
+from benchmarks import cpu_flags  # noqa: E402
 
 
 def write_jpeg_split(data: str, out_dir: str, *, images: int, upscale: float, seed: int = 0) -> str:

@@ -24,7 +24,7 @@ import os
 import time
 
 from benchmarks import benchmark_main, face_peers, finish, median_ms, run_worker
-from benchmarks.serving_parity import cpu_flags
+from benchmarks import cpu_flags
 
 MODELS = ("face_rcnn", "cascade_rcnn")
 FORMS = ("keras", "float32", "int8")

@@ -92,3 +92,9 @@ def check_output_path(path: str, flag: str, *, folder: bool, what: str = "") -> 
         raise ValueError(f"{flag} {path!r} cannot be written: {parent!r} is a file, so no folder can be made there")
     if os.path.isdir(parent) and not os.access(parent, os.W_OK):
         raise ValueError(f"{flag} {path!r} cannot be written: the folder {parent!r} is not writable")
+
+
+def kdet_cache(name: str) -> str:
+    """``$KDET_CACHE/name`` or ``~/.cache/kdet/name``: where kdet keeps what it fetched or computed once."""
+    root = os.environ.get("KDET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kdet")
+    return os.path.join(root, name)

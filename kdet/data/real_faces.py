@@ -49,6 +49,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kdet.files import kdet_cache
+
 __all__ = ["REAL_FACE_PHOTOS", "RealFacePhoto", "default_photo_cache", "fetch_real_face_photos",
            "load_real_face_photos", "real_face_photo_path", "score_real_photos"]
 
@@ -94,8 +96,7 @@ REAL_FACE_PHOTOS = (
 
 def default_photo_cache() -> Path:
     """``$KDET_CACHE/real_faces`` or ``~/.cache/kdet/real_faces``: where fetched photos go."""
-    root = os.environ.get("KDET_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "kdet")
-    return Path(root) / "real_faces"
+    return Path(kdet_cache("real_faces"))
 
 
 def _installed_path(photo: RealFacePhoto) -> Path | None:

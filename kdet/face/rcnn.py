@@ -53,7 +53,7 @@ FACE_RCNN = dict(
 )
 
 
-def face_rcnn_config(*, rpn: dict | None = None, **overrides) -> dict:
+def face_rcnn_config(*, rpn: dict | None = None, scale: float = 1.0, **overrides) -> dict:
     """The face detector's :class:`CascadeRCNN` keyword arguments, with overrides.
 
     A change of a spec argument may be a dict of the fields it changes
@@ -62,15 +62,24 @@ def face_rcnn_config(*, rpn: dict | None = None, **overrides) -> dict:
 
     Args:
       rpn: entries that replace those of :data:`FACE_RPN`.
+      scale: the size of the detector's input relative to the images the
+        face sizes refer to: the anchors (16-256 px) and the RoI level
+        assignment (``canonical_size`` 64) are multiplied by it (0.5: VGA
+        images seen at 320x240, anchors of 8-128 input pixels).
       **overrides: entries that replace those of :data:`FACE_RCNN` (e.g.
         ``rpn_loss_weight``, ``training_proposals``).
 
     Returns:
       A new dict (safe to modify).
     """
-    return {**override(FACE_RCNN, overrides), "rpn": override(FACE_RPN, rpn or {})}
+    config = {**override(FACE_RCNN, overrides), "rpn": override(FACE_RPN, rpn or {})}
+    if scale != 1.0:
+        anchors, pooler = config["rpn"]["anchors"], config["roi_pooler"]
+        config["rpn"]["anchors"] = anchors.replace(anchor_size=anchors.anchor_size * scale)
+        config["roi_pooler"] = pooler.replace(canonical_size=pooler.canonical_size * scale)
+    return config
 
 
-def face_rcnn(*, rpn: dict | None = None, **overrides) -> CascadeRCNN:
+def face_rcnn(*, rpn: dict | None = None, scale: float = 1.0, **overrides) -> CascadeRCNN:
     """A face RPN + Fast R-CNN (see :func:`face_rcnn_config` for the arguments)."""
-    return CascadeRCNN(**face_rcnn_config(rpn=rpn, **overrides))
+    return CascadeRCNN(**face_rcnn_config(rpn=rpn, scale=scale, **overrides))

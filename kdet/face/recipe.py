@@ -107,7 +107,7 @@ def numpy_examples(examples: tf.data.Dataset, limit: int | None = None) -> list[
 
 
 def padded_arrays(examples: tf.data.Dataset, *, image_size, max_boxes: int, limit: int | None = None,
-                  flip: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                  flip: bool = False, stride: int = 128) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The training images resized and padded to ``image_size`` as arrays, with padded targets.
 
     Images are the evaluation pipeline's (:func:`kdet.data.pipeline.make_pipeline`,
@@ -119,7 +119,7 @@ def padded_arrays(examples: tf.data.Dataset, *, image_size, max_boxes: int, limi
       ``(images uint8 [N, H, W, 3], {"boxes" [N, M, 4], "classes" [N, M] (-1 padding), "is_crowd" [N, M]})``.
     """
     batches = make_pipeline(_spread(examples, limit), image_size=image_size, batch_size=16, training=False,
-                            max_boxes=max_boxes)
+                            max_boxes=max_boxes, stride=stride)
     images, boxes, classes, crowd = [], [], [], []
     for x, y in batches.as_numpy_iterator():
         images.append(np.clip(np.round(x), 0, 255).astype(np.uint8))
@@ -159,6 +159,13 @@ def cascade_training(recipe, run) -> procedures.CascadeTraining:
 def train_face_cascade(recipe, run) -> keras.Model:
     """Sec. 4.2: mine, optionally bootstrap, train the branches separately, then jointly from them."""
     training = cascade_training(recipe, run)
+    if training.start == "mtcnn":
+        from kdet.face.mtcnn_weights import mtcnn_weights
+
+        try:  # the optional package is there, before the slow mining
+            mtcnn_weights()
+        except ImportError as err:
+            raise ValueError(f"the {recipe.name} recipe starts from MTCNN's weights: {err}") from None
     if run.verbose:
         print(f"{recipe.name}: reading the training images (decoded once, for mining and bootstrapping)", flush=True)
     examples = numpy_examples(run.train_examples, recipe.extra.get("max_train_images"))
@@ -174,7 +181,8 @@ def train_face_cascade(recipe, run) -> keras.Model:
 def train_face_rcnn(recipe, run) -> keras.Model:
     """Sec. 5.2: the RPN alone, then the joint RPN + Fast R-CNN fine-tuned from it on its proposals."""
     images, targets = padded_arrays(run.train_examples, image_size=recipe.image_size, max_boxes=recipe.max_boxes,
-                                    limit=recipe.extra.get("max_train_images"), flip=recipe.flip)
+                                    limit=recipe.extra.get("max_train_images"), flip=recipe.flip,
+                                    stride=recipe.image_stride)
     if len(images) < run.batch_size:
         raise ValueError(f"the face R-CNN recipe needs at least batch_size={run.batch_size} training images, "
                          f"got {len(images)}")

@@ -48,7 +48,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone-weights", help="'imagenet' (keras.applications' ImageNet weights: Keras "
                                                     "downloads them once into its cache, ~/.keras/models; the "
                                                     "COCO and VOC recipes' default, as in the papers), a local "
-                                                    "weights file (*_notop.h5) or 'none' (random initialisation)")
+                                                    "weights file (*_notop.h5), 'shapes' (the tiny backbone pretrained by kdet on synthetic "
+                                                    "shapes, once per machine, ~5 min, kept in ~/.cache/kdet) or "
+                                                    "'none' (random initialisation)")
     parser.add_argument("--image-size", type=positive_int, nargs=2, metavar=("HEIGHT", "WIDTH"),
                         help="training and evaluation size (multiples of the model's largest stride: 128 for the "
                              "FPN detectors; any size for the face cascade)")

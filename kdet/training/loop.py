@@ -54,6 +54,7 @@ from kdet.training import phases
 from kdet.training.backup import restore_backup
 from kdet.evaluation.callback import EvaluationCallback
 from kdet.training.callbacks import DetectionImages, StepBackup, StepCounter, TerminateOnNaNTerm
+from kdet.training.pretrain import resolve_backbone_weights
 from kdet.training.distribute import choose_strategy, custom_loop, is_chief, is_multi_worker, set_precision
 from kdet.training.recipe import Recipe
 from kdet.training.stream import training_stream
@@ -123,7 +124,7 @@ def _apply_overrides(recipe: Recipe, *, smoke: bool, data, val_data, batch_size,
     changes = {k: v for k, v in dict(train_data=data, val_data=val_data, batch_size=batch_size, backbone=backbone,
                                       backbone_weights=backbone_weights, image_size=image_size).items()
                if v is not None}
-    if backbone_weights == "none" or (backbone_weights is None and backbone == "tiny"):
+    if backbone_weights == "none" or (backbone_weights is None and backbone == "tiny" != recipe.backbone):
         changes["backbone_weights"] = None  # random initialisation (the tiny backbone has no ImageNet weights)
     if data is not None and val_data is None and data != recipe.train_data:
         changes["val_data"] = None  # the recipe's validation set belongs to its own data, not the user's
@@ -217,7 +218,7 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
     recipe = _apply_overrides(recipe, smoke=smoke, data=data, val_data=val_data, batch_size=batch_size,
                               backbone=backbone, backbone_weights=backbone_weights, image_size=image_size)
     verbose = _verbose(verbose)
-    _check_steps(recipe, steps)
+    recipe.check_run(steps)
     if recipe.val_data is None:
         if recipe.train is not None:
             raise ValueError(f"--data {recipe.train_data!r} without --val-data: the {recipe.name} recipe needs "
@@ -242,6 +243,7 @@ def _train(recipe, *, model_dir, data, val_data, epochs, steps, batch_size, back
             1, min(100, recipe.steps_per_epoch // 10))))
     if recipe.train is not None and (summary := _finished(model_dir)):
         return _already_trained(recipe, model_dir, summary, started)
+    recipe = recipe.replace(backbone_weights=resolve_backbone_weights(recipe.backbone_weights, verbose=verbose))
     if recipe.train is not None:
         run = Run(recipe=recipe, model_dir=model_dir, train_examples=train_examples, train_info=train_info,
                   val_examples=val_examples, val_info=val_info, batch_size=recipe.batch_size, strategy=strategy,
@@ -280,13 +282,6 @@ def _train_procedure(run: Run) -> tuple[keras.Model, int]:
             enabled=not is_multi_worker(run.strategy)) as log:
         model = run.recipe.train(run.recipe, run)
     return model, counter.steps + (log.steps_read_back if log else 0)  # + the phases read back
-
-
-def _check_steps(recipe: Recipe, steps: int | None) -> None:
-    """Refuses ``--steps`` for a recipe counted in epochs, before any data is read."""
-    if recipe.schedule_unit == "epochs" and steps is not None:
-        raise ValueError(f"--steps {steps}: the {recipe.name} recipe counts its schedule in epochs of the samples it "
-                         f"mines (their number is known only after mining); use --epochs")
 
 
 def _finished(model_dir: str, *, steps: int | None = None) -> dict | None:

@@ -256,3 +256,13 @@ class Recipe:
     def epochs_for(self, batch_size: int) -> int:
         """Keras epochs that cover the schedule at ``batch_size``."""
         return math.ceil(self.schedule.for_batch(batch_size).total_steps / self.steps_per_epoch)
+
+    def check_run(self, steps: int | None) -> None:
+        """Refuses what this recipe cannot run before any data is read: ``--steps`` for a recipe counted in
+        epochs, ``backbone_weights="shapes"`` on a backbone other than the tiny one."""
+        if self.schedule_unit == "epochs" and steps is not None:
+            raise ValueError(f"--steps {steps}: the {self.name} recipe counts its schedule in epochs of the samples "
+                             f"it mines (their number is known only after mining); use --epochs")
+        if self.backbone_weights == "shapes" and self.backbone != "tiny":
+            raise ValueError(f"--backbone-weights shapes: weights pretrained on synthetic shapes exist for the tiny "
+                             f"backbone only, not {self.backbone!r}")

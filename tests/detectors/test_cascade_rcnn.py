@@ -220,9 +220,12 @@ def test_integral_loss_trains_one_classifier_per_iou_and_ensembles_them():
         CascadeRCNN(**dict(TINY, stages=dict(integral_ious=(0.5, 0.6))))
 
 
-@pytest.mark.parametrize("num_stages", [1, 2, 3, 4])
+@pytest.mark.parametrize("num_stages", [1, 4])
 def test_one_to_four_stages_train_and_detect(num_stages):
-    """Table 4's models: 1-4 stages at IoU 0.5, 0.6, 0.7, 0.75; a fit step, one term pair per stage, the contract."""
+    """Table 4's models: 1-4 stages at IoU 0.5, 0.6, 0.7, 0.75; a fit step, one term pair per stage, the contract.
+
+    One stage (Faster R-CNN) and four: the four-stage model detects through 1, 2, 3 and 4 of its stages (the
+    three-stage model trains in the other tests)."""
     ious = (0.5, 0.6, 0.7, 0.75)[:num_stages]
     weights = ((10, 10, 5, 5), (20, 20, 10, 10), (30, 30, 15, 15), (40, 40, 20, 20))[:num_stages]
     model = CascadeRCNN(**dict(TINY, stages=dict(ious=ious, box_weights=weights,

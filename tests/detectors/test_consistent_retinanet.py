@@ -131,8 +131,7 @@ def test_two_regressions_at_inference_and_the_2_star_variant():
 @pytest.mark.parametrize("variant", [
     dict(classification_loss="ap"),
     dict(classification_loss="auc"),
-    dict(consistent=dict(cls_terms=2, reg_terms=2)),
-    dict(consistent=dict(cls_terms=3, reg_terms=2)),
+    dict(consistent=dict(cls_terms=3, reg_terms=2)),  # focal on 3 + 2 terms (2 + 2: with AP below)
     dict(classification_loss="ap", consistent=dict(cls_terms=2, reg_terms=2)),
 ])
 def test_every_loss_switch_trains_with_fit(variant):

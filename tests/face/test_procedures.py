@@ -55,6 +55,50 @@ def test_embedded_recipe_asks_for_the_benchmarks_procedure():
         assert list(np.atleast_1d(value)) == list(np.atleast_1d(tested["test"][key])), key
 
 
+def test_embedded_rcnn_recipe_asks_for_the_benchmarks_rcnn_joint(tmp_path):
+    """``kdet train face_rcnn:embedded`` is the benchmark's ``rcnn_joint``: detector (anchors at half scale,
+    pretrained tiny backbone with frozen BatchNorm), data, input size, batch, optimiser and epochs."""
+    from benchmarks import face_benchmark
+    from kdet.backbones import build_backbone
+    from kdet.detectors import CascadeRCNN
+    from kdet.face.recipe import _model_config
+    from kdet.training import command, pretrain
+
+    args = face_benchmark.parse_args([])
+    recipe, _ = command.resolve_recipe("face_rcnn:embedded")
+    assert recipe.backbone_weights == pretrain.SHAPES and args.rcnn_backbone == "pretrained"
+    assert args.pretrain_steps == pretrain.DEFAULT_STEPS  # the same pretraining (its file name says the steps)
+    weights = str(tmp_path / "tiny.weights.h5")
+    build_backbone("tiny").save_weights(weights)
+    recipe_config = _model_config(recipe.replace(backbone_weights=weights))
+    bench_config = CascadeRCNN(**face_benchmark.rcnn_config(args.rcnn_scale, weights)).get_config()
+    assert recipe_config["rpn"]["backbone"]["freeze_batchnorm"] is True
+    drop = ("name", "class_names")
+    assert {k: v for k, v in recipe_config.items() if k not in drop} == {
+        k: v for k, v in bench_config.items() if k not in drop}
+    assert recipe.train_data == f"embedded:faces:train[:{args.train_images}]" and not recipe.flip
+    assert tuple(recipe.image_size) == face_benchmark.rcnn_geometry(args.rcnn_scale)[1]
+    schedule = recipe.schedule
+    assert (schedule.optimizer, schedule.base_lr, schedule.boundaries) == ("adam", args.learning_rate, ())
+    assert schedule.reference_batch == recipe.batch_size == args.rcnn_batch_size
+    assert schedule.total_steps == args.rpn_epochs == args.joint_epochs
+
+
+def test_mtcnn_recipe_starts_the_joint_network_from_mtcnn_and_needs_its_package_first(tmp_path, monkeypatch,
+                                                                                     capsys):
+    from kdet import cli
+    from kdet.face.recipe import cascade_training
+    from kdet.training import command
+
+    recipe, _ = command.resolve_recipe("face_cascade:mtcnn")
+    assert cascade_training(recipe, _run(recipe)).start == "mtcnn"
+    assert recipe.train_data == command.resolve_recipe("face_cascade")[0].train_data  # WIDER FACE
+    monkeypatch.setitem(__import__("sys").modules, "mtcnn", None)  # the optional extra not installed
+    assert cli.main(["train", "face_cascade:mtcnn", "--smoke", "--model-dir", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr()
+    assert "pip install mtcnn==1.0.0" in err.err and "mined" not in err.out  # refused before mining
+
+
 def test_benchmark_variants_are_one_procedure_started_differently():
     from benchmarks import face_benchmark
 

@@ -86,6 +86,7 @@ def test_detect_writes_pngs_and_refuses_bad_files(trained, tmp_path, capsys):
     (["evaluate", "--model-dir", "/nonexistent/dir"], "not a kdet model directory"),
     (["train", "face_rcnn", "--smoke", "--steps", "3", "--no-eval"], "counts its schedule in epochs"),
     (["train", "face_cascade", "--steps", "3"], "counts its schedule in epochs"),  # before reading WIDER FACE
+    (["train", "cascade_rcnn_fpn", "--backbone-weights", "shapes"], "for the tiny backbone only, not 'resnet50'"),
     (["train", RECIPE, "--image-size", "100", "128"], "multiples of 128 (its largest stride)"),
 ])
 def test_errors_name_the_bad_argument(argv, message, capsys, tmp_path):

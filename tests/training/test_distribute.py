@@ -1,8 +1,10 @@
 """MirroredStrategy on 2 logical CPU devices: one fit step equals one device on the same global batch.
 
-Every detector and every loss: RetinaNet (focal, AP-loss across replicas, consistent optimization),
-Faster R-CNN (one stage), Cascade R-CNN (three stages), the RPN face detector's configuration
-family, and the joint face cascade.
+Every detector and every loss: RetinaNet (AP-loss across replicas, focal with consistent
+optimization, both together), Cascade R-CNN (three stages; its one-stage form is Faster R-CNN and
+the RPN face detector's family), and the joint face cascade. Each variant costs about 9 s of CI, so a
+loss is checked within the variant that combines it with another (focal within consistent
+optimization, one stage within three) rather than again alone.
 
 Runs ``tests/scripts/mirrored_step.py`` in a subprocess (logical devices must be set before TF starts).
 """
@@ -19,11 +21,9 @@ SCRIPT = str(SCRIPTS / "mirrored_step.py")
 ROOT = str(REPOSITORY)
 
 VARIANTS = [
-    {"classification_loss": "focal"},
     {"classification_loss": {"kind": "ap", "rank_across_replicas": True}},
     {"classification_loss": {"kind": "ap", "rank_across_replicas": False}},
     {"classification_loss": "focal", "consistent": {"cls_terms": 2, "reg_terms": 2}},
-    {"detector": "cascade_rcnn", "stages": {"ious": [0.5], "box_weights": [[10, 10, 5, 5]], "loss_weights": [1.0]}},
     {"detector": "cascade_rcnn", "rpn_overrides": {"loss_normalization": "sampled"}},
     {"detector": "face_cascade"},
     {"classification_loss": {"kind": "ap", "rank_across_replicas": True},
@@ -41,13 +41,12 @@ def results():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", [0, 1, 3, 4, 5, 6, 7])
+@pytest.mark.parametrize("index", [0, 2, 3, 4, 5])
 def test_two_replicas_match_one_device(results, index):
     """Same loss and same update (1e-6 of the largest update x 100) on two replicas as on one device.
 
-    Focal, AP-loss ranked across replicas, consistent optimization, both together, Faster R-CNN,
-    Cascade R-CNN (RPN normalised by its sampled count: the whole batch's, not each replica's) and the
-    face cascade.
+    AP-loss ranked across replicas, focal with consistent optimization, both together, Cascade R-CNN
+    (RPN normalised by its sampled count: the whole batch's, not each replica's) and the face cascade.
     """
     r = results[index]
     assert r["max_update"] > 1e-3, r
@@ -58,5 +57,5 @@ def test_two_replicas_match_one_device(results, index):
 @pytest.mark.slow
 def test_ap_loss_ranked_per_replica_is_a_different_ranking(results):
     """Per replica, each replica ranks its own images: a documented difference from one device."""
-    r = results[2]
+    r = results[1]
     assert r["max_update_diff"] > 1e-5, r

@@ -124,12 +124,14 @@ def test_data_strings_parse(item):
 
 @pytest.mark.parametrize("item", RECIPES, ids=recipe_id)
 def test_image_sizes_fit_the_models_strides(item):
-    """FPN detectors need multiples of P7's 128; the face cascade (an image pyramid) takes any size."""
+    """FPN detectors need multiples of P7's 128 (the face R-CNN's P6: 64); the face cascade (an image pyramid)
+    takes any size."""
     from kdet.face.cascade import FaceCascade
 
     recipe = item[2]
     stride = recipe.image_stride
-    assert stride == (FaceCascade.input_stride if recipe.name.startswith("face_cascade") else LARGEST_STRIDE)
+    expected = {"face_cascade": FaceCascade.input_stride, "face_rcnn": 64}.get(item[0], LARGEST_STRIDE)
+    assert stride == expected
     assert check_image_size(recipe.image_size, stride=stride) == tuple(recipe.image_size)
     check_image_size(recipe.smoke_version().image_size, stride=stride)
 
@@ -169,7 +171,9 @@ def test_resnet_recipes_start_from_imagenet_as_the_papers_and_smoke_runs_never_d
     assert recipe.backbone_weights == ("imagenet" if resnet else recipe.backbone_weights)
     assert recipe.smoke_version().backbone_weights is None  # --smoke: the tiny backbone, random weights
     common = dict(smoke=False, data=None, val_data=None, batch_size=None, image_size=None)
-    assert _apply_overrides(recipe, backbone="tiny", backbone_weights=None, **common).backbone_weights is None
+    # --backbone tiny: random weights where the recipe has another backbone; a tiny recipe keeps its start
+    switched = _apply_overrides(recipe, backbone="tiny", backbone_weights=None, **common).backbone_weights
+    assert switched == (recipe.backbone_weights if recipe.backbone == "tiny" else None)
     assert _apply_overrides(recipe, backbone=None, backbone_weights="none", **common).backbone_weights is None
     assert _apply_overrides(recipe, backbone=None, backbone_weights="w.h5", **common).backbone_weights == "w.h5"
     kept = _apply_overrides(recipe, backbone="resnet101", backbone_weights=None, **common).backbone_weights
@@ -184,7 +188,7 @@ def test_face_recipes_train_their_own_way(item):
     model = recipe.build_model(num_classes, backbone="tiny", backbone_weights=None)
     assert (model.evaluation == "face") == is_face, "the detector says how it is evaluated (face or COCO metrics)"
     if is_face:
-        assert callable(recipe.train) and variant in ("wider_face", "embedded")
+        assert callable(recipe.train) and variant in ("wider_face", "embedded", "mtcnn")
         assert (variant == "embedded") == recipe.train_data.startswith("embedded:faces:")
         assert recipe.extra.get("min_face_size"), "face metrics ignore faces below the detector's smallest"
 
