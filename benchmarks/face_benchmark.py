@@ -16,6 +16,12 @@ Detectors (Qin et al., "Joint Training of Cascaded CNN for Face Detection"):
   default ``cascade_joint_from_separate``) at the ``--fast-thresholds``
   (FaceCascade's defaults 0.5 / 0.5 / 0.7): a test-time setting that trades
   recall for speed, shown next to the benchmark's thresholds (below);
+* ``mtcnn_joint``: the joint network started from MTCNN's published stages
+  with the cross-stage links at zero (``CascadeTraining(start="mtcnn")``,
+  ``kdet train face_cascade:mtcnn``'s procedure) and fine-tuned E epochs on
+  samples mined as the cascades' (MTCNN's P-Net bootstraps the hard ones);
+  tested with MTCNN's pipeline at ``--mtcnn-joint-thresholds``; not timed
+  (its networks are ``mtcnn_kdet``'s plus the links);
 * ``mtcnn_kdet``: MTCNN's published weights run by kdet's test pipeline
   (:func:`kdet.face.from_mtcnn`, at the ``mtcnn`` package's thresholds and
   pyramid; not trained here; needs the ``mtcnn`` package for its weights);
@@ -237,7 +243,9 @@ MIN_FACE = 20  # MTCNN's minimum; the cascade's test min_face_size and mining's
 FP_COUNTS = (10, 50, 100)
 CASCADES = ("cascade_separate", "cascade_joint", "cascade_joint_from_separate")
 RCNNS = ("rcnn_joint", "rcnn_alternating")
-KDET = CASCADES + RCNNS
+#: MTCNN's published stages as the joint network's start (links at zero), fine-tuned here (start="mtcnn")
+TUNED = ("mtcnn_joint",)
+KDET = CASCADES + RCNNS + TUNED
 CONVERTED = ("mtcnn_kdet",)  # published weights run by kdet: evaluated and timed, never trained here
 FAST = "cascade_fast"  # the target cascade's weights at --fast-thresholds (a test-time setting, not trained)
 PEERS = tuple(face_peers.PEERS)  # mtcnn, haar, blazeface
@@ -247,6 +255,7 @@ LABELS = {
     "cascade_joint_from_separate": "kdet cascade, joint from separate",
     "rcnn_joint": "kdet RPN+FRCNN, joint (2-step)",
     "rcnn_alternating": "kdet RPN+FRCNN, alternating (4-step)",
+    "mtcnn_joint": "MTCNN weights in kdet, joint fine-tuned",
     "mtcnn_kdet": "MTCNN weights in kdet (from_mtcnn)",
     "mtcnn": "MTCNN (mtcnn package)",
     "haar": "OpenCV Haar cascade",
@@ -294,6 +303,13 @@ def parse_args(argv=None) -> argparse.Namespace:
                         metavar=("X12", "X24", "X48"),
                         help="face probability kept after each branch at test (chosen on the validation split; "
                              "FaceCascade's defaults: 0.1 0.003 0.7)")
+    parser.add_argument("--mtcnn-joint-learning-rate", type=float, default=1e-5,
+                        help="mtcnn_joint's Adam rate (the lowest of benchmarks/face_mtcnn_finetune.py's: higher ones "
+                             "lost more real faces)")
+    parser.add_argument("--mtcnn-joint-thresholds", type=float, nargs=3, default=[0.1, 0.1, 0.5],
+                        metavar=("X12", "X24", "X48"),
+                        help="mtcnn_joint's stage thresholds at test: those benchmarks/face_mtcnn_finetune.py chose on "
+                             "the validation split for MTCNN fine-tuned at 1e-5 (MTCNN's own: 0.6 0.7 0.8)")
     parser.add_argument("--cascade-x24-trunk", choices=("li", "li32", "rnet"), default="li",
                         help="x12-x24's conv trunk (kdet.face.nets.X24_TRUNKS; FaceCascade's default is li)")
     parser.add_argument("--cascade-test-config", type=json.loads, default=cascade_test_config(),
@@ -429,7 +445,7 @@ def kdet_detector(kind: str, model, rcnn_scale: float):
 def kind_of(name: str) -> str:
     if name in CONVERTED:
         return name
-    return "cascade" if name in CASCADES + (FAST,) else "rcnn" if name in RCNNS else "peer"
+    return "cascade" if name in CASCADES + (FAST,) + TUNED else "rcnn" if name in RCNNS else "peer"
 
 
 def converted_detector(name: str):
@@ -518,6 +534,8 @@ def inference_config(name: str, config: dict, args) -> dict:
     """
     from kdet.specs import override
 
+    if name in TUNED:  # MTCNN's own test pipeline (the config's), at --mtcnn-joint-thresholds
+        return override(config, {"test": {"thresholds": list(args.mtcnn_joint_thresholds)}})
     if kind_of(name) == "cascade":
         thresholds = list(args.fast_thresholds if name == FAST else args.cascade_test_thresholds)
         return override(config, {"test": {**args.cascade_test_config, "thresholds": thresholds},
@@ -584,7 +602,8 @@ class TrainingData:
 
     def __init__(self, args):
         self.args = args
-        self._examples = self._samples = self._rcnn = None
+        self._examples = self._rcnn = None
+        self._samples = {}
 
     def examples(self) -> list[dict]:
         if self._examples is None:
@@ -595,22 +614,27 @@ class TrainingData:
             print(f"rendered {len(self._examples)} train images in {time.perf_counter() - started:.0f}s", flush=True)
         return self._examples
 
-    def samples(self):
-        """The cascades' :class:`~kdet.face.procedures.CascadeSamples` (mined once, seed 0, for every seed).
+    def samples(self, name: str = "cascade_joint_from_separate"):
+        """The :class:`~kdet.face.procedures.CascadeSamples` cascade ``name`` trains on (mined once, seed 0,
+        for every seed; one set for kdet's cascades, one for ``mtcnn_joint``, whose hard samples MTCNN's P-Net
+        bootstraps).
 
         48x48 samples (faces >= MIN_FACE px, flipped); with ``--bootstrap`` the hard samples of
         :func:`~kdet.face.procedures.bootstrap_samples` follow the sliding-window ones; the offset
         statistics stay the sliding-window samples'.
         """
-        if self._samples is None:
+        start = "mtcnn" if name in TUNED else "kdet"
+        if start not in self._samples:
             from kdet.face import procedures
 
             args = self.args
-            self._samples = procedures.prepare_cascade(
-                cascade_config(args.cascade_x24_trunk), self.examples(), cascade_training(args), seed=0,
+            training = cascade_training(args, name if name in TUNED else "cascade_joint_from_separate")
+            self._samples[start] = procedures.prepare_cascade(
+                cascade_config(args.cascade_x24_trunk), self.examples(), training, seed=0,
                 optimizer=procedures.default_optimizer(args.learning_rate), verbose=2)
-            print(f"mined {len(self._samples.samples)} samples in {self._samples.seconds:.0f}s", flush=True)
-        return self._samples
+            print(f"mined {len(self._samples[start].samples)} samples in {self._samples[start].seconds:.0f}s",
+                  flush=True)
+        return self._samples[start]
 
     def backbone_weights(self) -> str | None:
         """The pretrained tiny backbone (cached by the ablations; pretrained here if missing), or None."""
@@ -651,7 +675,7 @@ def cascade_training(args, name: str = "cascade_joint_from_separate"):
     """
     from kdet.face.procedures import CascadeTraining
 
-    start = {"cascade_separate": "none", "cascade_joint": "scratch"}.get(name, "separate")
+    start = {"cascade_separate": "none", "cascade_joint": "scratch", "mtcnn_joint": "mtcnn"}.get(name, "separate")
     joint = 3 * args.cascade_epochs if name == "cascade_joint" else args.from_separate_epochs
     return CascadeTraining(
         epochs=args.cascade_epochs, joint_epochs=joint, start=start, batch_size=args.cascade_batch_size,
@@ -662,8 +686,9 @@ def cascade_training(args, name: str = "cascade_joint_from_separate"):
 
 def training_key(name: str, seed: int, args) -> dict:
     """What a cached model must have been trained with to be reused."""
-    key = {"detector": name, "seed": seed, "train_images": args.train_images, "learning_rate": args.learning_rate}
-    if name in CASCADES:
+    key = {"detector": name, "seed": seed, "train_images": args.train_images,
+           "learning_rate": args.mtcnn_joint_learning_rate if name in TUNED else args.learning_rate}
+    if name in CASCADES + TUNED:
         key = {**key, "cascade_epochs": args.cascade_epochs, "batch_size": args.cascade_batch_size,
                "min_face_size": MIN_FACE}
         if name == "cascade_joint_from_separate" and args.from_separate_epochs != args.cascade_epochs:
@@ -702,11 +727,11 @@ def train(name: str, seed: int, args, data: TrainingData, models: dict):
     """Trains one kdet detector; returns ``(model, record)``."""
     from kdet.face import procedures
 
-    optimizer = procedures.default_optimizer(args.learning_rate)
+    optimizer = procedures.default_optimizer(args.mtcnn_joint_learning_rate if name in TUNED else args.learning_rate)
     verbose = 2
     print(f"\n== training {name}, seed {seed} ==", flush=True)
-    if name in CASCADES:
-        prepared = data.samples()
+    if name in CASCADES + TUNED:
+        prepared = data.samples(name)
         samples = prepared.samples
         started = time.perf_counter()
         separate = models[("cascade_separate", seed)][0] if name == "cascade_joint_from_separate" else None
@@ -742,6 +767,9 @@ def train(name: str, seed: int, args, data: TrainingData, models: dict):
 def trained_models(args, store: Store) -> dict:
     """``{(name, seed): (model, record)}`` of every selected kdet detector (and what it starts from)."""
     wanted = [n for n in KDET if n in args.detectors]
+    if any(n in TUNED for n in wanted) and (why := converted_available("mtcnn_kdet")) is not None:
+        print(f"{', '.join(TUNED)} skipped: {why}")
+        wanted = [n for n in wanted if n not in TUNED]
     if "cascade_joint_from_separate" in wanted and "cascade_separate" not in wanted:
         wanted.insert(0, "cascade_separate")  # its initialisation
     data, models = TrainingData(args), {}
@@ -1079,12 +1107,13 @@ def main(argv=None) -> dict:
         why = converted_available(name)
         if name in args.detectors and why is not None:
             print(f"{name} skipped: {why}")
-    order = [n for n in CASCADES + (FAST,) + RCNNS + CONVERTED + PEERS if n in results]
+    order = [n for n in CASCADES + (FAST,) + RCNNS + TUNED + CONVERTED + PEERS if n in results]
     results = {n: results[n] for n in order}
     summary = aggregate(results)
-    # --quick times one detector of each kind (the fast cascade is the target's code at other thresholds)
+    # --quick times one cascade and one converted model (the fast cascade is the target's code at other
+    # thresholds; the RPN detector's frozen graph is what it evaluates)
     timed = [n for n in (args.target_cascade, FAST, "rcnn_joint") + CONVERTED
-             if n in results and not (args.quick and n == FAST)] + peers
+             if n in results and not (args.quick and n in (FAST, "rcnn_joint"))] + peers
     latency = {} if args.no_latency else measure_latency(args, timed, store)
     train_records = {k: r for k, (_, r) in models.items() if k[0] in args.detectors}
     verdicts = claims(args, results, summary, latency)

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=positive_int, default=8, help="(default: %(default)s)")
     evaluate.add_argument("--results-json", help="also write the detections in COCO result format here")
     evaluate.add_argument("--data-dir", help="tfds data directory")
+    evaluate.add_argument("--tflite", metavar="FILE", help="evaluate this .tflite file (kdet export --format tflite of "
+                                                           "the model directory) with LiteRT instead of the Keras model")
 
     detect = sub.add_parser("detect", help="draw a model directory's detections on images into PNG files")
     detect.add_argument("images", nargs="+", metavar="IMAGE",
@@ -128,7 +130,7 @@ def _evaluate(args) -> int:
     from kdet.inference import evaluate_model_dir
 
     evaluate_model_dir(args.model_dir, data=args.data, max_images=args.max_images, batch_size=args.batch_size,
-                       results_json=args.results_json, data_dir=args.data_dir,
+                       results_json=args.results_json, data_dir=args.data_dir, tflite=args.tflite,
                        report=lambda metrics, evaluation: print(format_metrics(metrics, evaluation), flush=True))
     if args.results_json:
         print(f"kdet evaluate: detections written to {args.results_json}")

@@ -22,8 +22,13 @@ from kdet.model_dir import load_model_dir
 
 def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: int | None = None,
                        batch_size: int = 8, results_json: str | None = None, data_dir: str | None = None,
-                       progress: bool = True, report=None) -> dict[str, float]:
+                       progress: bool = True, report=None, tflite: str | None = None) -> dict[str, float]:
     """Evaluates the model in ``model_dir`` on ``data`` (default: the directory's data string).
+
+    With ``tflite`` (a ``.tflite`` file ``kdet export`` wrote from this
+    directory) the file is evaluated instead, by the LiteRT interpreter, on
+    the same images letterboxed to the file's input size, with the same
+    evaluator: what the export costs in accuracy.
 
     ``report(metrics, evaluation)`` (``evaluation``: the model's ``"coco"``
     or ``"face"``), when given, is called before ``results_json`` is written,
@@ -47,14 +52,25 @@ def evaluate_model_dir(model_dir: str, *, data: str | None = None, max_images: i
                          f"the model in {model_dir} was trained on {len(info.class_names)}")
     if max_images:
         examples = examples.take(max_images)
-    pipeline = make_pipeline(examples, image_size=info.input_size, batch_size=batch_size, training=False,
+    predictor, size = model, info.input_size
+    if tflite:
+        from kdet.serving.tflite import LiteRTDetector
+
+        if not os.path.isfile(tflite):
+            raise FileNotFoundError(f"--tflite {tflite!r} does not exist")
+        try:
+            predictor = LiteRTDetector(tflite, num_threads=os.cpu_count() or 1)
+        except (ValueError, RuntimeError) as error:
+            raise ValueError(f"--tflite {tflite!r} is not a TFLite file kdet export wrote ({error})") from None
+        size = predictor.input_shape[1:3]
+    pipeline = make_pipeline(examples, image_size=size, batch_size=batch_size, training=False,
                              stride=model.input_stride)
     if model.evaluation == "face":
         evaluator = FaceEvaluator(min_face_size=info.recipe.get("extra", {}).get("min_face_size"))
     else:
         evaluator = CocoEvaluator(category_ids=data_info.category_ids, class_names=data_info.class_names)
     try:
-        metrics = evaluate_model(model, pipeline, evaluator, progress=progress)
+        metrics = evaluate_model(predictor, pipeline, evaluator, progress=progress)
     except ValueError as error:
         raise ValueError(f"--data {data!r}: {error}") from None
     if report is not None:

@@ -262,6 +262,13 @@ class LiteRTDetector:
                              f"(or {self.input_shape}); got {image.dtype} {image.shape}")
         return self.runner(images=image)
 
+    def predict_on_batch(self, images) -> dict[str, np.ndarray]:
+        """The file on a batch ``[B, H, W, 3]`` of letterboxed images (rounded and clipped to uint8), its
+        outputs concatenated over the batch: the call :func:`kdet.evaluation.evaluate_model` makes."""
+        images = np.clip(np.round(np.asarray(images, np.float32)), 0, 255).astype(np.uint8)
+        outputs = [self(image) for image in images]
+        return {key: np.concatenate([out[key] for out in outputs]) for key in outputs[0]}
+
 
 def summary(flatbuffer: bytes) -> dict:
     """Size, ops and the signature's inputs and outputs of a flatbuffer."""

@@ -103,6 +103,39 @@ def test_kdet_export_savedmodel_and_tflite(model_dir, tmp_path, capsys):
         cli.main(["export", "--model-dir", path, "--format", "onnx", "--out", lite])
 
 
+def test_evaluate_tflite_scores_the_files_detections_as_keras_scores_its_own(tmp_path, capsys):
+    """``kdet evaluate --tflite``: a float32 file gives the Keras model's detections on the same letterboxed
+    images, so the same results; a missing file is named."""
+    import keras
+
+    from kdet.data.synthetic import synthetic_info
+    from kdet.inference import evaluate_model_dir
+
+    keras.utils.set_random_seed(3)
+    info = synthetic_info()
+    model = RetinaNet(num_classes=info.num_classes, backbone="tiny", fpn_filters=16,
+                      head=dict(num_convs=1, filters=16, prior_probability=0.3), postprocess=dict(max_detections=10))
+    model.detect(tf.zeros([1, 128, 128, 3]))
+    path = save_model_dir(model, str(tmp_path / "model"), input_size=(128, 128), class_names=info.class_names,
+                          category_ids=info.category_ids, data="embedded:shapes:validation[:3]")
+    lite = str(tmp_path / "model.tflite")
+    assert cli.main(["export", "--model-dir", path, "--format", "tflite", "--out", lite]) == 0
+    assert cli.main(["evaluate", "--model-dir", path, "--tflite", lite]) == 0
+    assert "AP50" in capsys.readouterr().out
+    assert cli.main(["evaluate", "--model-dir", path, "--tflite", str(tmp_path / "nope.tflite")]) == 2
+    assert "nope.tflite" in capsys.readouterr().err
+    results = {}
+    for name, tflite in (("keras", None), ("tflite", lite)):
+        out = str(tmp_path / f"{name}.json")
+        evaluate_model_dir(path, batch_size=2, results_json=out, progress=False, tflite=tflite)
+        with open(out) as f:
+            found = json.load(f)
+        results[name] = sorted((d["image_id"], d["category_id"], round(d["score"], 3)) for d in found)
+    assert len(results["keras"]) > 0 and len(results["tflite"]) == len(results["keras"])
+    for a, b in zip(results["keras"], results["tflite"]):
+        assert a[:2] == b[:2] and abs(a[2] - b[2]) <= 2e-3, (a, b)
+
+
 def test_int8_calibrates_on_the_training_data_by_default():
     from kdet.model_dir import ModelInfo
     from kdet.serving.export import calibration_source
