@@ -215,10 +215,14 @@ class CascadeRCNN(Detector):
             changes["training_proposals"] = proposals
         return override(config, changes)
 
+    @property
+    def input_stride(self) -> int:
+        """Input sizes are multiples of the RPN's largest feature stride (64 for P2-P6)."""
+        return self.rpn.input_stride
+
     def build(self, input_shape):
         """Creates every weight by running the network once on a small zero image (any input size works later)."""
-        size = 2 ** max(self.rpn.anchor_spec.levels)
-        self.call(tf.zeros([1, size, size, 3]))
+        self.call(tf.zeros([1, self.input_stride, self.input_stride, 3]))
         self.built = True
 
     def call(self, images, training=False):

@@ -120,6 +120,11 @@ class RegionProposalNetwork(Detector):
         features = self.features(images, training=training)
         return self.head([features[f"P{lvl}"] for lvl in self.anchor_spec.levels])
 
+    @property
+    def input_stride(self) -> int:
+        """Input sizes are multiples of the largest feature stride, ``2**max_level`` (64 for P2-P6)."""
+        return 2 ** self.anchor_spec.max_level
+
     def anchors_per_level(self, image_size) -> list[tf.Tensor]:
         """``[N_l, 4]`` anchors per level for an input of ``image_size`` (h, w)."""
         return anchor_ops.anchors_for_image(self.anchor_spec, image_size)

@@ -38,6 +38,7 @@ def test_face_rcnn_defaults_are_a_one_stage_square_anchor_detector():
     assert config["num_classes"] == 1 and config["stages"]["ious"] == (0.5,)
     assert config["rpn"]["anchors"]["aspect_ratios"] == (1.0,) and config["rpn"]["backbone"]["weights"] is None
     assert model.rpn.anchor_spec.anchors_per_location == 1
+    assert model.input_stride == model.rpn.input_stride == 64  # P2-P6: kdet evaluate takes 256x320 inputs
     assert CascadeRCNN.from_config(config).get_config() == config
     with pytest.raises(ValueError, match="training_proposals"):
         face_rcnn(training_proposals="oracle")
