@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping
 
 import keras
 
+from kdet.training.pretrain import SHAPES
+
 OPTIMIZERS = ("sgd", "adam", "adamw")
 WEIGHT_DECAY_TYPES = ("l2", "decoupled")
 
@@ -263,6 +265,6 @@ class Recipe:
         if self.schedule_unit == "epochs" and steps is not None:
             raise ValueError(f"--steps {steps}: the {self.name} recipe counts its schedule in epochs of the samples "
                              f"it mines (their number is known only after mining); use --epochs")
-        if self.backbone_weights == "shapes" and self.backbone != "tiny":
+        if self.backbone_weights == SHAPES and self.backbone != "tiny":
             raise ValueError(f"--backbone-weights shapes: weights pretrained on synthetic shapes exist for the tiny "
                              f"backbone only, not {self.backbone!r}")
