@@ -684,10 +684,15 @@ def cascade_training(args, name: str = "cascade_joint_from_separate"):
         hard_samples="all" if args.bootstrap_x12 else "later_only")
 
 
+def learning_rate(name: str, args) -> float:
+    """The Adam rate detector ``name`` trains at (``mtcnn_joint`` has its own)."""
+    return args.mtcnn_joint_learning_rate if name in TUNED else args.learning_rate
+
+
 def training_key(name: str, seed: int, args) -> dict:
     """What a cached model must have been trained with to be reused."""
     key = {"detector": name, "seed": seed, "train_images": args.train_images,
-           "learning_rate": args.mtcnn_joint_learning_rate if name in TUNED else args.learning_rate}
+           "learning_rate": learning_rate(name, args)}
     if name in CASCADES + TUNED:
         key = {**key, "cascade_epochs": args.cascade_epochs, "batch_size": args.cascade_batch_size,
                "min_face_size": MIN_FACE}
@@ -727,7 +732,7 @@ def train(name: str, seed: int, args, data: TrainingData, models: dict):
     """Trains one kdet detector; returns ``(model, record)``."""
     from kdet.face import procedures
 
-    optimizer = procedures.default_optimizer(args.mtcnn_joint_learning_rate if name in TUNED else args.learning_rate)
+    optimizer = procedures.default_optimizer(learning_rate(name, args))
     verbose = 2
     print(f"\n== training {name}, seed {seed} ==", flush=True)
     if name in CASCADES + TUNED:

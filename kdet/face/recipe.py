@@ -44,7 +44,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from kdet.data.pipeline import make_pipeline
+from kdet.data.pipeline import DEFAULT_STRIDE, make_pipeline
 from kdet.face import procedures
 
 #: Keys of an example dict the cascade's mining reads.
@@ -107,7 +107,7 @@ def numpy_examples(examples: tf.data.Dataset, limit: int | None = None) -> list[
 
 
 def padded_arrays(examples: tf.data.Dataset, *, image_size, max_boxes: int, limit: int | None = None,
-                  flip: bool = False, stride: int = 128) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                  flip: bool = False, stride: int = DEFAULT_STRIDE) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The training images resized and padded to ``image_size`` as arrays, with padded targets.
 
     Images are the evaluation pipeline's (:func:`kdet.data.pipeline.make_pipeline`,

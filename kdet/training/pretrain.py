@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import time
 
-from kdet.files import kdet_cache
+from kdet.files import fsync_path, kdet_cache
 
 #: The ``backbone_weights`` value that names these weights.
 SHAPES = "shapes"
@@ -74,6 +74,7 @@ def pretrain_tiny_backbone(path: str, *, steps: int | None = None, batch_size: i
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     partial = f"{path[:-len('.weights.h5')]}.partial-{os.getpid()}.weights.h5"  # Keras wants the suffix
     model.backbone.save_weights(partial)
+    fsync_path(partial)  # on disk before the rename, as kdet's other atomic writes
     os.replace(partial, path)
     if verbose:
         print(f"pretrained in {time.time() - started:.0f}s -> {path}", flush=True)
